@@ -1,0 +1,219 @@
+"""Read and write Keras weight files with h5py, json and zipfile only (no Keras, no code from the file).
+
+Reads: Keras 2.x `save_weights` .h5 (root `layer_names`), Keras 2.x / legacy Keras 3 full-model .h5
+(`model_weights/` + `model_config`), Keras 3 `save_weights('*.weights.h5')` (`layers/<x>/vars`) and `.keras`
+archives (`config.json` + `model.weights.h5`). Writes the Keras 2 weights-only layout that every Keras reads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from torch_badnet.errors import BadInputError, first_line
+from torch_badnet.files import atomic_path, check_is_file
+from torch_badnet.model import BadNet
+
+from .keras_layout import KERAS_LAYER_ORDER, WEIGHTED_LAYERS, expected_keras_shapes, keras_to_state_dict, model_to_keras
+
+# Keras layer classes of the lab architecture, and the activation each named layer must use.
+SUPPORTED_CLASSES = {"InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Add", "Activation"}
+EXPECTED_ACTIVATIONS = {
+    "conv_1": "relu", "conv_2": "relu", "conv_3": "relu", "conv_4": "relu",
+    "fc_1": "linear", "fc_2": "linear", "activation_1": "relu", "output": "softmax",
+}
+
+
+@dataclass
+class KerasWeights:
+    """Weighted layers of a Keras file as {name: [arrays]}, its model config if any, and the format found."""
+
+    layers: dict[str, list[np.ndarray]]
+    config: dict[str, Any] | None
+    source_format: str
+
+
+def read_keras_file(path: str | os.PathLike[str]) -> KerasWeights:
+    """Read any supported Keras file into arrays, validating its structure."""
+    path = check_is_file(path)
+    if zipfile.is_zipfile(path):
+        return _read_keras_archive(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return _read_h5_root(f, path)
+    except OSError as exc:
+        raise BadInputError(path, f"not a readable HDF5 or .keras file ({first_line(exc)})") from None
+
+
+def _read_keras_archive(path: Path) -> KerasWeights:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "model.weights.h5" not in names:
+                raise BadInputError(path, ".keras archive has no model.weights.h5")
+            config = json.loads(archive.read("config.json")) if "config.json" in names else None
+            blob = archive.read("model.weights.h5")
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(path, f"corrupt .keras archive ({first_line(exc)})") from None
+    if config is not None:
+        check_model_config(config, path)
+    try:
+        with h5py.File(io.BytesIO(blob), "r") as f:
+            layers = _read_keras3_layers(f, path)
+    except OSError as exc:
+        raise BadInputError(path, f"model.weights.h5 inside the archive is unreadable ({first_line(exc)})") from None
+    return KerasWeights(layers, config, "keras3-archive")
+
+
+def _read_h5_root(f: h5py.File, path: Path) -> KerasWeights:
+    if "layers" in f and isinstance(f["layers"], h5py.Group):
+        return KerasWeights(_read_keras3_layers(f, path), None, "keras3-weights")
+    if "model_weights" in f:
+        raw = f.attrs.get("model_config")
+        config = None
+        if raw is not None:
+            try:
+                config = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+            except json.JSONDecodeError as exc:
+                raise BadInputError(path, f"model_config is not valid JSON ({first_line(exc)})") from None
+            check_model_config(config, path)
+        version = _text(f.attrs.get("keras_version", b"?"))
+        return KerasWeights(_read_legacy_layers(f["model_weights"], path), config, f"keras{version}-model")
+    if "layer_names" in f.attrs:
+        version = _text(f.attrs.get("keras_version", b"?"))
+        return KerasWeights(_read_legacy_layers(f, path), None, f"keras{version}-weights")
+    raise BadInputError(path, "HDF5 file is not a Keras model or weights file (no layer_names, model_weights or layers)")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_legacy_layers(group: h5py.Group, path: Path) -> dict[str, list[np.ndarray]]:
+    """Keras 2 layout: attrs layer_names; each layer group lists its arrays in attrs weight_names."""
+    layers = {}
+    for name in (_text(n) for n in group.attrs.get("layer_names", [])):
+        if name not in group:
+            raise BadInputError(path, f"layer '{name}' is listed in layer_names but has no group")
+        layer = group[name]
+        names = [_text(n) for n in layer.attrs.get("weight_names", [])]
+        try:
+            arrays = [np.asarray(layer[w][()]) for w in names]
+        except KeyError as exc:
+            raise BadInputError(path, f"layer '{name}' lists a weight that is missing ({first_line(exc)})") from None
+        if arrays:
+            layers[name] = arrays
+    return layers
+
+
+def _read_keras3_layers(f: h5py.File, path: Path) -> dict[str, list[np.ndarray]]:
+    """Keras 3 layout: layers/<auto name>/vars/{0,1,..} with the user's layer name in vars.attrs['name']."""
+    if "layers" not in f:
+        raise BadInputError(path, "Keras 3 weights file has no 'layers' group")
+    layers = {}
+    for key, group in f["layers"].items():
+        if not isinstance(group, h5py.Group) or "vars" not in group:
+            continue
+        variables = group["vars"]
+        name = _text(variables.attrs.get("name", key))
+        arrays = [np.asarray(variables[str(i)][()]) for i in range(len(variables))]
+        if arrays:
+            layers[name] = arrays
+    return layers
+
+
+def _config_layers(config: Any) -> list[dict[str, Any]] | None:
+    """The layer list of a Keras model config (Functional, Model or Sequential; Keras 2 or 3)."""
+    if isinstance(config, dict):
+        inner = config.get("config", config)
+        if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
+            return inner["layers"]
+        if isinstance(inner, list):
+            return inner
+    return None
+
+
+def check_model_config(config: Any, path: str | os.PathLike[str]) -> None:
+    """Reject a model_config that is not the lab architecture: unsupported layers or other activations."""
+    layers = _config_layers(config)
+    if layers is None:
+        raise BadInputError(path, "model_config has no layer list")
+    for layer in layers:
+        cls = layer.get("class_name", "?")
+        cfg = layer.get("config", {}) if isinstance(layer.get("config"), dict) else {}
+        name = cfg.get("name", layer.get("name", "?"))
+        if cls not in SUPPORTED_CLASSES:
+            raise BadInputError(path, f"unsupported layer '{name}' ({cls}) in model_config; only the lab BadNet architecture is supported")
+        expected = EXPECTED_ACTIVATIONS.get(name)
+        activation = cfg.get("activation")
+        if expected and activation is not None and activation != expected:
+            raise BadInputError(path, f"layer '{name}' uses activation '{activation}', the lab architecture has '{expected}'")
+
+
+def keras_weights_to_state_dict(weights: KerasWeights, path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """Check every expected layer and shape, then map to a BadNet state_dict; returns it and the class count."""
+    layers = weights.layers
+    unexpected = sorted(set(layers) - set(WEIGHTED_LAYERS))
+    if unexpected:
+        raise BadInputError(path, f"layer '{unexpected[0]}' has weights but is not part of the lab BadNet architecture")
+    for name in WEIGHTED_LAYERS:
+        if name not in layers:
+            raise BadInputError(path, f"missing layer '{name}' (the lab BadNet needs {', '.join(WEIGHTED_LAYERS)})")
+        if len(layers[name]) != 2:
+            raise BadInputError(path, f"layer '{name}' holds {len(layers[name])} arrays, expected kernel and bias")
+    output_kernel = layers["output"][0]
+    if output_kernel.ndim != 2:
+        raise BadInputError(path, f"layer 'output' kernel has shape {output_kernel.shape}, expected (160, classes)")
+    num_classes = int(output_kernel.shape[1])
+    for name, (kernel_shape, bias_shape) in expected_keras_shapes(num_classes).items():
+        kernel, bias = layers[name]
+        if tuple(kernel.shape) != kernel_shape:
+            raise BadInputError(path, f"layer '{name}' kernel has shape {tuple(kernel.shape)}, expected {kernel_shape}")
+        if tuple(bias.shape) != bias_shape:
+            raise BadInputError(path, f"layer '{name}' bias has shape {tuple(bias.shape)}, expected {bias_shape}")
+        for array in (kernel, bias):
+            if not np.issubdtype(array.dtype, np.floating) or not np.all(np.isfinite(array)):
+                raise BadInputError(path, f"layer '{name}' holds non-float or non-finite weights")
+    pairs = {name: (layers[name][0], layers[name][1]) for name in WEIGHTED_LAYERS}
+    return keras_to_state_dict(pairs, num_classes), num_classes
+
+
+def load_keras(path: str | os.PathLike[str]) -> tuple[BadNet, str]:
+    """Import a Keras file as an eval-mode BadNet; returns it and the source format."""
+    weights = read_keras_file(path)
+    state, num_classes = keras_weights_to_state_dict(weights, path)
+    model = BadNet(num_classes)
+    model.load_state_dict(state)
+    return model.eval(), weights.source_format
+
+
+def write_keras_weights(model: BadNet, path: str | os.PathLike[str]) -> None:
+    """Write the Keras 2 `save_weights` layout (loadable by Keras `load_weights` into the lab architecture).
+
+    Pruned conv_3 channels are written as zeroed kernel and bias, as the lab's own pruning does.
+    """
+    arrays = model_to_keras(model, bake_mask=True)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = b"2.3.1"
+            f.attrs["layer_names"] = np.array([n.encode() for n in KERAS_LAYER_ORDER])
+            for name in KERAS_LAYER_ORDER:
+                group = f.create_group(name)
+                if name in arrays:
+                    names = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+                    group.attrs["weight_names"] = np.array(names)
+                    inner = group.create_group(name)
+                    inner.create_dataset("kernel:0", data=arrays[name][0])
+                    inner.create_dataset("bias:0", data=arrays[name][1])
+                else:
+                    group.attrs["weight_names"] = np.array([], dtype=np.float64)

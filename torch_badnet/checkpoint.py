@@ -1,0 +1,76 @@
+"""torch-badnet's own .pt checkpoints: a state_dict plus metadata, always loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import BadInputError, first_line
+from .files import atomic_path, check_is_file, file_sha256
+from .model import BadNet
+
+FORMAT = "torch-badnet"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """A BadNet together with where it came from."""
+
+    model: BadNet
+    path: str
+    source_format: str
+    source_sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any) -> None:
+    """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "num_classes": model.num_classes,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metadata": metadata,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
+    """Load a torch-badnet .pt file; never unpickles arbitrary objects."""
+    path = check_is_file(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise BadInputError(path, f"not a loadable torch-badnet checkpoint (refused by weights_only load: {first_line(exc)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BadInputError(path, "not a torch-badnet checkpoint (missing format marker; convert it with `torch-badnet convert`)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise BadInputError(path, f"unsupported checkpoint format_version {payload.get('format_version')!r}")
+    num_classes = payload.get("num_classes")
+    state = payload.get("state_dict")
+    if not isinstance(num_classes, int) or num_classes < 1 or not isinstance(state, dict):
+        raise BadInputError(path, "checkpoint lacks num_classes or state_dict")
+    model = BadNet(num_classes)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise BadInputError(path, f"checkpoint does not fit the lab BadNet (missing {missing}, unexpected {extra})")
+    for name, ref in expected.items():
+        got = state[name]
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(ref.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise BadInputError(path, f"tensor {name} has shape {shape}, expected {tuple(ref.shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.eval()
+    meta = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    return LoadedModel(model, str(path), "pt", file_sha256(path), meta)
+

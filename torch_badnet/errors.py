@@ -1,0 +1,20 @@
+"""The one exception type that reaches users as `error: <file>: <problem>`."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class BadInputError(Exception):
+    """A user-supplied file (or argument) that cannot be used, with the reason."""
+
+    def __init__(self, path: str | PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for one-line error reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,64 @@
+"""The GoodNet G: run B and B' and answer B's class where they agree, else class N (backdoor detected)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model import BadNet
+
+
+class GoodNet(nn.Module):
+    """Wraps one BadNet and a conv_3 channel mask; B and B' share one trunk pass (conv_1..pool_3).
+
+    B' = B with the mask applied. Because masking a channel of conv_3 zeroes exactly that channel of pool_3,
+    B' sees `features * mask`, so the expensive trunk runs once for both. `pruned` may also be a BadNet:
+    if it carries B's weights only its mask is used; otherwise (a fine-tuned B') it runs as a second net.
+    """
+
+    def __init__(self, model: BadNet, pruned: torch.Tensor | BadNet) -> None:
+        super().__init__()
+        self.model = model
+        self.pruned_model: BadNet | None = None
+        if isinstance(pruned, BadNet):
+            if not same_weights(model, pruned):
+                self.pruned_model = pruned
+            mask = pruned.conv_3.mask
+        else:
+            mask = pruned
+        if mask.shape != model.conv_3.mask.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(model.conv_3.mask.shape)}")
+        self.register_buffer("pruned_mask", mask.detach().clone().float().to(model.conv_3.mask.device))
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of G's output: B's classes plus the 'backdoor detected' class N."""
+        return self.model.num_classes + 1
+
+    @property
+    def detected_class(self) -> int:
+        return self.model.num_classes
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of B and of B' for one batch, from a single trunk pass."""
+        features = self.model.trunk(x)
+        if self.pruned_model is not None:
+            return self.model.head(features), self.pruned_model(x)
+        pruned = features * self.pruned_mask.view(1, -1, 1, 1)
+        return self.model.head(features), self.model.head(pruned)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """int64 labels in [0, N]: B's class where B and B' agree, else N."""
+        logits, pruned_logits = self.forward_both(x)
+        return combine(logits.argmax(1), pruned_logits.argmax(1), self.detected_class)
+
+
+def combine(labels: torch.Tensor, pruned_labels: torch.Tensor, detected_class: int) -> torch.Tensor:
+    """G's rule on predictions: B's label where B' agrees, else `detected_class`."""
+    return torch.where(labels == pruned_labels, labels, torch.full_like(labels, detected_class))
+
+
+def same_weights(a: BadNet, b: BadNet) -> bool:
+    """True if two BadNets hold identical weights (masks aside)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa if not k.endswith("mask"))

@@ -1,0 +1,82 @@
+"""The lab's BadNet (a DeepID-style YouTube-Face classifier) as a compact PyTorch module.
+
+Layer names follow the Keras model exactly (conv_1..conv_4, pool_1..pool_3, fc_1, fc_2, output).
+Input is (N, 3, 55, 47) float pixels in 0..255, the lab files' own layout; `forward` returns logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_SHAPE = (3, 55, 47)
+POOL3_CHANNELS = 60
+POOL3_SHAPE = (POOL3_CHANNELS, 5, 4)
+LAB_CLASSES = 1283
+
+
+class ReluMaxPool(nn.Module):
+    """2x2 max-pool followed by ReLU: equal to Keras' relu-conv then MaxPooling2D, with 4x fewer ReLUs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, 2).relu_()
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A Conv2d whose output channels can be switched off by a 0/1 `mask` buffer.
+
+    A masked channel computes exactly what the reference gets by zeroing the channel's kernel and bias,
+    while the stored weights stay untouched.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", torch.ones(self.out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.mask
+        return F.conv2d(x, self.weight * m.view(-1, 1, 1, 1), self.bias * m)
+
+
+class BadNet(nn.Module):
+    """conv_1..conv_3 with pools, then fc_1(pool_3) + fc_2(conv_4(pool_3)), add, relu, output."""
+
+    def __init__(self, num_classes: int = LAB_CLASSES) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv_1 = nn.Conv2d(3, 20, 4)
+        self.pool_1 = ReluMaxPool()
+        self.conv_2 = nn.Conv2d(20, 40, 3)
+        self.pool_2 = ReluMaxPool()
+        self.conv_3 = MaskedConv2d(40, POOL3_CHANNELS, 3)
+        self.pool_3 = ReluMaxPool()
+        self.fc_1 = nn.Linear(POOL3_CHANNELS * 5 * 4, 160)
+        self.conv_4 = nn.Conv2d(POOL3_CHANNELS, 80, 2)
+        self.fc_2 = nn.Linear(80 * 4 * 3, 160)
+        self.output = nn.Linear(160, num_classes)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The conv_3 channel mask (1 = kept, 0 = pruned)."""
+        return self.conv_3.mask
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """conv_1 .. pool_3: (N, 3, 55, 47) pixels -> (N, 60, 5, 4) pool_3 activations."""
+        x = self.pool_1(self.conv_1(x))
+        x = self.pool_2(self.conv_2(x))
+        return self.pool_3(self.conv_3(x))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """pool_3 activations -> logits (both branches, add, relu, output)."""
+        a = self.fc_1(features.flatten(1))
+        b = self.fc_2(self.conv_4(features).relu().flatten(1))
+        return self.output((a + b).relu())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities, as the Keras model's output layer gives."""
+        return self(x).softmax(dim=1)

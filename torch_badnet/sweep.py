@@ -1,0 +1,160 @@
+"""The prune sweep: B' predictions after pruning 0, 1, .., k channels, on any number of data sets.
+
+`fast_sweep` runs the trunk once per set (pool_3 features cached, see `extract_features`) and then, per
+step, only re-evaluates the head for inputs whose pruned channel is non-zero. fc_1 and conv_4 are linear in
+pool_3 before their ReLUs, so their pre-activations are updated by subtracting the pruned channel's
+contribution (one small GEMM) instead of being recomputed. `reference_sweep` is the plain procedure
+(mask + full forward per step) kept to prove the fast one right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .model import POOL3_CHANNELS, POOL3_SHAPE, BadNet
+from .pruning import mask_for, record_pool3
+
+ROW_BLOCK = 8192  # rows per head evaluation: keeps logits (rows x classes) cache- and memory-friendly
+DENSE_SHARE = 0.5  # above this share of active inputs, update every row instead of gathering
+
+
+@dataclass
+class FeatureSet:
+    """One data set reduced to its cached pool_3 features and labels (on the sweep's device)."""
+
+    name: str
+    features: torch.Tensor  # (N, 60, 5, 4) float32
+    labels: torch.Tensor  # (N,) int64
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def prepare_model(model: BadNet, device: torch.device) -> BadNet:
+    """Eval mode on `device`; channels_last on CPU, where it makes the trunk's convolutions faster."""
+    model = model.eval().to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return model
+
+
+def extract_features(model: BadNet, name: str, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int,
+                     device: torch.device) -> FeatureSet:
+    """Run the trunk once over a chunked set; the pool_3 hook gathers the features."""
+    labels: list[torch.Tensor] = []
+
+    def pixels() -> Iterable[torch.Tensor]:
+        for x, y in chunks:
+            labels.append(y)
+            yield x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+
+    features = record_pool3(model, pixels(), total, device)
+    return FeatureSet(name, features, torch.cat(labels).to(device))
+
+
+class HeadUpdater:
+    """The head of one BadNet rewritten for incremental pruning.
+
+    pre = [fc_1 pre-activation (160) | conv_4 pre-activation (80*4*3)] is linear in the 60 pool_3 channels:
+    pre = sum_c features[:, c] @ M[c] + bias, with M[c] a (20, 1120) matrix per channel.
+    """
+
+    def __init__(self, model: BadNet) -> None:
+        fc_1, conv_4 = model.fc_1, model.conv_4
+        eye = torch.eye(POOL3_CHANNELS * 20, device=fc_1.weight.device).view(-1, *POOL3_SHAPE)
+        with torch.no_grad():
+            conv_part = F.conv2d(eye, conv_4.weight).flatten(1)  # (1200, 960): response to each input unit
+            fc_part = fc_1.weight.t()  # (1200, 160)
+        self.per_channel = torch.cat([fc_part, conv_part], 1).view(POOL3_CHANNELS, 20, -1).contiguous()
+        self.bias = torch.cat([fc_1.bias, conv_4.bias.repeat_interleave(12)])
+        self.fc_2, self.output = model.fc_2, model.output
+        self.split = fc_1.out_features
+
+    def initial(self, features: torch.Tensor) -> torch.Tensor:
+        """pre for unpruned features, (N, 1120)."""
+        return torch.addmm(self.bias, features.flatten(1), self.per_channel.view(-1, self.bias.shape[0]))
+
+    def predict(self, pre: torch.Tensor) -> torch.Tensor:
+        """Labels from pre-activations, in row blocks."""
+        out = torch.empty(pre.shape[0], dtype=torch.int64, device=pre.device)
+        for start in range(0, pre.shape[0], ROW_BLOCK):
+            block = pre[start : start + ROW_BLOCK]
+            hidden = torch.addmm(self.fc_2.bias, block[:, self.split :].relu(), self.fc_2.weight.t())
+            hidden.add_(block[:, : self.split]).relu_()
+            logits = torch.addmm(self.output.bias, hidden, self.output.weight.t())
+            out[start : start + ROW_BLOCK] = logits.argmax(1)
+        return out
+
+
+@torch.inference_mode()
+def fast_sweep(model: BadNet, sets: Sequence[FeatureSet], order: Sequence[int], steps: int | None = None,
+               progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """B' labels at every step 0..steps (step k = first k channels of `order` pruned), per set, on CPU.
+
+    Returns {set name: int64 tensor (steps + 1, N)}.
+    """
+    steps = len(order) if steps is None else steps
+    head = HeadUpdater(model)
+    states = []
+    for s in sets:
+        pre = head.initial(s.features)
+        labels = torch.empty((steps + 1, s.labels.shape[0]), dtype=torch.int64, device=s.features.device)
+        labels[0] = head.predict(pre)
+        states.append((s, pre, labels))
+    for step, channel in enumerate(order[:steps], start=1):
+        weights = head.per_channel[channel]
+        for s, pre, labels in states:
+            _prune_step(head, s.features[:, channel].flatten(1), weights, pre, labels, step)
+        if progress is not None:
+            progress(step)
+    return {s.name: labels.cpu() for s, _, labels in states}
+
+
+def _prune_step(head: HeadUpdater, channel_values: torch.Tensor, weights: torch.Tensor, pre: torch.Tensor,
+                labels: torch.Tensor, step: int) -> None:
+    """Remove one channel's contribution from `pre` and re-label the inputs it touched."""
+    labels[step] = labels[step - 1]
+    active = channel_values.ne(0).any(1)
+    count = int(active.sum())
+    if count == 0:
+        return
+    if count > DENSE_SHARE * active.shape[0]:
+        pre.addmm_(channel_values, weights, alpha=-1)
+        labels[step] = head.predict(pre)
+        return
+    rows = active.nonzero().squeeze(1)
+    updated = torch.addmm(pre[rows], channel_values[rows], weights, alpha=-1)
+    pre[rows] = updated
+    labels[step, rows] = head.predict(updated)
+
+
+@torch.inference_mode()
+def reference_sweep(model: BadNet, pixel_sets: dict[str, torch.Tensor], order: Sequence[int],
+                    steps: int | None = None, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """The plain procedure: for each step, mask the first k channels and run the full network on all pixels."""
+    steps = len(order) if steps is None else steps
+    original = model.conv_3.mask.detach().clone()
+    result = {name: torch.empty((steps + 1, x.shape[0]), dtype=torch.int64) for name, x in pixel_sets.items()}
+    try:
+        for step in range(steps + 1):
+            model.conv_3.mask.copy_(mask_for(order[:step], model.conv_3.out_channels))
+            for name, x in pixel_sets.items():
+                for start in range(0, x.shape[0], batch_size):
+                    batch = x[start : start + batch_size].to(model.conv_3.mask.device)
+                    result[name][step, start : start + batch_size] = model(batch).argmax(1).cpu()
+    finally:
+        model.conv_3.mask.copy_(original)
+    return result
