@@ -1,0 +1,58 @@
+"""The `torch-badnet` command line. Subcommands live in torch_badnet.commands, imported lazily.
+
+Every user error ends as one line `error: <file>: <problem>` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from . import __version__
+from .commands import classify, convert_cmd, demo, evaluate, export, sweep
+from .errors import BadInputError
+
+EXIT_BAD_INPUT = 2
+COMMANDS = (demo, convert_cmd, evaluate, classify, sweep, export)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but usage errors are a single `error:` line (exit 2) like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="torch-badnet", description="The Fine-Pruning defense against BadNets, in PyTorch.")
+    parser.add_argument("--version", action="version", version=f"torch-badnet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BadInputError as exc:
+        sys.stderr.write(f"error: {exc.path}: {exc.problem}\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except MemoryError:
+        sys.stderr.write("error: out of memory (try --device cpu or smaller inputs)\n")
+    except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("TORCH_BADNET_DEBUG"):
+            raise
+        sys.stderr.write(f"error: internal error {type(exc).__name__}: {exc} (set TORCH_BADNET_DEBUG=1 for the traceback)\n")
+        return 1
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

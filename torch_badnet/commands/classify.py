@@ -1,0 +1,37 @@
+"""`torch-badnet classify`: the class of each face image (the GoodNet's, with --pruned)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_device_argument, add_model_argument, device_from, net_for, print_json
+
+HELP = "the class of each face image (PNG/JPEG, 55x47)"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("classify", help=HELP, description=HELP)
+    add_model_argument(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="face images")
+    p.add_argument("--resize", action="store_true", help="scale images of another size to 55x47")
+    p.add_argument("--json", action="store_true", help='print [{"path": .., "label": ..}, ...]')
+    add_device_argument(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load_images
+    from ..predict import labels_of
+
+    device = device_from(args)
+    pixels = load_images(args.images, resize=args.resize)
+    net = net_for(args, device)
+    labels = [int(v) for v in labels_of(net, pixels.to(device)).cpu()]
+    detected = net.detected_class if args.pruned else None
+    if args.json:
+        print_json([{"path": path, "label": label} for path, label in zip(args.images, labels)])
+        return 0
+    for path, label in zip(args.images, labels):
+        note = "  (backdoor detected)" if label == detected else ""
+        print(f"{path}\t{label}{note}")
+    return 0

@@ -1,0 +1,57 @@
+"""What several subcommands share: loading models (through convert/), the GoodNet, device and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import BadInputError
+
+
+def add_model_argument(parser: argparse.ArgumentParser, pruned: bool = True) -> None:
+    parser.add_argument("--model", required=True, metavar="M",
+                        help="the BadNet B: .h5/.keras (Keras), .pt (torch-badnet) or .onnx")
+    if pruned:
+        parser.add_argument("--pruned", metavar="P",
+                            help="B' (e.g. DIR/models/X=4/pruned.pt): answer with the GoodNet of B and B'")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+
+
+def device_from(args: argparse.Namespace):
+    """The torch device asked for; 'cuda' without a GPU is a one-line error."""
+    from ..sweep import resolve_device
+
+    try:
+        return resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        raise BadInputError("--device", str(exc)) from None
+
+
+def load_model(path: str):
+    """Any supported model file -> LoadedModel (the CLI is where torch_badnet meets convert/)."""
+    from convert import load_model as load
+
+    return load(path)
+
+
+def net_for(args: argparse.Namespace, device):
+    """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
+    from ..goodnet import GoodNet
+
+    model = load_model(args.model).model.eval()
+    if not getattr(args, "pruned", None):
+        return model.to(device)
+    pruned = load_model(args.pruned).model.eval()
+    if pruned.num_classes != model.num_classes:
+        raise BadInputError(args.pruned, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
+    return GoodNet(model, pruned).eval().to(device)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")

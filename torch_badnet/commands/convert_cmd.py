@@ -1,0 +1,72 @@
+"""`torch-badnet convert SRC -o DST`: Keras/ONNX/.pt -> .pt, .h5 (Keras weights) or .onnx, optionally verified."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import BadInputError
+from .common import load_model
+
+HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras weights) or .onnx"
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+TARGETS = (".pt", ".h5", ".onnx")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("convert", help=HELP, description=HELP)
+    p.add_argument("src", metavar="SRC", help="model file (.h5, .keras, .pt, .onnx)")
+    p.add_argument("-o", "--output", required=True, metavar="DST", help="output file: .pt, .h5 or .onnx")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the result with the source run in Keras (needs the keras extra) and print the max difference")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src), Path(args.output)
+    if dst.suffix.lower() not in TARGETS:
+        raise BadInputError(dst, f"unknown output type '{dst.suffix}' (expected .pt, .h5 or .onnx)")
+    if args.verify:
+        from convert.keras_model import import_keras
+
+        import_keras()  # fail before writing anything when TensorFlow is missing
+    loaded = load_model(str(src))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_converted(loaded, src, tmp)
+        if args.verify:
+            from convert.verify import verify_against_keras
+
+            print(verify_against_keras(loaded.model, src, tmp))
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {dst} ({loaded.model.num_classes} classes, from {loaded.source_format} {src}, sha256 {loaded.source_sha256[:12]}...)")
+    return 0
+
+
+def write_converted(loaded, src: Path, dst: Path) -> None:
+    """Write `loaded` (read from `src`) as dst's type."""
+    suffix = dst.suffix.lower()
+    if suffix == ".pt":
+        from ..checkpoint import save_checkpoint
+
+        save_checkpoint(loaded.model, dst, source=str(src), source_format=loaded.source_format,
+                        source_sha256=loaded.source_sha256)
+    elif suffix == ".h5":
+        from convert.keras_h5 import write_keras_weights
+
+        write_keras_weights(loaded.model, dst)
+    elif src.suffix.lower() in KERAS_SUFFIXES:
+        from convert.onnx_export import keras_to_onnx
+
+        keras_to_onnx(src, dst)
+    else:
+        from convert.onnx_export import export_onnx
+
+        export_onnx(loaded.model, dst)

@@ -1,0 +1,34 @@
+"""`torch-badnet demo`: build (or reuse) the embedded demo BadNet and data, then run the whole defense."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .sweep import add_sweep_options, data_specs, run_defense
+
+HELP = "build the embedded demo (its own BadNet and lab-layout data, cached) and run the defense on it"
+DEFAULT_OUT = "demo-results"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help=HELP, description=HELP)
+    p.add_argument("--workdir", metavar="DIR", help="where the demo workspace is built and cached "
+                   "(default: the user cache dir, e.g. ~/.cache/torch-badnet)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
+    p.add_argument("--seed", type=int, default=0, help="demo seed (default 0)")
+    add_sweep_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import DemoConfig, ensure_workspace
+
+    config = DemoConfig(seed=args.seed)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress goes to stderr
+    ws = ensure_workspace(Path(args.workdir) if args.workdir else None, config, log=log)
+    log(f"demo workspace: {ws.root} ({'built now' if ws.built else 'reused from cache'})")
+    specs = data_specs(str(ws.clean_valid), [str(ws.poisoned_valid)], str(ws.clean_test), [str(ws.poisoned_test)])
+    run_defense(args, ws.model, specs, Path(args.out), title=f"Pruning defense on the demo BadNet ({ws.model})")
+    return 0

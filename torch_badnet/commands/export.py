@@ -1,0 +1,33 @@
+"""`torch-badnet export`: B, or the GoodNet of B and B' as one graph, to ONNX."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_argument, load_model
+
+HELP = "export B (or, with --pruned, the GoodNet as one graph) to ONNX"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help=HELP, description=HELP)
+    add_model_argument(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output .onnx file")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the project's tested opset)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from convert.onnx_export import DEFAULT_OPSET, export_onnx
+
+    from ..errors import BadInputError
+
+    if not args.output.lower().endswith(".onnx"):
+        raise BadInputError(args.output, "the output of export must be a .onnx file")
+    model = load_model(args.model).model
+    pruned = load_model(args.pruned).model if args.pruned else None
+    opset = args.opset or DEFAULT_OPSET
+    export_onnx(model, args.output, pruned=pruned, opset=opset)
+    kind = "GoodNet (output 'label', int64 in [0, %d])" % model.num_classes if pruned is not None else "BadNet (output 'logits')"
+    print(f"wrote {args.output}: {kind}, input 'input' (N,3,55,47) float32, opset {opset}")
+    return 0
