@@ -25,11 +25,23 @@ from torch_badnet.model import BadNet
 
 from .keras_layout import KERAS_LAYER_ORDER, WEIGHTED_LAYERS, expected_keras_shapes, keras_to_state_dict, model_to_keras
 
+# Keras 3 stores a weighted layer under the snake-case name of its class, numbered per class in layer order.
+KERAS3_AUTO_KEYS = {"Conv2D": "conv2d", "Dense": "dense"}
+KERAS3_CLASS_OF_KIND = {"conv": "Conv2D", "dense": "Dense"}
+
 # Keras layer classes of the lab architecture, and the activation each named layer must use.
 SUPPORTED_CLASSES = {"InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Add", "Activation"}
 EXPECTED_ACTIVATIONS = {
     "conv_1": "relu", "conv_2": "relu", "conv_3": "relu", "conv_4": "relu",
     "fc_1": "linear", "fc_2": "linear", "activation_1": "relu", "output": "softmax",
+}
+# Settings every layer of a class has in the lab architecture (checked where a config states them); kernel
+# sizes and widths are checked through the weights' shapes.
+EXPECTED_SETTINGS: dict[str, dict[str, Any]] = {
+    "Conv2D": {"strides": [1, 1], "padding": "valid", "dilation_rate": [1, 1], "groups": 1,
+               "data_format": "channels_last", "use_bias": True},
+    "MaxPooling2D": {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid", "data_format": "channels_last"},
+    "Dense": {"use_bias": True},
 }
 
 
@@ -68,7 +80,7 @@ def _read_keras_archive(path: Path) -> KerasWeights:
         check_model_config(config, path)
     try:
         with h5py.File(io.BytesIO(blob), "r") as f:
-            layers = _read_keras3_layers(f, path)
+            layers = _read_keras3_layers(f, path, config)
     except OSError as exc:
         raise BadInputError(path, f"model.weights.h5 inside the archive is unreadable ({first_line(exc)})") from None
     return KerasWeights(layers, config, "keras3-archive")
@@ -115,20 +127,49 @@ def _read_legacy_layers(group: h5py.Group, path: Path) -> dict[str, list[np.ndar
     return layers
 
 
-def _read_keras3_layers(f: h5py.File, path: Path) -> dict[str, list[np.ndarray]]:
-    """Keras 3 layout: layers/<auto name>/vars/{0,1,..} with the user's layer name in vars.attrs['name']."""
+def _read_keras3_layers(f: h5py.File, path: Path, config: Any = None) -> dict[str, list[np.ndarray]]:
+    """Keras 3 layout: layers/<auto name>/vars/{0,1,..}; the user's layer name is in vars.attrs['name'].
+
+    Files from Keras 3 versions before that attribute existed are matched as Keras' own load_weights matches
+    them: by class and position (conv2d, conv2d_1, .., dense, ..), against the archive's config or the lab model.
+    """
     if "layers" not in f:
         raise BadInputError(path, "Keras 3 weights file has no 'layers' group")
+    positional = _keras3_positional_names(config)
     layers = {}
     for key, group in f["layers"].items():
         if not isinstance(group, h5py.Group) or "vars" not in group:
             continue
         variables = group["vars"]
-        name = _text(variables.attrs.get("name", key))
+        name = _text(variables.attrs.get("name", positional.get(key, key)))
         arrays = [np.asarray(variables[str(i)][()]) for i in range(len(variables))]
         if arrays:
             layers[name] = arrays
     return layers
+
+
+def _keras3_positional_names(config: Any) -> dict[str, str]:
+    """{Keras 3 auto key (conv2d, conv2d_1, dense, ..): layer name}, in the config's layer order or the lab's."""
+    layers = _config_layers(config) if config is not None else None
+    if layers is not None:
+        entries = [(layer.get("class_name"), _config_layer_name(layer)) for layer in layers if isinstance(layer, dict)]
+    else:
+        entries = [(KERAS3_CLASS_OF_KIND[kind], name) for name, (kind, _) in WEIGHTED_LAYERS.items()]
+    names: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for cls, name in entries:
+        base = KERAS3_AUTO_KEYS.get(cls)
+        if base is None:
+            continue
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        names[base if count == 0 else f"{base}_{count}"] = name
+    return names
+
+
+def _config_layer_name(layer: dict[str, Any]) -> str:
+    cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+    return str(cfg.get("name", layer.get("name", "?")))
 
 
 def _config_layers(config: Any) -> list[dict[str, Any]] | None:
@@ -143,20 +184,33 @@ def _config_layers(config: Any) -> list[dict[str, Any]] | None:
 
 
 def check_model_config(config: Any, path: str | os.PathLike[str]) -> None:
-    """Reject a model_config that is not the lab architecture: unsupported layers or other activations."""
+    """Reject a model_config that is not the lab architecture: unsupported layers, other activations or settings."""
     layers = _config_layers(config)
     if layers is None:
         raise BadInputError(path, "model_config has no layer list")
     for layer in layers:
+        if not isinstance(layer, dict):
+            raise BadInputError(path, "model_config lists a layer that is not a JSON object")
         cls = layer.get("class_name", "?")
         cfg = layer.get("config", {}) if isinstance(layer.get("config"), dict) else {}
-        name = cfg.get("name", layer.get("name", "?"))
+        name = _config_layer_name(layer)
         if cls not in SUPPORTED_CLASSES:
             raise BadInputError(path, f"unsupported layer '{name}' ({cls}) in model_config; only the lab BadNet architecture is supported")
         expected = EXPECTED_ACTIVATIONS.get(name)
         activation = cfg.get("activation")
         if expected and activation is not None and activation != expected:
             raise BadInputError(path, f"layer '{name}' uses activation '{activation}', the lab architecture has '{expected}'")
+        for setting, wanted in EXPECTED_SETTINGS.get(cls, {}).items():
+            value = cfg.get(setting)
+            if value is not None and _as_plain(value) != wanted:
+                raise BadInputError(path, f"layer '{name}' ({cls}) has {setting}={value!r}, the lab architecture has {wanted!r}")
+
+
+def _as_plain(value: Any) -> Any:
+    """A config value with tuples as lists, as the lab settings are written."""
+    if isinstance(value, (list, tuple)):
+        return [_as_plain(v) for v in value]
+    return value
 
 
 def keras_weights_to_state_dict(weights: KerasWeights, path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], int]:

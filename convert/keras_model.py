@@ -53,14 +53,14 @@ def to_keras(model: BadNet) -> Any:
     return keras_model
 
 
-def load_into_keras(path: str) -> Any:
+def load_into_keras(path: str | os.PathLike[str]) -> Any:
     """Build the lab architecture in Keras and load a weights file with Keras' own `load_weights`."""
     keras_model = build_keras_badnet(_num_classes_of(path))
-    keras_model.load_weights(path)
+    keras_model.load_weights(str(path))
     return keras_model
 
 
-def _num_classes_of(path: str) -> int:
+def _num_classes_of(path: str | os.PathLike[str]) -> int:
     from .keras_h5 import read_keras_file
 
     return int(read_keras_file(path).layers["output"][0].shape[1])

@@ -1,0 +1,83 @@
+"""Write ONNX files: a BadNet (or the GoodNet around it) through torch.onnx, a Keras file through tf2onnx.
+
+`export_onnx` uses torch's TorchScript-based exporter (`dynamo=False`): it needs only the `onnx` package,
+folds the conv_3 mask into the weights, and writes the same bytes for the same model. `keras_to_onnx` reads
+the Keras file with the project's own reader and rebuilds the lab architecture in Keras from code; no model,
+config or code is ever deserialised from the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from torch_badnet.errors import BadInputError
+from torch_badnet.files import write_bytes
+from torch_badnet.goodnet import GoodNet
+from torch_badnet.model import INPUT_SHAPE, BadNet
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+LABEL_NAME = "label"
+KERAS_INPUT_SHAPE = (55, 47, 3)  # the Keras model's NHWC input, kept as the ONNX input of keras_to_onnx
+# torch >= 2.9 defaults to the dynamo exporter (needs onnxscript); older torch has only the TorchScript one
+_TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
+def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor | BadNet | None = None,
+                opset: int = DEFAULT_OPSET) -> None:
+    """Write B (output `logits`, float32 (N, classes)) or, given `pruned`, the GoodNet (output `label`, int64).
+
+    The GoodNet is one graph whose trunk is shared by B and B'; its labels lie in [0, classes], `classes`
+    meaning "backdoor detected". The input `input` is (N, 3, 55, 47) float32 pixels with a dynamic N.
+    """
+    if not isinstance(model, BadNet):
+        raise TypeError(f"export_onnx needs a BadNet, got {type(model).__name__}")
+    module: torch.nn.Module = model if pruned is None else GoodNet(model, pruned)
+    output_name = LOGITS_NAME if pruned is None else LABEL_NAME
+    module = copy.deepcopy(module).cpu().float().eval()  # same bytes whatever device or mode the model is in
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its successor
+        torch.onnx.export(
+            module, (torch.zeros((1, *INPUT_SHAPE)),), buffer, opset_version=opset, **_TORCHSCRIPT_EXPORTER,
+            input_names=[INPUT_NAME], output_names=[output_name],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, do_constant_folding=True,
+        )
+    write_bytes(dst, buffer.getvalue())
+
+
+def keras_to_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> None:
+    """Convert a Keras lab model file to ONNX with tf2onnx (input `input` NHWC (N, 55, 47, 3), softmax output).
+
+    The weights are read by convert.keras_h5 (validated) and loaded into the architecture built from code.
+    """
+    from .keras_h5 import load_keras
+    from .keras_model import to_keras
+
+    model, _ = load_keras(src)
+    tf, tf2onnx = import_tf2onnx()
+    keras_model = to_keras(model)
+    signature = (tf.TensorSpec((None, *KERAS_INPUT_SHAPE), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=opset)
+    write_bytes(dst, proto.SerializeToString())
+
+
+def import_tf2onnx() -> tuple[Any, Any]:
+    """TensorFlow and tf2onnx, imported quietly, or a BadInputError naming the extra to install."""
+    from .keras_model import import_keras
+
+    import_keras()
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError:
+        raise BadInputError("tf2onnx", "tf2onnx is not installed; install the extra: pip install 'torch-badnet[keras]'") from None
+    return tf, tf2onnx
