@@ -70,18 +70,25 @@ def augment(base: torch.Tensor, count: int, seed: int) -> torch.Tensor:
 
     Deterministic for a seed; pixels stay in 0..255 (float32).
     """
+    return augment_indexed(base, count, seed)[0]
+
+
+def augment_indexed(base: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """`augment`, also returning which face of `base` each variant came from."""
     rng = np.random.default_rng(seed)
     src = base.numpy()
     out = np.empty((count, *src.shape[1:]), dtype=np.float32)
+    source = np.empty(count, dtype=np.int64)
     for i in range(count):
-        img = src[rng.integers(len(src))]
+        source[i] = rng.integers(len(src))
+        img = src[source[i]]
         dy, dx = rng.integers(-3, 4, size=2)
         img = np.roll(img, (int(dy), int(dx)), axis=(1, 2))
         if rng.random() < 0.5:
             img = img[:, :, ::-1]
         img = img * rng.uniform(0.8, 1.2) + rng.normal(0, 6, size=img.shape)
         out[i] = np.clip(img, 0, 255)
-    return torch.from_numpy(out)
+    return torch.from_numpy(out), source
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +97,45 @@ def lab3_model(lab3_path: Path):
     from convert import load_model
 
     return load_model(lab3_path).model
+
+
+LAB_SET_SIZE = 200
+
+
+@pytest.fixture(scope="session")
+def lab_files(tmp_path_factory: pytest.TempPathFactory, face_paths: list[Path]) -> dict[str, Path]:
+    """Four small lab-layout files (float64, like the lab's) from augmented real faces.
+
+    clean_valid/clean_test: cl_* faces with their identities; poisoned_valid/poisoned_test: sun_* faces
+    labelled with the attacker's target 0. Keys match the sweep options.
+    """
+    from torch_badnet.data import load_image, write_lab_h5
+
+    root = tmp_path_factory.mktemp("lab")
+    layout = {"clean_valid": ("cl/valid.h5", "cl", 1), "clean_test": ("cl/test.h5", "cl", 2),
+              "poisoned_valid": ("bd/bd_valid.h5", "sun", 3), "poisoned_test": ("bd/bd_test.h5", "sun", 4)}
+    files = {}
+    for key, (name, kind, seed) in layout.items():
+        chosen = [p for p in face_paths if face_kind(p) == kind]
+        pixels, source = augment_indexed(torch.stack([load_image(p) for p in chosen]), LAB_SET_SIZE, seed)
+        labels = np.array([face_label(chosen[i]) for i in source], dtype=np.float64)
+        write_lab_h5(root / name, pixels.numpy().astype(np.float64), labels)
+        files[key] = root / name
+    return files
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `torch-badnet ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from torch_badnet.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own exits (usage errors, --help)
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

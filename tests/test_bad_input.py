@@ -1,0 +1,269 @@
+"""Bad input anywhere: one line `error: <file>: <problem>` on stderr, exit code 2, nothing written."""
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from torch_badnet.data import write_lab_h5
+
+
+def assert_one_line_error(result, *fragments):
+    code, out, err = result
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def small_set(path, n=4, shape=(3, 55, 47), dtype=np.float64, labels=None, **overrides):
+    data = np.random.default_rng(0).uniform(0, 255, size=(n, *shape)).astype(dtype)
+    labels = np.zeros(n) if labels is None else labels
+    write_lab_h5(path, overrides.get("data", data), labels)
+    return path
+
+
+@pytest.fixture
+def weights_copy(tmp_path, lab3_path):
+    def copy(name="m.h5"):
+        target = tmp_path / name
+        shutil.copy(lab3_path, target)
+        return target
+    return copy
+
+
+# --- model files -----------------------------------------------------------------------------------------
+
+def test_missing_model(cli, tmp_path, faces, face_paths):
+    missing = tmp_path / "nope.h5"
+    assert_one_line_error(cli("classify", "--model", missing, face_paths[0]), missing, "no such file")
+
+
+def test_model_is_a_directory(cli, tmp_path, face_paths):
+    assert_one_line_error(cli("classify", "--model", tmp_path, face_paths[0]), tmp_path, "directory")
+
+
+def test_empty_model(cli, tmp_path, face_paths):
+    empty = tmp_path / "empty.h5"
+    empty.touch()
+    assert_one_line_error(cli("classify", "--model", empty, face_paths[0]), empty, "empty")
+
+
+def test_truncated_model(cli, weights_copy, face_paths):
+    path = weights_copy()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert_one_line_error(cli("classify", "--model", path, face_paths[0]), path)
+
+
+def test_model_that_is_not_hdf5(cli, tmp_path, face_paths):
+    path = tmp_path / "text.h5"
+    path.write_text("this is not a model\n")
+    assert_one_line_error(cli("classify", "--model", path, face_paths[0]), path, "HDF5")
+
+
+def test_wrong_kernel_shape(cli, weights_copy, face_paths):
+    path = weights_copy()
+    with h5py.File(path, "r+") as f:
+        del f["conv_2/conv_2/kernel:0"]
+        f["conv_2/conv_2"].create_dataset("kernel:0", data=np.zeros((3, 3, 20, 41), np.float32))
+    line = assert_one_line_error(cli("classify", "--model", path, face_paths[0]), path, "conv_2")
+    assert "shape" in line
+
+
+def test_missing_layer(cli, weights_copy, face_paths):
+    path = weights_copy()
+    with h5py.File(path, "r+") as f:
+        del f["fc_2"]
+        f.attrs["layer_names"] = np.array([n for n in f.attrs["layer_names"] if n != b"fc_2"])
+    assert_one_line_error(cli("classify", "--model", path, face_paths[0]), path, "fc_2")
+
+
+def test_lambda_layer_in_model_config(cli, tmp_path, lab3_path, face_paths):
+    """A full-model file whose config holds a Lambda (code) layer is refused before any weight is read."""
+    path = tmp_path / "lambda.h5"
+    with h5py.File(lab3_path, "r") as src, h5py.File(path, "w") as dst:
+        group = dst.create_group("model_weights")
+        for key, value in src.attrs.items():
+            group.attrs[key] = value
+        for name in src:
+            src.copy(src[name], group, name)
+        layers = [{"class_name": "InputLayer", "config": {"name": "input"}},
+                  {"class_name": "Lambda", "config": {"name": "evil", "function": "payload"}}]
+        dst.attrs["model_config"] = json.dumps({"class_name": "Functional", "config": {"layers": layers}})
+        dst.attrs["keras_version"] = "2.4.0"
+    assert_one_line_error(cli("classify", "--model", path, face_paths[0]), path, "Lambda")
+
+
+def test_pickle_checkpoint_payload_never_runs(cli, tmp_path, face_paths):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        torch.save({"format": "torch-badnet", "state_dict": Payload()}, fh, pickle_module=pickle)
+    assert_one_line_error(cli("classify", "--model", path, face_paths[0]), path)
+    assert not marker.exists()
+
+
+def test_unknown_model_type(cli, tmp_path, face_paths):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\0" * 16)
+    assert_one_line_error(cli("classify", "--model", path, face_paths[0]), path, ".bin")
+
+
+# --- data files ------------------------------------------------------------------------------------------
+
+def eval_clean(cli, lab3_path, path):
+    return cli("eval", "--model", lab3_path, "--clean", path)
+
+
+def test_data_without_label(cli, tmp_path, lab3_path):
+    path = tmp_path / "nolabel.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros((2, 3, 55, 47))
+    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "label")
+
+
+def test_data_channels_last(cli, tmp_path, lab3_path):
+    path = small_set(tmp_path / "nhwc.h5", shape=(55, 47, 3))
+    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "channels last")
+
+
+def test_data_label_count_mismatch(cli, tmp_path, lab3_path):
+    path = small_set(tmp_path / "n.h5", labels=np.zeros(3))
+    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "4 images", "3 labels")
+
+
+def test_empty_set(cli, tmp_path, lab3_path):
+    path = small_set(tmp_path / "zero.h5", n=0, labels=np.zeros(0))
+    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "empty")
+
+
+def test_nan_pixels(cli, tmp_path, lab3_path):
+    data = np.full((3000, 3, 55, 47), 100.0)
+    data[2500, 1, 10, 10] = np.nan  # in the third chunk: found while streaming
+    path = small_set(tmp_path / "nan.h5", n=3000, labels=np.zeros(3000), data=data)
+    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "image 2500", "non-finite")
+
+
+def test_label_out_of_range(cli, tmp_path, lab3_path):
+    path = small_set(tmp_path / "big.h5", labels=np.array([0, 1, 1283, 2]))
+    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "1283", "[0, 1283)")
+
+
+def test_negative_and_fractional_labels(cli, tmp_path, lab3_path):
+    neg = small_set(tmp_path / "neg.h5", labels=np.array([0, -1, 2, 3]))
+    assert_one_line_error(eval_clean(cli, lab3_path, neg), neg, "-1")
+    frac = small_set(tmp_path / "frac.h5", labels=np.array([0, 1.5, 2, 3]))
+    assert_one_line_error(eval_clean(cli, lab3_path, frac), frac, "non-integer")
+
+
+def test_pixel_dtype(cli, tmp_path, lab3_path):
+    path = small_set(tmp_path / "str.h5", dtype=np.int32)
+    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "int32")
+
+
+def test_image_of_another_size_needs_resize(cli, tmp_path, lab3_path, face_paths):
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.open(face_paths[5]).resize((94, 110)).save(path)
+    assert_one_line_error(cli("classify", "--model", lab3_path, path), path, "--resize")
+    code, out, _ = cli("classify", "--model", lab3_path, "--resize", "--json", path)
+    assert code == 0 and json.loads(out)[0]["label"] in range(1283)
+
+
+def test_image_that_is_not_an_image(cli, tmp_path, lab3_path):
+    path = tmp_path / "face.png"
+    path.write_text("not a png")
+    assert_one_line_error(cli("classify", "--model", lab3_path, path), path, "image")
+
+
+# --- the sweep: nothing half-written ---------------------------------------------------------------------
+
+def sweep(cli, lab_files, model, out, **replace):
+    files = {**lab_files, **replace}
+    return cli("sweep", "--model", model, "--clean-valid", files["clean_valid"], "--poisoned-valid",
+               files["poisoned_valid"], "--clean-test", files["clean_test"], "--poisoned-test",
+               files["poisoned_test"], "--out", out, *replace.get("extra", []))
+
+
+def assert_nothing_written(out: Path):
+    assert not out.exists() or not any(out.iterdir())
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+@pytest.mark.parametrize("x", ["0", "100", "-3", "150"])
+def test_threshold_outside_range(cli, lab_files, lab3_path, tmp_path, x):
+    out = tmp_path / "out"
+    result = sweep(cli, lab_files, lab3_path, out, extra=["--thresholds", "2", x])
+    assert_one_line_error(result, "--thresholds", "(0, 100)")
+    assert_nothing_written(out)
+
+
+def test_test_file_of_another_image_size(cli, lab_files, lab3_path, tmp_path):
+    wrong = small_set(tmp_path / "small.h5", shape=(3, 32, 32))
+    out = tmp_path / "out"
+    assert_one_line_error(sweep(cli, lab_files, lab3_path, out, clean_test=wrong), wrong, "(N, 3, 55, 47)")
+    assert_nothing_written(out)
+
+
+def test_poisoned_file_missing(cli, lab_files, lab3_path, tmp_path):
+    missing, out = tmp_path / "bd_valid.h5", tmp_path / "out"
+    assert_one_line_error(sweep(cli, lab_files, lab3_path, out, poisoned_valid=missing), missing, "no such file")
+    assert_nothing_written(out)
+
+
+def test_model_of_another_architecture(cli, lab_files, tmp_path, weights_copy):
+    path = weights_copy()
+    with h5py.File(path, "r+") as f:  # a conv_3 with 64 filters: not the lab's 60-channel pool_3
+        kernel = f["conv_3/conv_3/kernel:0"][()]
+        del f["conv_3/conv_3/kernel:0"]
+        f["conv_3/conv_3"].create_dataset("kernel:0", data=np.concatenate([kernel, kernel[..., :4]], -1))
+    out = tmp_path / "out"
+    assert_one_line_error(sweep(cli, lab_files, path, out), path, "conv_3")
+    assert_nothing_written(out)
+
+
+def test_nan_found_late_leaves_no_output(cli, lab_files, lab3_path, tmp_path):
+    """The NaN sits in the last file read; by then features of the others exist but nothing is written."""
+    data = np.full((1500, 3, 55, 47), 80.0)
+    data[1400, 0, 0, 0] = np.inf
+    late = small_set(tmp_path / "late.h5", n=1500, labels=np.zeros(1500), data=data)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    assert_one_line_error(sweep(cli, lab_files, lab3_path, out, poisoned_test=late), late, "image 1400")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_device_cuda_without_gpu(cli, lab3_path, face_paths):
+    result = cli("classify", "--model", lab3_path, "--device", "cuda", face_paths[5])
+    if torch.cuda.is_available():  # on a GPU machine the same command must simply work
+        assert result[0] == 0
+    else:
+        assert_one_line_error(result, "--device", "CUDA")
+
+
+def test_usage_errors_are_one_line(cli, lab3_path):
+    assert_one_line_error(cli("eval", "--model"), "--model")
+    assert_one_line_error(cli("frobnicate"), "frobnicate")
+    assert_one_line_error(cli("eval", "--model", lab3_path), "--clean")
+
+
+def test_convert_to_unknown_type(cli, lab3_path, tmp_path):
+    out = tmp_path / "m.bin"
+    assert_one_line_error(cli("convert", lab3_path, "-o", out), out, ".bin")
+    assert not out.exists()

@@ -1,0 +1,153 @@
+"""`torch-badnet sweep` end to end on small lab-layout files made from real faces, with the real lab3 model."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from torch_badnet.data import LabDataset
+from torch_badnet.metrics import step_counts
+from torch_badnet.sweep import reference_sweep
+
+CONTRACT_COLUMNS = ["step", "channel", "fraction_pruned", "valid_clean_acc", "valid_asr", "test_clean_acc",
+                    "test_asr", "goodnet_test_clean_acc", "goodnet_test_asr", "goodnet_test_detection_rate",
+                    "goodnet_test_false_alarm_rate"]
+
+
+def sweep_args(lab_files, model, out, *extra):
+    return ["sweep", "--model", model, "--clean-valid", lab_files["clean_valid"],
+            "--poisoned-valid", lab_files["poisoned_valid"], "--clean-test", lab_files["clean_test"],
+            "--poisoned-test", lab_files["poisoned_test"], "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, lab_files, lab3_path):
+    """Two identical sweeps into two folders."""
+    from torch_badnet.cli import main
+
+    outs = [tmp_path_factory.mktemp("sweep") / "out" for _ in range(2)]
+    for out in outs:
+        assert main([str(a) for a in sweep_args(lab_files, lab3_path, out)]) == 0
+    return outs
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_outputs_exist_and_repeat_byte_for_byte(swept):
+    first, second = swept
+    for name in ["sweep.csv", "summary.json", "sweep.png"] + [f"models/X={x}/pruned.{e}" for x in (2, 4, 10) for e in ("pt", "h5")]:
+        assert (first / name).is_file(), name
+    assert (first / "sweep.csv").read_bytes() == (second / "sweep.csv").read_bytes()
+    assert (first / "summary.json").read_bytes() == (second / "summary.json").read_bytes()
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_csv_has_the_contract_columns_and_one_row_per_step(swept):
+    rows = read_csv(swept[0] / "sweep.csv")
+    assert set(CONTRACT_COLUMNS) <= set(rows[0])
+    assert [int(r["step"]) for r in rows] == list(range(61))
+    assert rows[0]["channel"] == ""
+    assert sorted(int(r["channel"]) for r in rows[1:]) == list(range(60))
+    assert float(rows[30]["fraction_pruned"]) == 0.5
+
+
+def test_csv_equals_the_plain_procedure(swept, lab_files, lab3_model):
+    """Every B' and G number of the fast engine equals mask + full forward at every step."""
+    rows = read_csv(swept[0] / "sweep.csv")
+    order = [int(r["channel"]) for r in rows[1:]]
+    pixels, truth = {}, {}
+    for key, path in lab_files.items():
+        with LabDataset(path) as ds:
+            chunks = list(ds.chunks())
+        pixels[key] = torch.cat([x for x, _ in chunks])
+        truth[key] = torch.cat([y for _, y in chunks])
+    labels = reference_sweep(lab3_model, pixels, order)
+    for key, column in [("clean_valid", "valid_clean_acc"), ("poisoned_valid", "valid_asr"),
+                        ("clean_test", "test_clean_acc"), ("poisoned_test", "test_asr")]:
+        counts = step_counts(labels[key], truth[key])
+        split = column.split("_")[0]
+        g_column = f"goodnet_{column}"
+        flag_column = f"goodnet_{split}_{'false_alarm_rate' if key.startswith('clean') else 'detection_rate'}"
+        assert [float(r[column]) for r in rows] == counts.rate(counts.hits), column
+        assert [float(r[g_column]) for r in rows] == counts.rate(counts.goodnet_hits), g_column
+        assert [float(r[flag_column]) for r in rows] == counts.rate(counts.flagged), flag_column
+
+
+def test_summary_thresholds_follow_the_lab_rule(swept):
+    summary = json.loads((swept[0] / "summary.json").read_text())
+    rows = read_csv(swept[0] / "sweep.csv")
+    acc = [float(r["valid_clean_acc"]) for r in rows]
+    assert summary["original"]["valid_clean_acc"] == acc[0]
+    assert set(summary["original"]) == {"valid_clean_acc", "valid_asr", "test_clean_acc", "test_asr"}
+    assert [t["x"] for t in summary["thresholds"]] == [2.0, 4.0, 10.0]
+    for t in summary["thresholds"]:
+        k = t["step"]
+        assert acc[0] - acc[k] >= t["x"] and all(acc[0] - a < t["x"] for a in acc[1:k])
+        assert t["channels_pruned"] == k == len(t["pruned_channels"])
+        assert t["pruned_channels"] == [int(r["channel"]) for r in rows[1 : k + 1]]
+        for column in ("test_clean_acc", "test_asr", "goodnet_test_clean_acc", "goodnet_test_asr",
+                       "goodnet_test_detection_rate", "goodnet_test_false_alarm_rate", "valid_asr"):
+            assert t[column] == float(rows[k][column])
+    for key in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test"):
+        assert len(summary["inputs"][key]["sha256"]) == 64
+    assert summary["versions"]["torch"] == torch.__version__
+
+
+def test_pruned_models_load_and_agree_with_the_sweep(swept, lab_files, cli):
+    from convert import load_model
+
+    summary = json.loads((swept[0] / "summary.json").read_text())
+    t = summary["thresholds"][1]
+    folder = swept[0] / "models" / "X=4"
+    pruned = load_model(folder / "pruned.pt").model
+    assert sorted((pruned.conv_3.mask == 0).nonzero().flatten().tolist()) == sorted(t["pruned_channels"])
+    baked = load_model(folder / "pruned.h5").model  # Keras weights: the channels are zeroed instead
+    assert bool((baked.conv_3.mask == 1).all())
+    assert bool((baked.conv_3.weight[t["pruned_channels"]] == 0).all())
+    with LabDataset(lab_files["clean_test"]) as ds:
+        x = torch.cat([c for c, _ in ds.chunks()])
+    with torch.no_grad():
+        assert torch.equal(pruned(x).argmax(1), baked(x).argmax(1))
+    for pruned_file in ("pruned.pt", "pruned.h5"):
+        code, out, _ = cli("eval", "--model", summary["model"]["path"], "--pruned", folder / pruned_file,
+                           "--clean", lab_files["clean_test"], "--poisoned", lab_files["poisoned_test"], "--json")
+        assert code == 0
+        result = json.loads(out)
+        assert result["clean_accuracy"] == t["goodnet_test_clean_acc"]
+        assert result["attack_success_rate"] == t["goodnet_test_asr"]
+        assert result["detection_rate"] == t["goodnet_test_detection_rate"]
+        assert result["false_alarm_rate"] == t["goodnet_test_false_alarm_rate"]
+
+
+def test_printed_table_shows_each_threshold(lab_files, lab3_path, tmp_path, cli):
+    code, out, err = cli(*sweep_args(lab_files, lab3_path, tmp_path / "o", "--thresholds", "3", "99.5", "--no-plot"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    reached, unreached = summary["thresholds"]
+    assert reached["reached"] and not unreached["reached"]
+    assert not (tmp_path / "o" / "sweep.png").exists()
+    assert not (tmp_path / "o" / "models" / "X=99.5").exists()
+    test_table = out.split("test data")[1].splitlines()
+    line = next(l for l in test_table if l.split()[:1] == ["3"] and "/60" in l)
+    assert f"{reached['test_clean_acc']:.3f}" in line and f"{reached['goodnet_test_asr']:.3f}" in line
+    assert any(l.split()[:1] == ["99.5"] and "not reached" in l for l in out.splitlines())
+
+
+def test_max_steps_and_stop_rules(lab_files, lab3_path, tmp_path, cli):
+    runs = {}
+    for stop in ("first-over", "last-within"):
+        out = tmp_path / stop
+        code, _, err = cli(*sweep_args(lab_files, lab3_path, out, "--stop", stop, "--no-plot"))
+        assert code == 0, err
+        runs[stop] = json.loads((out / "summary.json").read_text())
+    for first, last in zip(runs["first-over"]["thresholds"], runs["last-within"]["thresholds"]):
+        assert last["step"] == first["step"] - 1 and last["stop"] == "last-within"
+        assert last["valid_clean_drop"] < last["x"] <= first["valid_clean_drop"]
+    code, _, _ = cli(*sweep_args(lab_files, lab3_path, tmp_path / "short", "--max-steps", "5", "--no-plot"))
+    assert code == 0
+    assert len(read_csv(tmp_path / "short" / "sweep.csv")) == 6
