@@ -11,11 +11,11 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .commands import classify, convert_cmd, demo, evaluate, export, sweep
+from .commands import classify, convert_cmd, demo, evaluate, export, finetune, sweep
 from .errors import BadInputError
 
 EXIT_BAD_INPUT = 2
-COMMANDS = (demo, convert_cmd, evaluate, classify, sweep, export)
+COMMANDS = (demo, convert_cmd, evaluate, classify, sweep, finetune, export)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -11,8 +11,12 @@ from .report import format_x
 STYLES = {"clean_acc": ("tab:blue", "-"), "asr": ("tab:red", "-")}
 
 
-def plot_sweep(result: SweepResult, path: Path, title: str = "Pruning defense") -> None:
-    """Plot the test curves when test files were given, else the validation curves; mark each B'_X."""
+def plot_sweep(result: SweepResult, path: Path, title: str = "Pruning defense",
+               finetuned: dict[float, dict[str, float]] | None = None) -> None:
+    """Plot the test curves when test files were given, else the validation curves; mark each B'_X.
+
+    With fine-tuning, B'_ft (filled) and G_ft (hollow) appear as markers at their X.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,6 +36,7 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "Pruning defense") 
             ax.axvline(at, color="0.5", linestyle=":", linewidth=1)
             ax.annotate(f"X={format_x(t.x)}", (at, 2), rotation=90, fontsize=8, color="0.3",
                         ha="right", va="bottom")
+    _plot_finetuned(ax, result, finetuned or {}, split)
     ax.set_xlabel("channels of pool_3 pruned (%)")
     ax.set_ylabel(f"{'test' if split == 'test' else 'validation'} data (%)")
     ax.set_ylim(-2, 102)
@@ -60,3 +65,24 @@ def _line_style(name: str, split: str) -> tuple[str, str, str] | None:
         trigger = metric[len("asr_"):]
         return f"{who} attack success{' [' + trigger + ']' if trigger else ''}", "tab:red", dash
     return None
+
+
+def _plot_finetuned(ax, result: SweepResult, finetuned: dict[float, dict[str, float]], split: str) -> None:
+    """Markers for B'_ft / G_ft clean accuracy (blue) and attack success (red) at each X's step."""
+    labelled = set()
+    for t in result.thresholds:
+        tuned = finetuned.get(t.x)
+        if not t.reached or not tuned:
+            continue
+        at = 100.0 * t.metrics["fraction_pruned"]
+        for name, value in tuned.items():
+            line = _line_style(name, split) if isinstance(value, float) else None
+            if line is None:
+                continue
+            label, color, dash = line
+            who = label.replace("B'", "B'_ft").replace("G ", "G_ft ")
+            hollow = dash == "--"
+            ax.plot([at], [value], marker="o", markersize=6, linestyle="none", color=color,
+                    markerfacecolor="white" if hollow else color,
+                    label=None if who in labelled else who)
+            labelled.add(who)

@@ -71,15 +71,22 @@ def threshold_entry(result: SweepResult, t: Threshold) -> dict[str, Any]:
     return entry
 
 
-def summary(result: SweepResult, context: dict[str, Any]) -> dict[str, Any]:
-    """summary.json content: inputs (paths, sha256), versions, ranking, original metrics and thresholds."""
+def summary(result: SweepResult, context: dict[str, Any], finetuned: dict[float, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """summary.json content: inputs (paths, sha256), versions, ranking, original metrics and thresholds.
+
+    With fine-tuning, each threshold row gets a `finetuned` object: B'_ft and G_ft metrics (same names).
+    """
+    rows = [threshold_entry(result, t) for t in result.thresholds]
+    for row in rows:
+        if finetuned and row["x"] in finetuned:
+            row["finetuned"] = finetuned[row["x"]]
     return {
         **context,
         "steps": result.steps,
         "images": result.sizes,
         "ranking": {"order": result.order, "scores": [float(s) for s in result.scores]},
         "original": original_metrics(result),
-        "thresholds": [threshold_entry(result, t) for t in result.thresholds],
+        "thresholds": rows,
     }
 
 
@@ -93,8 +100,11 @@ def versions() -> dict[str, str]:
             "h5py": h5py.__version__, "python": platform.python_version()}
 
 
-def table(result: SweepResult, title: str = "") -> str:
-    """The reference report's table (X, clean accuracy, attack success rate) for B' and G, per split."""
+def table(result: SweepResult, title: str = "", finetuned: dict[float, dict[str, Any]] | None = None) -> str:
+    """The reference report's table (X, clean accuracy, attack success rate) for B' and G, per split.
+
+    With fine-tuning, a row `<X> ft` after each X gives B'_ft and G_ft in the same columns.
+    """
     lines = [title] if title else []
     for split in SPLITS:
         if f"{split}_clean_acc" not in result.columns:
@@ -110,6 +120,9 @@ def table(result: SweepResult, title: str = "") -> str:
                 continue
             cells = [_pct(t.metrics.get(name)) for _, name in cols]
             lines.append(_row([format_x(t.x), str(t.step), f"{len(t.pruned_channels)}/{len(result.order)}"] + cells))
+            tuned = (finetuned or {}).get(t.x)
+            if tuned and any(name in tuned for _, name in cols):
+                lines.append(_row([f"{format_x(t.x)} ft", "", ""] + [_pct(tuned.get(name)) for _, name in cols]))
     return "\n".join(lines)
 
 
@@ -156,11 +169,12 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
 
 
 def write_report(result: SweepResult, model: BadNet, staging: Path, context: dict[str, Any],
-                 write_keras: KerasWriter | None = None, plot: bool = True) -> dict[str, Any]:
+                 write_keras: KerasWriter | None = None, plot: bool = True,
+                 finetuned: dict[float, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write every output of a sweep into `staging` (see files.staged_dir); returns the summary."""
     from .files import write_text
 
-    content = summary(result, context)
+    content = summary(result, context, finetuned)
     write_text(staging / "sweep.csv", csv_text(result))
     write_text(staging / "summary.json", json.dumps(content, indent=2) + "\n")
     source = {"source_sha256": context.get("model", {}).get("sha256", "")}
@@ -168,5 +182,5 @@ def write_report(result: SweepResult, model: BadNet, staging: Path, context: dic
     if plot:
         from .plot import plot_sweep
 
-        plot_sweep(result, staging / "sweep.png")
+        plot_sweep(result, staging / "sweep.png", finetuned=finetuned)
     return content

@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(default: the user cache dir, e.g. ~/.cache/torch-badnet)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--seed", type=int, default=0, help="demo seed (default 0)")
-    add_sweep_options(p)
+    add_sweep_options(p, finetune_seed_flag="--finetune-seed")
     p.set_defaults(run=run)
 
 

@@ -17,8 +17,10 @@ DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 TRIGGER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
 
-def add_sweep_options(p: argparse.ArgumentParser) -> None:
+def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--seed") -> None:
     """Options shared by `sweep` and `demo`."""
+    from .finetune import add_finetune_options
+
     p.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS), metavar="X",
                    help="accuracy drops X in (0, 100) that define B'_X (default: 2 4 10)")
     p.add_argument("--stop", choices=("first-over", "last-within"), default="first-over",
@@ -28,7 +30,11 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
                    help="X in percentage points (default) or in percent of the original accuracy")
     p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
+    p.add_argument("--finetune", action="store_true",
+                   help="also fine-tune every B'_X on the clean validation data (Fine-Pruning) and report B'_ft and G_ft")
     add_device_argument(p)
+    group = p.add_argument_group("fine-tuning (with --finetune)")
+    add_finetune_options(group, finetune_seed_flag)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -99,6 +105,11 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
     from ..report import table, versions, write_report
 
     check_options(args, out)
+    config = None
+    if args.finetune:
+        from .finetune import config_from
+
+        config = config_from(args)
     device = device_from(args)
     loaded = load_model(str(model_path))
     started = time.perf_counter()
@@ -113,11 +124,41 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
         "versions": versions(),
     }
     with staged_dir(out) as staging:
-        content = write_report(result, loaded.model, staging, context, _keras_writer(), plot=not args.no_plot)
-    print(table(result, title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
+        finetuned = finetune_thresholds(result, loaded.model, specs, config, device, staging) if config else {}
+        content = write_report(result, loaded.model, staging, context, _keras_writer(), plot=not args.no_plot,
+                               finetuned=finetuned)
+    print(table(result, title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)", finetuned))
     print(f"\nwrote {out}/sweep.csv, summary.json{'' if args.no_plot else ', sweep.png'} and models/X=<x>/pruned.pt|.h5 "
           f"({result.steps} steps on {sum(result.sizes.values())} images in {elapsed:.1f} s on {device.type})")
     return content
+
+
+def finetune_thresholds(result, model, specs: list, config, device, staging: Path) -> dict[float, dict[str, Any]]:
+    """Fine-tune every B'_X; evaluate B'_ft and G_ft on the test files (else on the poisoned validation files)."""
+    import copy
+
+    import torch
+
+    from ..report import model_dir
+    from .finetune import finetune_and_evaluate, load_pixels
+
+    clean_valid = next(s for s in specs if s.split == "valid" and s.kind == "clean")
+    pixels, labels = load_pixels(clean_valid.path, model.num_classes)
+    eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    finetuned = {}
+    for t in result.thresholds:
+        if not t.reached:
+            continue
+        pruned = copy.deepcopy(model).cpu()
+        with torch.no_grad():
+            pruned.conv_3.mask.copy_(result.pruned_mask(t))
+        log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
+        facts = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device,
+                                      staging / model_dir(t), _keras_writer(), log)
+        facts["model"] = f"{model_dir(t)}/finetuned.pt"
+        finetuned[t.x] = facts
+    return finetuned
 
 
 def _keras_writer():

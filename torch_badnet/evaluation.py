@@ -1,0 +1,35 @@
+"""B' and its GoodNet on whole lab files, with the sweep's metric names (for B'_ft and other single nets)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .data import LabDataset
+from .defense import DataSpec, metric_columns
+from .goodnet import GoodNet
+from .metrics import step_counts
+from .model import BadNet
+
+
+@torch.inference_mode()
+def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a file."""
+    rows, truth = [], []
+    for x, y in dataset.chunks():
+        logits, pruned_logits = goodnet.forward_both(x.to(device))
+        rows.append(torch.stack([logits.argmax(1), pruned_logits.argmax(1)]).cpu())
+        truth.append(y)
+    return torch.cat(rows, 1), torch.cat(truth)
+
+
+def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device) -> dict[str, float]:
+    """Every sweep metric (`test_clean_acc`, `goodnet_test_asr`, ...) of one B' and its GoodNet G on `specs`."""
+    goodnet = GoodNet(model, pruned).eval().to(device)
+    metrics: dict[str, float] = {}
+    for spec in specs:
+        with LabDataset(spec.path, model.num_classes) as ds:
+            labels, truth = b_and_pruned_labels(goodnet, ds, device)
+        metrics.update({name: values[1] for name, values in metric_columns(spec, step_counts(labels, truth)).items()})
+    return metrics
