@@ -1,0 +1,124 @@
+"""Fine-pruning: the mask survives fine-tuning, runs are deterministic, and the CLI writes its contract."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import augment, augment_indexed, face_kind, face_label
+from torch_badnet.data import write_lab_h5
+from torch_badnet.finetune import FinetuneConfig, effective_mask, finetune, holdout_split
+from torch_badnet.pruning import prune
+
+PRUNED = [0, 2, 6, 15, 12, 13, 14, 9, 24, 25, 26, 27, 21, 22, 23, 17, 31, 30, 50, 53]
+
+
+@pytest.fixture(scope="module")
+def pruned_and_data(lab3_model, faces, face_paths):
+    """B' with 20 channels pruned, and 120 augmented clean faces with their true identities."""
+    import copy
+
+    identities = torch.tensor([face_label(p) for p in face_paths if face_kind(p) == "cl"])
+    x, source = augment_indexed(faces["cl"], 120, seed=11)
+    return prune(copy.deepcopy(lab3_model), PRUNED), x, identities[source]
+
+
+def test_holdout_split_is_seeded_and_disjoint():
+    train, held = holdout_split(100, 0.2, seed=3)
+    assert held.numel() == 20 and train.numel() == 80
+    assert set(train.tolist()).isdisjoint(held.tolist()) and set(train.tolist()) | set(held.tolist()) == set(range(100))
+    again = holdout_split(100, 0.2, seed=3)
+    assert torch.equal(train, again[0]) and torch.equal(held, again[1])
+    assert not torch.equal(held, holdout_split(100, 0.2, seed=4)[1])
+
+
+def test_mask_survives_and_runs_repeat(pruned_and_data):
+    pruned, x, y = pruned_and_data
+    config = FinetuneConfig(epochs=2, lr=1e-3, batch_size=32, seed=5, patience=5)
+    first = finetune(pruned, x, y, config)
+    second = finetune(pruned, x, y, config)
+    tuned = first.model
+    assert first.best_epoch > 0  # it did train (else the following is trivially true)
+    assert torch.equal(tuned.conv_3.mask, pruned.conv_3.mask)
+    assert bool((tuned.conv_3.weight[PRUNED] == 0).all()) and bool((tuned.conv_3.bias[PRUNED] == 0).all())
+    kept = [c for c in range(60) if c not in PRUNED]
+    assert not torch.equal(tuned.conv_3.weight[kept], pruned.conv_3.weight[kept])
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name]), name
+    assert [h["holdout_acc"] for h in first.history] == [h["holdout_acc"] for h in second.history]
+    assert first.holdout_images == 24 and first.train_images == 96
+
+
+def test_effective_mask_reads_baked_pruning(lab3_model):
+    import copy
+
+    baked = copy.deepcopy(lab3_model)
+    with torch.no_grad():
+        baked.conv_3.weight[[3, 7]] = 0
+        baked.conv_3.bias[[3, 7]] = 0
+    assert (effective_mask(baked) == 0).nonzero().flatten().tolist() == [3, 7]
+
+
+def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path):
+    from convert import load_model
+
+    sweep_out = tmp_path / "sweep"
+    code, _, err = cli("sweep", "--model", lab3_path, "--clean-valid", lab_files["clean_valid"], "--poisoned-valid",
+                       lab_files["poisoned_valid"], "--thresholds", "4", "--no-plot", "--out", sweep_out)
+    assert code == 0, err
+    pruned = sweep_out / "models" / "X=4" / "pruned.pt"
+    out = tmp_path / "ft"
+    code, stdout, err = cli("finetune", "--model", lab3_path, "--pruned", pruned, "--clean-valid", lab_files["clean_valid"],
+                            "--clean-test", lab_files["clean_test"], "--poisoned-test", lab_files["poisoned_test"],
+                            "--epochs", "2", "--lr", "1e-3", "--seed", "1", "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("test_clean_acc", "test_asr", "goodnet_test_clean_acc", "goodnet_test_asr",
+                "goodnet_test_detection_rate", "goodnet_test_false_alarm_rate"):
+        assert 0 <= summary[key] <= 100 and key in summary["before_finetuning"]
+    assert summary["holdout"]["images"] == 40 and summary["holdout"]["train_images"] == 160
+    with open(out / "history.csv", newline="") as fh:
+        history = list(csv.DictReader(fh))
+    assert list(history[0]) == ["epoch", "loss", "holdout_acc"] and len(history) == 3
+    channels = json.loads((sweep_out / "summary.json").read_text())["thresholds"][0]["pruned_channels"]
+    for name in ("finetuned.pt", "finetuned.h5"):
+        tuned = load_model(out / name).model
+        assert bool((tuned.conv_3.weight[channels] == 0).all()) and bool((tuned.conv_3.bias[channels] == 0).all())
+    assert "goodnet_test_asr" in stdout
+
+
+def _poisoned_file(path, base, seed, n=120):
+    write_lab_h5(path, augment(base, n, seed).numpy().astype(np.float64), np.zeros(n))
+    return path
+
+
+def test_several_triggers_equal_separate_runs(cli, lab_files, lab3_path, faces, tmp_path):
+    """--poisoned-* NAME=PATH reports each trigger; each equals a plain run on that trigger alone."""
+    ano_valid = _poisoned_file(tmp_path / "ano_valid.h5", faces["ano"], 21)
+    ano_test = _poisoned_file(tmp_path / "ano_test.h5", faces["ano"], 22)
+    common = ["--model", lab3_path, "--clean-valid", lab_files["clean_valid"], "--clean-test", lab_files["clean_test"],
+              "--no-plot"]
+    code, out, err = cli("sweep", *common, "--out", tmp_path / "multi",
+                         "--poisoned-valid", f"sun={lab_files['poisoned_valid']}", "--poisoned-valid", f"ano={ano_valid}",
+                         "--poisoned-test", f"sun={lab_files['poisoned_test']}", "--poisoned-test", f"ano={ano_test}")
+    assert code == 0, err
+    assert "B' attack[ano]" in out
+    multi = _rows(tmp_path / "multi" / "sweep.csv")
+    for name, valid, test in [("sun", lab_files["poisoned_valid"], lab_files["poisoned_test"]), ("ano", ano_valid, ano_test)]:
+        code, _, err = cli("sweep", *common, "--out", tmp_path / name, "--poisoned-valid", valid, "--poisoned-test", test)
+        assert code == 0, err
+        single = _rows(tmp_path / name / "sweep.csv")
+        for column in single[0]:
+            multi_column = column
+            if "_asr" in column or "detection_rate" in column:
+                multi_column = f"{column}_{name}"
+            assert [r[multi_column] for r in multi] == [r[column] for r in single], column
+    summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert {"valid_asr_sun", "valid_asr_ano", "test_asr_sun", "test_asr_ano"} <= set(summary["original"])
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
