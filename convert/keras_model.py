@@ -6,8 +6,10 @@ config or code is never deserialised.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 from torch_badnet.errors import BadInputError
 from torch_badnet.model import LAB_CLASSES, BadNet
@@ -20,10 +22,26 @@ def import_keras() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
-        import keras
+        with quiet_native_stderr():
+            import keras
     except ImportError:
         raise BadInputError("keras", "TensorFlow/Keras is not installed; install the extra: pip install 'torch-badnet[keras]'") from None
     return keras
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what native code writes to fd 2 (TensorFlow's start-up log lines, which ignore
+    TF_CPP_MIN_LOG_LEVEL) while importing; Python exceptions still surface after it is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def build_keras_badnet(num_classes: int = LAB_CLASSES) -> Any:
