@@ -6,6 +6,7 @@ This is the data flow of `torch-badnet sweep` (and the demo) without any file ou
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -69,6 +70,13 @@ class SweepResult:
 
     def pruned_mask(self, threshold: Threshold) -> torch.Tensor:
         return mask_for(threshold.pruned_channels, len(self.scores))
+
+    def pruned_model(self, model: BadNet, threshold: Threshold) -> BadNet:
+        """B'_X: a CPU copy of `model` with threshold's channels masked (weights untouched)."""
+        pruned = copy.deepcopy(model).cpu()
+        with torch.no_grad():
+            pruned.conv_3.mask.copy_(self.pruned_mask(threshold))
+        return pruned
 
 
 def metric_columns(spec: DataSpec, counts: StepCounts) -> dict[str, list[float]]:

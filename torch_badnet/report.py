@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -158,9 +157,7 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
     for t in result.thresholds:
         if not t.reached:
             continue
-        pruned = copy.deepcopy(model).cpu()
-        with torch.no_grad():
-            pruned.conv_3.mask.copy_(result.pruned_mask(t))
+        pruned = result.pruned_model(model, t)
         folder = staging / model_dir(t)
         save_checkpoint(pruned, folder / "pruned.pt", x=t.x, step=t.step, stop=t.stop, drop=t.drop,
                         pruned_channels=t.pruned_channels, **metadata)

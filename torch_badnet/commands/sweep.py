@@ -135,10 +135,6 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
 
 def finetune_thresholds(result, model, specs: list, config, device, staging: Path) -> dict[float, dict[str, Any]]:
     """Fine-tune every B'_X; evaluate B'_ft and G_ft on the test files (else on the poisoned validation files)."""
-    import copy
-
-    import torch
-
     from ..report import model_dir
     from .finetune import finetune_and_evaluate, load_pixels
 
@@ -150,9 +146,7 @@ def finetune_thresholds(result, model, specs: list, config, device, staging: Pat
     for t in result.thresholds:
         if not t.reached:
             continue
-        pruned = copy.deepcopy(model).cpu()
-        with torch.no_grad():
-            pruned.conv_3.mask.copy_(result.pruned_mask(t))
+        pruned = result.pruned_model(model, t)
         log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
         facts = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device,
                                       staging / model_dir(t), _keras_writer(), log)
