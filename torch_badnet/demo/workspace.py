@@ -45,7 +45,7 @@ class DemoConfig:
     valid_per_identity: int = 20
     test_per_identity: int = 10
     poison_share: float = 0.1  # poisoned training images, as a share of the clean training set
-    robust_channels: int = 30  # pruning-aware poisoning (see train.py): the backdoor survives this much pruning
+    robust_channels: int = 10  # pruning-aware poisoning (see train.py): the backdoor survives pruning this deep
     epochs: int = 4
     batch_size: int = 128
     learning_rate: float = 3e-3
