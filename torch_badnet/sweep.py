@@ -18,8 +18,11 @@ import torch.nn.functional as F
 from .model import POOL3_CHANNELS, POOL3_SHAPE, BadNet
 from .pruning import mask_for, record_pool3
 
-ROW_BLOCK = 8192  # rows per head evaluation: keeps logits (rows x classes) cache- and memory-friendly
-DENSE_SHARE = 0.5  # above this share of active inputs, update every row instead of gathering
+ROW_BLOCK = 512  # rows per head evaluation on CPU: keeps the logits (rows x classes) in the L2 cache
+GPU_ROW_BLOCK = 16384  # rows per head evaluation on a GPU: few, large kernels
+DENSE_SHARE = 0.5  # above this share of active inputs, update every row instead of gathering the active ones
+INITIAL_BLOCK = 4096  # rows per block of the unpruned head pre-activations
+CPU_TRUNK_BATCH = 128  # images per trunk pass on CPU: small batches keep the conv activations in cache
 
 
 @dataclass
@@ -53,13 +56,20 @@ def prepare_model(model: BadNet, device: torch.device) -> BadNet:
 
 def extract_features(model: BadNet, name: str, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int,
                      device: torch.device) -> FeatureSet:
-    """Run the trunk once over a chunked set; the pool_3 hook gathers the features."""
+    """Run the trunk once over a chunked set; the pool_3 hook gathers the features.
+
+    On CPU each chunk goes through the trunk in channels_last batches of `CPU_TRUNK_BATCH` images.
+    """
     labels: list[torch.Tensor] = []
 
     def pixels() -> Iterable[torch.Tensor]:
         for x, y in chunks:
             labels.append(y)
-            yield x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+            if device.type != "cpu":
+                yield x
+                continue
+            for batch in x.split(CPU_TRUNK_BATCH):
+                yield batch.contiguous(memory_format=torch.channels_last)
 
     features = record_pool3(model, pixels(), total, device)
     return FeatureSet(name, features, torch.cat(labels).to(device))
@@ -80,22 +90,30 @@ class HeadUpdater:
             fc_part = fc_1.weight.t()  # (1200, 160)
         self.per_channel = torch.cat([fc_part, conv_part], 1).view(POOL3_CHANNELS, 20, -1).contiguous()
         self.bias = torch.cat([fc_1.bias, conv_4.bias.repeat_interleave(12)])
-        self.fc_2, self.output = model.fc_2, model.output
+        self.fc_2_bias, self.fc_2_weight_t = model.fc_2.bias, model.fc_2.weight.t().contiguous()
+        self.output_bias, self.output_weight_t = model.output.bias, model.output.weight.t().contiguous()
+        self.fc_1, self.conv_4 = fc_1, conv_4
         self.split = fc_1.out_features
 
     def initial(self, features: torch.Tensor) -> torch.Tensor:
-        """pre for unpruned features, (N, 1120)."""
-        return torch.addmm(self.bias, features.flatten(1), self.per_channel.view(-1, self.bias.shape[0]))
+        """pre for unpruned features, (N, 1120), from fc_1 and conv_4 themselves (5x fewer FLOPs than `M`)."""
+        pre = torch.empty((features.shape[0], self.bias.shape[0]), dtype=features.dtype, device=features.device)
+        for start in range(0, features.shape[0], INITIAL_BLOCK):
+            block = features[start : start + INITIAL_BLOCK]
+            pre[start : start + INITIAL_BLOCK, : self.split] = self.fc_1(block.flatten(1))
+            pre[start : start + INITIAL_BLOCK, self.split :] = self.conv_4(block).flatten(1)
+        return pre
 
     def predict(self, pre: torch.Tensor) -> torch.Tensor:
         """Labels from pre-activations, in row blocks."""
         out = torch.empty(pre.shape[0], dtype=torch.int64, device=pre.device)
-        for start in range(0, pre.shape[0], ROW_BLOCK):
-            block = pre[start : start + ROW_BLOCK]
-            hidden = torch.addmm(self.fc_2.bias, block[:, self.split :].relu(), self.fc_2.weight.t())
+        rows = ROW_BLOCK if pre.device.type == "cpu" else GPU_ROW_BLOCK
+        for start in range(0, pre.shape[0], rows):
+            block = pre[start : start + rows]
+            hidden = torch.addmm(self.fc_2_bias, block[:, self.split :].relu(), self.fc_2_weight_t)
             hidden.add_(block[:, : self.split]).relu_()
-            logits = torch.addmm(self.output.bias, hidden, self.output.weight.t())
-            out[start : start + ROW_BLOCK] = logits.argmax(1)
+            logits = torch.addmm(self.output_bias, hidden, self.output_weight_t)
+            out[start : start + rows] = logits.max(1).indices  # the first maximum, as argmax; faster on CPU
         return out
 
 
@@ -113,31 +131,31 @@ def fast_sweep(model: BadNet, sets: Sequence[FeatureSet], order: Sequence[int], 
         pre = head.initial(s.features)
         labels = torch.empty((steps + 1, s.labels.shape[0]), dtype=torch.int64, device=s.features.device)
         labels[0] = head.predict(pre)
-        states.append((s, pre, labels))
+        touched = s.features.flatten(2).ne(0).any(2)  # (N, 60): the inputs each channel is non-zero on
+        states.append((s, pre, labels, touched))
     for step, channel in enumerate(order[:steps], start=1):
         weights = head.per_channel[channel]
-        for s, pre, labels in states:
-            _prune_step(head, s.features[:, channel].flatten(1), weights, pre, labels, step)
+        for s, pre, labels, touched in states:
+            _prune_step(head, s.features, channel, touched[:, channel], weights, pre, labels, step)
         if progress is not None:
             progress(step)
-    return {s.name: labels.cpu() for s, _, labels in states}
+    return {s.name: labels.cpu() for s, _, labels, _ in states}
 
 
-def _prune_step(head: HeadUpdater, channel_values: torch.Tensor, weights: torch.Tensor, pre: torch.Tensor,
-                labels: torch.Tensor, step: int) -> None:
-    """Remove one channel's contribution from `pre` and re-label the inputs it touched."""
+def _prune_step(head: HeadUpdater, features: torch.Tensor, channel: int, touched: torch.Tensor,
+                weights: torch.Tensor, pre: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+    """Remove one channel's contribution from `pre` and re-label the inputs it touched (the others keep theirs)."""
     labels[step] = labels[step - 1]
-    active = channel_values.ne(0).any(1)
-    count = int(active.sum())
+    rows = touched.nonzero().squeeze(1)
+    count = rows.shape[0]
     if count == 0:
         return
-    if count > DENSE_SHARE * active.shape[0]:
-        pre.addmm_(channel_values, weights, alpha=-1)
+    if count > DENSE_SHARE * touched.shape[0]:
+        pre.addmm_(features[:, channel].flatten(1), weights, alpha=-1)
         labels[step] = head.predict(pre)
         return
-    rows = active.nonzero().squeeze(1)
-    updated = torch.addmm(pre[rows], channel_values[rows], weights, alpha=-1)
-    pre[rows] = updated
+    updated = torch.addmm(pre.index_select(0, rows), features[rows, channel].flatten(1), weights, alpha=-1)
+    pre.index_copy_(0, rows, updated)
     labels[step, rows] = head.predict(updated)
 
 

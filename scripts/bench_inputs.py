@@ -1,0 +1,129 @@
+"""Inputs of the sweep benchmark: the BadNet (real lab3 weights, else the demo's) and four lab-sized pixel sets.
+
+Pixels are augmented faces (shifts, flips, brightness, noise) from the real lab images in ../shared/real, else
+from the demo workspace's sets, else uniform noise; real faces matter because pool_3 sparsity drives the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from torch_badnet.model import BadNet
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DIR = Path(os.environ.get("TORCH_BADNET_REAL", ROOT.parent / "shared" / "real"))
+LAB_SIZES = {"valid": 11_547, "test": 12_830}  # images per set in the lab's files (clean and poisoned alike)
+SET_NAMES = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+MAX_SHIFT = 3
+
+
+@dataclass
+class BenchInputs:
+    """The model, where it came from, and {set name: (pixels float32 (n, 3, 55, 47), labels int64 (n,))}."""
+
+    model: BadNet
+    model_path: Path
+    model_source: str
+    pixel_source: str
+    sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def images(self) -> int:
+        return sum(int(x.shape[0]) for x, _ in self.sets.values())
+
+
+def set_sizes(scale: float) -> dict[str, int]:
+    """Images per set: the lab's sizes times `scale` (at least 1)."""
+    return {name: max(1, round(LAB_SIZES[name.split("_")[1]] * scale)) for name in SET_NAMES}
+
+
+def load_inputs(scale: float, seed: int = 0, log: Callable[[str], None] = print) -> BenchInputs:
+    """Model and pixel sets for one benchmark run."""
+    from convert import load_model
+
+    model_path, model_source, demo = _model_path(log)
+    model = load_model(model_path).model.eval()
+    faces, pixel_source = _base_faces(demo, model.num_classes)
+    rng = np.random.default_rng(seed)
+    sets = {}
+    for name, size in set_sizes(scale).items():
+        base, labels = faces["poisoned" if name.startswith("poisoned") else "clean"]
+        sets[name] = _augmented(base, labels, size, rng)
+    return BenchInputs(model, model_path, model_source, pixel_source, sets)
+
+
+def _model_path(log: Callable[[str], None]):
+    """The real lab3 weights; else the demo workspace's model; else a seeded random BadNet saved as a checkpoint."""
+    real = REAL_DIR / "models" / "lab3_bd_weights.h5"
+    if real.is_file():
+        return real, "lab3_bd_weights.h5 (real lab weights)", None
+    log(f"{real} not found: using the demo model")
+    try:
+        from torch_badnet.demo import ensure_workspace
+
+        demo = ensure_workspace(log=log)
+        return demo.model, "demo bd_net.h5", demo
+    except Exception as exc:  # the demo is optional here: any failure falls back to random weights
+        log(f"demo workspace unavailable ({type(exc).__name__}: {exc}): using a seeded random BadNet")
+    from torch_badnet.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = Path(tempfile.gettempdir()) / "bench-sweep-random-badnet.pt"
+    save_checkpoint(BadNet(), path, source="scripts/bench_sweep.py random weights (seed 0)")
+    return path, "random BadNet (seed 0)", None
+
+
+def _base_faces(demo, num_classes: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """{'clean'|'poisoned': (faces (k, 3, 55, 47) float32, labels (k,))} to augment from."""
+    images = REAL_DIR / "images"
+    if images.is_dir() and any(images.glob("cl_*.png")) and any(images.glob("sun_*.png")):
+        from torch_badnet.data import load_image
+
+        def faces(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+            paths = sorted(images.glob(f"{prefix}_*_label=*.png"))
+            pixels = np.stack([load_image(p).numpy() for p in paths])
+            labels = np.array([int(p.stem.rsplit("=", 1)[1]) for p in paths], dtype=np.int64)
+            return pixels, labels
+
+        return {"clean": faces("cl"), "poisoned": faces("sun")}, "augmented real faces (../shared/real/images)"
+    if demo is not None:
+        from torch_badnet.data import LabDataset
+
+        def first(path: Path) -> tuple[np.ndarray, np.ndarray]:
+            with LabDataset(path) as ds:
+                x, y = next(ds.chunks(256))
+            return x.numpy(), y.numpy()
+
+        return {"clean": first(demo.clean_valid), "poisoned": first(demo.poisoned_valid)}, "augmented demo faces"
+    rng = np.random.default_rng(1)
+    noise = rng.uniform(0, 255, size=(16, 3, 55, 47)).astype(np.float32)
+    labels = rng.integers(0, num_classes, 16)
+    return {"clean": (noise, labels), "poisoned": (noise[::-1].copy(), np.zeros(16, np.int64))}, "uniform noise"
+
+
+def _augmented(base: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator,
+               block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` variants: random shift (+-3 px, wrapped), horizontal flip, brightness x0.8..1.2, noise sd 6."""
+    variants = []  # every (face, dy, dx, flip) combination, built once
+    for face in base:
+        for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
+            for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
+                shifted = np.roll(face, (dy, dx), axis=(1, 2))
+                variants += [shifted, shifted[:, :, ::-1]]
+    variants = np.stack(variants)
+    per_face = len(variants) // len(base)
+    pick = rng.integers(len(variants), size=count)
+    out = np.empty((count, *base.shape[1:]), dtype=np.float32)
+    for start in range(0, count, block):
+        rows = pick[start : start + block]
+        x = variants[rows] * rng.uniform(0.8, 1.2, size=(len(rows), 1, 1, 1)).astype(np.float32)
+        x += rng.standard_normal(size=x.shape, dtype=np.float32) * 6
+        np.clip(x, 0, 255, out=out[start : start + len(rows)])
+    return torch.from_numpy(out), torch.from_numpy(labels[pick // per_face].astype(np.int64))

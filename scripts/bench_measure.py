@@ -1,0 +1,198 @@
+"""The timed pieces of the sweep benchmark: forward pass, reference procedures (PyTorch, Keras), engine sweep, CLI."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from torch_badnet.model import BadNet
+from torch_badnet.pruning import mask_for
+
+ROOT = Path(__file__).resolve().parents[1]
+Sets = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Timing:
+    """Wall seconds of each run, CPU seconds of this process (all threads) and the 1-minute load average before each.
+
+    On a shared machine the CPU time is the steadier figure (with OMP_WAIT_POLICY=passive: no spinning counted).
+    """
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"median_s": self.median, "runs_s": [round(s, 4) for s in self.seconds],
+                "cpu_median_s": statistics.median(self.cpu_seconds),
+                "cpu_runs_s": [round(s, 4) for s in self.cpu_seconds], "load_1min": self.load}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device, timing: Timing | None = None) -> Timing:
+    """Run `fn` `repeats` times; the device is synchronised before and after each run."""
+    timing = timing or Timing()
+    for _ in range(repeats):
+        timing.load.append(round(os.getloadavg()[0], 2))
+        sync(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        timing.seconds.append(time.perf_counter() - start)
+        timing.cpu_seconds.append(time.process_time() - cpu_start)
+    return timing
+
+
+@torch.inference_mode()
+def forward_all(model: torch.nn.Module, sets: Sets, batch: int) -> None:
+    """One plain forward pass (labels) over every image of every set, in batches."""
+    channels_last = next(model.parameters()).device.type == "cpu"
+    for x, _ in sets.values():
+        for start in range(0, x.shape[0], batch):
+            b = x[start : start + batch]
+            if channels_last:
+                b = b.contiguous(memory_format=torch.channels_last)
+            out = model(b)
+            if out.ndim == 2:  # logits -> labels (a GoodNet answers labels already)
+                out.argmax(1)
+
+
+def time_torch_reference(model: BadNet, sets: Sets, order: Sequence[int], steps: int, batch: int,
+                         device: torch.device) -> Timing:
+    """The reference procedure in PyTorch, one Timing entry per step: mask the first k channels, forward all sets."""
+    timing = Timing()
+    original = model.conv_3.mask.detach().clone()
+    try:
+        for k in range(1, steps + 1):
+            def step(k: int = k) -> None:
+                model.conv_3.mask.copy_(mask_for(order[:k], model.conv_3.out_channels).to(device))
+                forward_all(model, sets, batch)
+            timed(step, 1, device, timing)
+    finally:
+        model.conv_3.mask.copy_(original)
+    return timing
+
+
+def time_keras_reference(model: BadNet, sets: Sets, order: Sequence[int], steps: int,
+                         batch: int | None) -> tuple[Timing, str] | None:
+    """The lab's procedure in Keras, one Timing entry per step: zero conv_3's kernel/bias channels, predict all sets.
+
+    None when TensorFlow is not installed. `batch` None = Keras' own predict default (32, the lab's call).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+        from convert.keras_model import to_keras
+    except ImportError:
+        return None
+    keras_model = to_keras(model.cpu())
+    nhwc = [np.ascontiguousarray(x.cpu().numpy().transpose(0, 2, 3, 1)) for x, _ in sets.values()]
+    kernel, bias = keras_model.get_layer("conv_3").get_weights()
+    keras_model.predict(nhwc[0][:64], verbose=0)  # build the graph outside the timing
+    kwargs = {} if batch is None else {"batch_size": batch}
+    timing = Timing()
+    for k in range(1, steps + 1):
+        def step(k: int = k) -> None:
+            pruned_kernel, pruned_bias = kernel.copy(), bias.copy()
+            pruned_kernel[..., list(order[:k])] = 0
+            pruned_bias[list(order[:k])] = 0
+            keras_model.get_layer("conv_3").set_weights([pruned_kernel, pruned_bias])
+            for x in nhwc:
+                np.argmax(keras_model.predict(x, verbose=0, **kwargs), axis=1)
+        timed(step, 1, torch.device("cpu"), timing)
+    return timing, f"tensorflow {tf.__version__}"
+
+
+class InMemorySet:
+    """Stands in for `torch_badnet.data.LabDataset` so `run_sweep` reads pixels already in memory (or on the GPU)."""
+
+    pixels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None) -> None:
+        self.x, self.y = self.pixels[str(path)]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), chunk_size):
+            yield self.x[start : start + chunk_size], self.y[start : start + chunk_size]
+
+    def close(self) -> None:
+        pass
+
+
+def sweep_in_memory(model: BadNet, sets: Sets, device: torch.device, max_steps: int | None = None):
+    """`torch_badnet.defense.run_sweep` on in-memory sets: trunk features, ranking, every step, B' and G metrics."""
+    from torch_badnet import defense
+
+    specs = [defense.DataSpec(name.split("_")[1], name.split("_")[0], Path(name)) for name in sets]
+    InMemorySet.pixels = {name: value for name, value in sets.items()}
+    original = defense.LabDataset
+    defense.LabDataset = InMemorySet
+    try:
+        return defense.run_sweep(model, specs, [2.0, 4.0, 10.0], device=device, max_steps=max_steps)
+    finally:
+        defense.LabDataset = original
+
+
+@torch.inference_mode()
+def goodnet_throughput(model: BadNet, sets: Sets, pruned: Sequence[int], batch: int, device: torch.device,
+                       repeats: int) -> float:
+    """Images per second of the GoodNet (B and B' from one trunk pass) over all sets."""
+    from torch_badnet.goodnet import GoodNet
+
+    goodnet = GoodNet(model, mask_for(pruned, model.conv_3.out_channels)).eval().to(device)
+    images = sum(x.shape[0] for x, _ in sets.values())
+    timing = timed(lambda: forward_all(goodnet, sets, batch), repeats, device)
+    return images / timing.median
+
+
+def run_cli(model_path: Path, sets: Sets, device: str, log: Callable[[str], None] = print) -> dict[str, object]:
+    """Write the sets as float64 lab files, run `python -m torch_badnet sweep` on them; wall time and peak RSS."""
+    from torch_badnet.data import write_lab_h5
+
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        root = Path(tmp)
+        paths = {}
+        for name, (x, y) in sets.items():
+            paths[name] = root / f"{name}.h5"
+            write_lab_h5(paths[name], x.cpu().numpy().astype(np.float64), y.cpu().numpy().astype(np.float64))
+        sizes_mb = {name: round(p.stat().st_size / 2**20, 1) for name, p in paths.items()}
+        log(f"lab files written ({sizes_mb} MiB); running the CLI")
+        peak_file = root / "peak_rss_mib"
+        command = [sys.executable, str(Path(__file__).with_name("bench_cli_child.py")), str(peak_file), "sweep",
+                   "--model", str(model_path),
+                   "--clean-valid", str(paths["clean_valid"]), "--poisoned-valid", str(paths["poisoned_valid"]),
+                   "--clean-test", str(paths["clean_test"]), "--poisoned-test", str(paths["poisoned_test"]),
+                   "--out", str(root / "out"), "--device", device]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        load = round(os.getloadavg()[0], 2)
+        with open(root / "cli.log", "wb") as out:
+            start = time.perf_counter()
+            code = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+            wall = time.perf_counter() - start
+        text = (root / "cli.log").read_text(errors="replace")
+        if code != 0 or not peak_file.exists():
+            raise RuntimeError(f"the CLI failed ({code}):\n{text[-3000:]}")
+        return {"cli_wall_s": wall, "peak_rss_mb": float(peak_file.read_text()), "cli_load_1min": load,
+                "file_sizes_mib": sizes_mb, "cli_last_line": text.strip().splitlines()[-1]}

@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Benchmark the pruning sweep against the reference procedure (mask + full forward per step), PyTorch and Keras.
+
+    python scripts/bench_sweep.py [--scale F] [--json OUT] [--device cpu|cuda]
+
+Inputs are the lab's set sizes times F (valid 11,547 and test 12,830 images, clean and poisoned). Measured:
+forward_s (one plain forward over all images), seed_torch_s_per_step / seed_keras_s_per_step (the reference
+procedure, k steps, per step), sweep_s (the engine's whole run_sweep from in-memory pixels: trunk, ranking,
+every step, B' and G metrics) and, through the CLI on float64 lab files on disk, cli_wall_s and peak_rss_mb.
+Timings are medians; the 1-minute load average is recorded with each run (the machine may be shared: on a busy
+machine run with OMP_WAIT_POLICY=passive, see benchmarks/README.md; the setting is recorded under machine.env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from bench_inputs import load_inputs  # noqa: E402
+from bench_measure import (forward_all, goodnet_throughput, run_cli, sweep_in_memory, time_keras_reference,  # noqa: E402
+                           time_torch_reference, timed)
+
+from torch_badnet.files import atomic_path  # noqa: E402
+from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device  # noqa: E402
+
+ENV_KNOBS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "TF_NUM_INTRAOP_THREADS")
+TARGET_KERAS_SPEEDUP = 30.0  # seed_keras_s_per_step * steps / sweep_s at least this
+TARGET_SWEEP_OVER_FORWARD = 2.0  # sweep_s / forward_s at most this
+TARGET_PEAK_RSS_MB = 1500.0  # CLI child's peak RSS below this (MiB)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", type=float, default=1.0, help="set sizes = the lab's times F (default 1)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--repeats", type=int, default=3, help="runs per timing; the median is reported (default 3)")
+    p.add_argument("--reference-steps", type=int, default=3, metavar="K",
+                   help="steps of the reference procedures to time (default 3)")
+    p.add_argument("--batch", type=int, help="batch size of the plain forward passes (default: the engine's trunk "
+                                             f"batch on CPU, {CPU_TRUNK_BATCH}; 1024 on CUDA)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--keras-batch", type=int, help="Keras predict batch size (default: Keras' own, 32, as the lab)")
+    p.add_argument("--no-keras", action="store_true", help="skip the Keras reference")
+    p.add_argument("--no-cli", action="store_true", help="skip the CLI run on lab files (peak RSS)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.scale <= 0 or args.repeats < 1 or args.reference_steps < 1:
+        p.error("--scale, --repeats and --reference-steps must be positive")
+    return args
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(device), "mkldnn": torch.backends.mkldnn.is_available(),
+            "env": {k: os.environ[k] for k in ENV_KNOBS if k in os.environ}}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    elif not torch.cuda.is_available():
+        info["gpu"] = "none: no CUDA device on this machine, so no GPU run was done here"
+    return info
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S} load {os.getloadavg()[0]:.2f}] {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch is None:
+        args.batch = CPU_TRUNK_BATCH if device.type == "cpu" else 1024
+    inputs = load_inputs(args.scale, args.seed, log)
+    sets = {name: (x.to(device), y.to(device)) for name, (x, y) in inputs.sets.items()}
+    model = prepare_model(inputs.model, device)
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "scale": args.scale,
+        "images": inputs.images, "set_sizes": {n: int(x.shape[0]) for n, (x, _) in sets.items()},
+        "model": inputs.model_source, "pixels": inputs.pixel_source, "machine": machine(device),
+        "load_before": [round(v, 2) for v in os.getloadavg()],
+    }
+    log(f"{inputs.images} images ({inputs.pixel_source}), model {inputs.model_source}, device {device}")
+
+    outcome: dict[str, Any] = {}
+    sweep = timed(lambda: outcome.update(result=sweep_in_memory(model, sets, device)), args.repeats, device)
+    result = outcome["result"]
+    results.update(steps=result.steps, sweep_s=sweep.median, sweep=sweep.as_dict())
+    log(f"sweep_s {sweep.median:.2f} {sweep.seconds}")
+
+    forward = timed(lambda: forward_all(model, sets, args.batch), args.repeats, device)
+    results.update(forward_s=forward.median, forward=forward.as_dict(), forward_batch=args.batch)
+    log(f"forward_s {forward.median:.2f} {forward.seconds}")
+
+    torch_ref = time_torch_reference(model, sets, result.order, args.reference_steps, args.batch, device)
+    results.update(seed_torch_s_per_step=torch_ref.median, seed_torch=torch_ref.as_dict())
+    log(f"seed_torch_s_per_step {torch_ref.median:.2f} {torch_ref.seconds}")
+
+    pruned = result.thresholds[-1].pruned_channels if result.thresholds[-1].reached else result.order[:result.steps // 2]
+    rate = goodnet_throughput(model, sets, pruned, args.batch, device, args.repeats)
+    results.update(goodnet_images_per_s=rate)
+    log(f"goodnet {rate:.0f} images/s")
+
+    keras = None if args.no_keras else time_keras_reference(model, sets, result.order, args.reference_steps, args.keras_batch)
+    model = prepare_model(model, device)  # to_keras moved it to the CPU
+    if keras is not None:
+        timing, version = keras
+        results.update(seed_keras_s_per_step=timing.median, seed_keras=timing.as_dict(), keras=version,
+                       keras_batch=args.keras_batch or 32)
+        log(f"seed_keras_s_per_step {timing.median:.2f} {timing.seconds}")
+    else:
+        results["seed_keras_s_per_step"] = None
+
+    if not args.no_cli:
+        results.update(run_cli(inputs.model_path, sets, "cuda" if device.type == "cuda" else "cpu", log))
+        log(f"cli {results['cli_wall_s']:.1f} s, peak RSS {results['peak_rss_mb']:.0f} MiB")
+    else:
+        results["peak_rss_mb"] = None
+    results["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    results["targets"] = targets(results)
+    return results
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    """The issue's three targets, each with its measured value and whether it holds."""
+    out: dict[str, Any] = {}
+    if r.get("seed_keras_s_per_step"):
+        speedup = r["seed_keras_s_per_step"] * r["steps"] / r["sweep_s"]
+        out["keras_speedup"] = {"value": speedup, "target": f">= {TARGET_KERAS_SPEEDUP:g}",
+                                "met": speedup >= TARGET_KERAS_SPEEDUP}
+    ratio = r["sweep_s"] / r["forward_s"]
+    out["sweep_over_forward"] = {"value": ratio, "target": f"<= {TARGET_SWEEP_OVER_FORWARD:g}",
+                                 "met": ratio <= TARGET_SWEEP_OVER_FORWARD}
+    if r.get("peak_rss_mb") is not None:
+        out["peak_rss_mb"] = {"value": r["peak_rss_mb"], "target": f"< {TARGET_PEAK_RSS_MB:g}",
+                              "met": r["peak_rss_mb"] < TARGET_PEAK_RSS_MB}
+    return out
+
+
+def table(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    rows = [
+        ("machine", f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['device']}"),
+        ("images", f"{r['images']} (scale {r['scale']:g}), {r['steps']} steps"),
+        ("forward_s", f"{r['forward_s']:.2f} (batch {r['forward_batch']}; CPU {r['forward']['cpu_median_s']:.2f})"),
+        ("seed_torch_s_per_step", f"{r['seed_torch_s_per_step']:.2f}"),
+        ("seed_keras_s_per_step", "not measured" if r["seed_keras_s_per_step"] is None
+         else f"{r['seed_keras_s_per_step']:.2f} (batch {r['keras_batch']})"),
+        ("sweep_s", f"{r['sweep_s']:.2f} (CPU {r['sweep']['cpu_median_s']:.2f})"),
+        ("goodnet_images_per_s", f"{r['goodnet_images_per_s']:.0f}"),
+    ]
+    if r.get("peak_rss_mb") is not None:
+        rows += [("cli_wall_s", f"{r['cli_wall_s']:.1f}"), ("peak_rss_mb", f"{r['peak_rss_mb']:.0f}")]
+    scale_note = "" if r["scale"] == 1 else " (the targets are set for scale 1)"
+    rows += [(f"target {name}", f"{t['value']:.2f} ({t['target']}): {'met' if t['met'] else 'NOT met'}{scale_note}")
+             for name, t in r["targets"].items()]
+    rows.append(("load average", f"{r['load_before']} -> {r['load_after']}"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = run(args)
+    print(table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.json) as tmp:
+            Path(tmp).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
