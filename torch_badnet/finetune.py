@@ -14,21 +14,10 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from .finetune_config import FinetuneConfig
 from .model import BadNet
 
 HOLDOUT_SEED_OFFSET = 1_000_003  # the holdout split and the batch order use different streams of one seed
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning settings (defaults: Adam, lr 1e-4, 10 epochs, batch 64, 20% held out, patience 3)."""
-
-    epochs: int = 10
-    lr: float = 1e-4
-    batch_size: int = 64
-    seed: int = 0
-    holdout: float = 0.2
-    patience: int = 3
 
 
 @dataclass

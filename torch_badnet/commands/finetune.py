@@ -19,7 +19,7 @@ HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zer
 
 def add_finetune_options(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
     """Options shared by `finetune`, `sweep --finetune` and `demo --finetune` (where --seed is the demo's)."""
-    from ..finetune import FinetuneConfig
+    from ..finetune_config import FinetuneConfig
 
     d = FinetuneConfig()
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"at most E epochs (default {d.epochs})")
@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from(args: argparse.Namespace):
-    from ..finetune import FinetuneConfig
+    from ..finetune_config import FinetuneConfig
 
     if args.epochs < 0 or args.batch_size < 1 or args.lr <= 0 or args.patience < 1:
         raise BadInputError("finetune", "--epochs >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1 are needed")
