@@ -11,6 +11,7 @@ from .defense import DataSpec, metric_columns
 from .goodnet import GoodNet
 from .metrics import step_counts
 from .model import BadNet
+from .predict import FORWARD_BATCH
 
 
 @torch.inference_mode()
@@ -18,8 +19,9 @@ def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset, device: torch.dev
     """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a file."""
     rows, truth = [], []
     for x, y in dataset.chunks():
-        logits, pruned_logits = goodnet.forward_both(x.to(device))
-        rows.append(torch.stack([logits.argmax(1), pruned_logits.argmax(1)]).cpu())
+        for part in x.split(FORWARD_BATCH):
+            logits, pruned_logits = goodnet.forward_both(part.to(device))
+            rows.append(torch.stack([logits.argmax(1), pruned_logits.argmax(1)]).cpu())
         truth.append(y)
     return torch.cat(rows, 1), torch.cat(truth)
 
