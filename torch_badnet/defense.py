@@ -68,14 +68,11 @@ class SweepResult:
     counts: dict[str, StepCounts]
     thresholds: list[Threshold] = field(default_factory=list)
 
-    def pruned_mask(self, threshold: Threshold) -> torch.Tensor:
-        return mask_for(threshold.pruned_channels, len(self.scores))
-
     def pruned_model(self, model: BadNet, threshold: Threshold) -> BadNet:
         """B'_X: a CPU copy of `model` with threshold's channels masked (weights untouched)."""
         pruned = copy.deepcopy(model).cpu()
         with torch.no_grad():
-            pruned.conv_3.mask.copy_(self.pruned_mask(threshold))
+            pruned.conv_3.mask.copy_(mask_for(threshold.pruned_channels, len(self.scores)))
         return pruned
 
 

@@ -7,7 +7,7 @@ import io
 import json
 import platform
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -28,15 +28,19 @@ def model_dir(threshold: Threshold) -> str:
     return f"models/X={format_x(threshold.x)}"
 
 
-def csv_text(result: SweepResult) -> str:
-    """sweep.csv: one row per step, floats at full (round-trip) precision, step 0's channel empty."""
+def csv_table(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text with floats at full (round-trip) precision and None as an empty cell."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    names = list(result.columns)
     writer.writerow(names)
-    for k in range(result.steps + 1):
-        writer.writerow([_cell(result.columns[name][k]) for name in names])
+    writer.writerows([_cell(v) for v in row] for row in rows)
     return buffer.getvalue()
+
+
+def csv_text(result: SweepResult) -> str:
+    """sweep.csv: one row per step; step 0's channel is empty."""
+    names = list(result.columns)
+    return csv_table(names, ([result.columns[name][k] for name in names] for k in range(result.steps + 1)))
 
 
 def _cell(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
@@ -39,6 +40,15 @@ def load_model(path: str):
     return load(path)
 
 
+def load_pruned(path: str, model):
+    """B' (a LoadedModel) from any model file; it must have as many classes as B."""
+    loaded = load_model(path)
+    pruned = loaded.model.eval()
+    if pruned.num_classes != model.num_classes:
+        raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
+    return loaded
+
+
 def net_for(args: argparse.Namespace, device):
     """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
     from ..goodnet import GoodNet
@@ -46,10 +56,18 @@ def net_for(args: argparse.Namespace, device):
     model = load_model(args.model).model.eval()
     if not getattr(args, "pruned", None):
         return model.to(device)
-    pruned = load_model(args.pruned).model.eval()
-    if pruned.num_classes != model.num_classes:
-        raise BadInputError(args.pruned, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
-    return GoodNet(model, pruned).eval().to(device)
+    return GoodNet(model, load_pruned(args.pruned, model).model).eval().to(device)
+
+
+def check_out_dir(out: Path) -> None:
+    """An output folder may exist (files are added to it) but must not be a file; checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise BadInputError(out, "exists and is not a folder")
+
+
+def log(line: str) -> None:
+    """Progress and notes go to stderr, so stdout stays the result."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def print_json(value: Any) -> None:

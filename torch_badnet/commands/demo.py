@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from .common import log
 from .sweep import add_sweep_options, data_specs, run_defense
 
 HELP = "build the embedded demo (its own BadNet and lab-layout data, cached) and run the defense on it"
@@ -26,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, ensure_workspace
 
     config = DemoConfig(seed=args.seed)
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress goes to stderr
     ws = ensure_workspace(Path(args.workdir) if args.workdir else None, config, log=log)
     log(f"demo workspace: {ws.root} ({'built now' if ws.built else 'reused from cache'})")
     specs = data_specs(str(ws.clean_valid), [str(ws.poisoned_valid)], str(ws.clean_test), [str(ws.poisoned_test)])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .common import add_device_argument, add_model_argument, device_from, net_for, print_json
+from .common import add_device_argument, add_model_argument, device_from, load_model, load_pruned, print_json
 
 HELP = "clean accuracy and attack success rate on lab .h5 files (as the lab's eval.py)"
 
@@ -20,29 +21,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import LabDataset
+    """B's rates, or with --pruned the GoodNet's, counted as the sweep counts them (metrics.step_counts)."""
+    import torch
+
+    from ..defense import DataSpec, open_sets
     from ..errors import BadInputError
-    from ..predict import tally
+    from ..evaluation import b_and_pruned_labels
+    from ..goodnet import GoodNet
+    from ..metrics import step_counts
 
     if not args.clean and not args.poisoned:
         raise BadInputError("eval", "give --clean and/or --poisoned")
     device = device_from(args)
-    net = net_for(args, device)
-    classes = net.model.num_classes if args.pruned else net.num_classes
-    inputs = [("clean", args.clean), ("poisoned", args.poisoned)]
-    datasets = {kind: LabDataset(path, classes) for kind, path in inputs if path}  # validate all first
+    model = load_model(args.model).model.eval()
+    pruned = load_pruned(args.pruned, model).model if args.pruned else torch.ones_like(model.mask)
+    goodnet = GoodNet(model, pruned).eval().to(device)
+    specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
-    try:
-        for kind, ds in datasets.items():
-            t = tally(net, ds.chunks(), device)
-            key = "clean_accuracy" if kind == "clean" else "attack_success_rate"
-            result[key] = t.rate(t.hits)
-            if args.pruned:
-                result["false_alarm_rate" if kind == "clean" else "detection_rate"] = t.rate(t.flagged)
-            result[f"{kind}_images"] = t.images
-    finally:
-        for ds in datasets.values():
-            ds.close()
+    with open_sets(specs, model.num_classes) as datasets:  # every file validated before any work
+        for spec in specs:
+            counts = step_counts(*b_and_pruned_labels(goodnet, datasets[spec.name], device))
+            clean = spec.kind == "clean"
+            if args.pruned:  # row 1 = B'; G's answer is right when B and B' agree on the right label
+                result["clean_accuracy" if clean else "attack_success_rate"] = counts.rate(counts.goodnet_hits)[1]
+                result["false_alarm_rate" if clean else "detection_rate"] = counts.rate(counts.flagged)[1]
+            else:
+                result["clean_accuracy" if clean else "attack_success_rate"] = counts.rate(counts.hits)[0]
+            result[f"{spec.kind}_images"] = counts.n
     if args.json:
         print_json(result)
     else:

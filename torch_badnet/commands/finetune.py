@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BadInputError
-from .common import add_device_argument, device_from, load_model
+from .common import add_device_argument, check_out_dir, device_from, load_model, load_pruned, log
 from .sweep import parse_poisoned
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
@@ -67,17 +64,15 @@ def load_pixels(path: str | Path, num_classes: int):
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "loss", "holdout_acc"])
-    for row in history:
-        loss = "" if row["loss"] != row["loss"] else repr(row["loss"])  # NaN (epoch 0, before training) -> empty
-        writer.writerow([row["epoch"], loss, repr(row["holdout_acc"])])
-    return buffer.getvalue()
+    """history.csv: epoch, loss (empty for epoch 0, before training), held-out accuracy."""
+    from ..report import csv_table
+
+    rows = ([h["epoch"], None if h["loss"] != h["loss"] else h["loss"], h["holdout_acc"]] for h in history)  # NaN -> empty
+    return csv_table(["epoch", "loss", "holdout_acc"], rows)
 
 
 def finetune_and_evaluate(model, pruned, pixels, labels, eval_specs: list, config, device, folder: Path,
-                          write_keras: Callable | None, log: Callable[[str], None]) -> dict[str, Any]:
+                          write_keras: Callable | None) -> dict[str, Any]:
     """Fine-tune B', write finetuned.pt/.h5 and history.csv into `folder`, return B'_ft/G_ft metrics and facts."""
     from ..checkpoint import save_checkpoint
     from ..evaluation import evaluate_pruned
@@ -102,7 +97,7 @@ def finetune_and_evaluate(model, pruned, pixels, labels, eval_specs: list, confi
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..defense import DataSpec
+    from ..defense import DataSpec, open_sets
     from ..evaluation import evaluate_pruned
     from ..files import staged_dir, write_text
     from ..finetune import effective_mask
@@ -112,25 +107,19 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     device = device_from(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise BadInputError(out, "exists and is not a folder")
-    loaded, loaded_pruned = load_model(args.model), load_model(args.pruned)
+    check_out_dir(out)
+    loaded = load_model(args.model)
+    loaded_pruned = load_pruned(args.pruned, loaded.model)
     model, pruned = loaded.model, loaded_pruned.model
-    if pruned.num_classes != model.num_classes:
-        raise BadInputError(args.pruned, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
     specs = [DataSpec("test", "clean", Path(args.clean_test))] if args.clean_test else []
     specs += [DataSpec("test", "poisoned", p, n) for n, p in parse_poisoned(args.poisoned_test, "--poisoned-test")]
-    for spec in specs:  # validate every file before training
-        from ..data import LabDataset
-
-        LabDataset(spec.path, model.num_classes).close()
+    with open_sets(specs, model.num_classes):  # validate every file before training
+        pass
     pixels, labels = load_pixels(args.clean_valid, model.num_classes)
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     pruned_channels = [int(c) for c in (effective_mask(pruned) == 0).nonzero().flatten()]
     log(f"fine-tuning B' ({len(pruned_channels)} channels pruned) on {pixels.shape[0]} clean validation images")
     with staged_dir(out) as staging:
-        facts = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, device, staging,
-                                      _keras_writer(), log)
+        facts = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, device, staging, _keras_writer())
         before = evaluate_pruned(model, pruned, specs, device) if specs else {}
         content = {
             "model": {"path": args.model, "sha256": loaded.source_sha256},

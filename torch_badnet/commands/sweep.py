@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BadInputError
-from .common import add_device_argument, device_from, load_model
+from .common import add_device_argument, check_out_dir, device_from, load_model, log
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -87,8 +87,7 @@ def check_options(args: argparse.Namespace, out: Path) -> None:
         raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")
     if args.max_steps is not None and args.max_steps < 1:
         raise BadInputError("--max-steps", "must be at least 1")
-    if out.exists() and not out.is_dir():
-        raise BadInputError(out, "exists and is not a folder")
+    check_out_dir(out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +140,6 @@ def finetune_thresholds(result, model, specs: list, config, device, staging: Pat
     clean_valid = next(s for s in specs if s.split == "valid" and s.kind == "clean")
     pixels, labels = load_pixels(clean_valid.path, model.num_classes)
     eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     finetuned = {}
     for t in result.thresholds:
         if not t.reached:
@@ -149,7 +147,7 @@ def finetune_thresholds(result, model, specs: list, config, device, staging: Pat
         pruned = result.pruned_model(model, t)
         log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
         facts = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device,
-                                      staging / model_dir(t), _keras_writer(), log)
+                                      staging / model_dir(t), _keras_writer())
         facts["model"] = f"{model_dir(t)}/finetuned.pt"
         finetuned[t.x] = facts
     return finetuned
