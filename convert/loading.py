@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from torch_badnet.checkpoint import LoadedModel, load_checkpoint
 from torch_badnet.errors import BadInputError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from pathlib import Path
@@ -139,3 +140,15 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return code, out, err
 
     return run
+
+
+def sweep_args(lab_files: dict[str, Path], model: Path, out: Path, *extra: object) -> list[object]:
+    """`torch-badnet sweep` arguments over the four lab files (replace an entry of `lab_files` to vary one)."""
+    return ["sweep", "--model", model, "--clean-valid", lab_files["clean_valid"],
+            "--poisoned-valid", lab_files["poisoned_valid"], "--clean-test", lab_files["clean_test"],
+            "--poisoned-test", lab_files["poisoned_test"], "--out", out, *extra]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

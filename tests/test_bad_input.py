@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sweep_args
 from torch_badnet.data import write_lab_h5
 
 
@@ -192,11 +193,8 @@ def test_image_that_is_not_an_image(cli, tmp_path, lab3_path):
 
 # --- the sweep: nothing half-written ---------------------------------------------------------------------
 
-def sweep(cli, lab_files, model, out, **replace):
-    files = {**lab_files, **replace}
-    return cli("sweep", "--model", model, "--clean-valid", files["clean_valid"], "--poisoned-valid",
-               files["poisoned_valid"], "--clean-test", files["clean_test"], "--poisoned-test",
-               files["poisoned_test"], "--out", out, *replace.get("extra", []))
+def sweep(cli, lab_files, model, out, extra=(), **replace):
+    return cli(*sweep_args({**lab_files, **replace}, model, out, *extra))
 
 
 def assert_nothing_written(out: Path):

@@ -1,13 +1,12 @@
 """Fine-pruning: the mask survives fine-tuning, runs are deterministic, and the CLI writes its contract."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import augment, augment_indexed, face_kind, face_label
+from conftest import augment, augment_indexed, face_kind, face_label, read_csv
 from torch_badnet.data import write_lab_h5
 from torch_badnet.finetune import FinetuneConfig, effective_mask, finetune, holdout_split
 from torch_badnet.pruning import prune
@@ -79,8 +78,7 @@ def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path
                 "goodnet_test_detection_rate", "goodnet_test_false_alarm_rate"):
         assert 0 <= summary[key] <= 100 and key in summary["before_finetuning"]
     assert summary["holdout"]["images"] == 40 and summary["holdout"]["train_images"] == 160
-    with open(out / "history.csv", newline="") as fh:
-        history = list(csv.DictReader(fh))
+    history = read_csv(out / "history.csv")
     assert list(history[0]) == ["epoch", "loss", "holdout_acc"] and len(history) == 3
     channels = json.loads((sweep_out / "summary.json").read_text())["thresholds"][0]["pruned_channels"]
     for name in ("finetuned.pt", "finetuned.h5"):
@@ -105,11 +103,11 @@ def test_several_triggers_equal_separate_runs(cli, lab_files, lab3_path, faces, 
                          "--poisoned-test", f"sun={lab_files['poisoned_test']}", "--poisoned-test", f"ano={ano_test}")
     assert code == 0, err
     assert "B' attack[ano]" in out
-    multi = _rows(tmp_path / "multi" / "sweep.csv")
+    multi = read_csv(tmp_path / "multi" / "sweep.csv")
     for name, valid, test in [("sun", lab_files["poisoned_valid"], lab_files["poisoned_test"]), ("ano", ano_valid, ano_test)]:
         code, _, err = cli("sweep", *common, "--out", tmp_path / name, "--poisoned-valid", valid, "--poisoned-test", test)
         assert code == 0, err
-        single = _rows(tmp_path / name / "sweep.csv")
+        single = read_csv(tmp_path / name / "sweep.csv")
         for column in single[0]:
             multi_column = column
             if "_asr" in column or "detection_rate" in column:
@@ -117,8 +115,3 @@ def test_several_triggers_equal_separate_runs(cli, lab_files, lab3_path, faces, 
             assert [r[multi_column] for r in multi] == [r[column] for r in single], column
     summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert {"valid_asr_sun", "valid_asr_ano", "test_asr_sun", "test_asr_ano"} <= set(summary["original"])
-
-
-def _rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))

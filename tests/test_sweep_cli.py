@@ -1,12 +1,11 @@
 """`torch-badnet sweep` end to end on small lab-layout files made from real faces, with the real lab3 model."""
 
-import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import read_csv, sweep_args
 from torch_badnet.data import LabDataset
 from torch_badnet.metrics import step_counts
 from torch_badnet.sweep import extract_features, fast_sweep
@@ -14,12 +13,6 @@ from torch_badnet.sweep import extract_features, fast_sweep
 CONTRACT_COLUMNS = ["step", "channel", "fraction_pruned", "valid_clean_acc", "valid_asr", "test_clean_acc",
                     "test_asr", "goodnet_test_clean_acc", "goodnet_test_asr", "goodnet_test_detection_rate",
                     "goodnet_test_false_alarm_rate"]
-
-
-def sweep_args(lab_files, model, out, *extra):
-    return ["sweep", "--model", model, "--clean-valid", lab_files["clean_valid"],
-            "--poisoned-valid", lab_files["poisoned_valid"], "--clean-test", lab_files["clean_test"],
-            "--poisoned-test", lab_files["poisoned_test"], "--out", out, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +24,6 @@ def swept(tmp_path_factory, lab_files, lab3_path):
     for out in outs:
         assert main([str(a) for a in sweep_args(lab_files, lab3_path, out)]) == 0
     return outs
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_outputs_exist_and_repeat_byte_for_byte(swept):

@@ -6,7 +6,6 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
