@@ -33,6 +33,7 @@ from bench_measure import (forward_all, goodnet_throughput, run_cli, sweep_in_me
                            time_torch_reference, timed)
 
 from torch_badnet.files import atomic_path  # noqa: E402
+from torch_badnet.precision import exact_float32  # noqa: E402
 from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device  # noqa: E402
 
 ENV_KNOBS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "TF_NUM_INTRAOP_THREADS")
@@ -179,7 +180,8 @@ def table(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results = run(args)
+    with exact_float32():  # on a GPU: the IEEE float32 path the CLI runs, not TF32
+        results = run(args)
     print(table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

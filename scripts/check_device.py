@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import REAL_DIR, augment  # noqa: E402  (the tests' own face augmentation)
 
 from convert import load_model  # noqa: E402
 from torch_badnet.data import load_image  # noqa: E402
 from torch_badnet.goodnet import GoodNet  # noqa: E402
+from torch_badnet.precision import exact_float32  # noqa: E402
 from torch_badnet.pruning import channel_scores, pruning_order  # noqa: E402
 from torch_badnet.sweep import FeatureSet, extract_features, fast_sweep, prepare_model  # noqa: E402
 
@@ -33,6 +34,7 @@ def faces(kind: str, count: int, seed: int) -> torch.Tensor:
     return augment(torch.stack([load_image(p) for p in paths]), count, seed)
 
 
+@exact_float32()
 def run_on(device: torch.device, sets: dict[str, torch.Tensor]) -> tuple[list[int], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Ranking, sweep labels per set, and GoodNet labels for three masks, computed on `device`."""
     model = prepare_model(load_model(REAL_DIR / "models" / "lab3_bd_weights.h5").model, device)

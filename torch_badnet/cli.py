@@ -1,6 +1,7 @@
 """The `torch-badnet` command line. Subcommands live in torch_badnet.commands, imported lazily.
 
-Every user error ends as one line `error: <file>: <problem>` on stderr and exit code 2.
+Every user error ends as one line `error: <file>: <problem>` on stderr and exit code 2. Commands run in
+IEEE float32 on GPUs (`precision.exact_float32`), so a GPU gives the CPU's labels.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        from .precision import exact_float32  # imports torch: only once a command runs, not for --help
+
+        with exact_float32():
+            return args.run(args)
     except BadInputError as exc:
         sys.stderr.write(f"error: {exc.path}: {exc.problem}\n")
     except KeyboardInterrupt:

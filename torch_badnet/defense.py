@@ -19,7 +19,8 @@ from .data import DEFAULT_CHUNK, LabDataset
 from .errors import BadInputError
 from .metrics import DropKind, StepCounts, StopRule, select_step, step_counts
 from .model import BadNet
-from .pruning import channel_scores, mask_for
+from .precision import exact_float32
+from .pruning import channel_scores, mask_for, pruning_order
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
 SPLITS = ("valid", "test")
@@ -129,6 +130,7 @@ def open_sets(specs: Sequence[DataSpec], num_classes: int) -> Iterator[dict[str,
             ds.close()
 
 
+@exact_float32()
 def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], stop: StopRule = "first-over",
               drop: DropKind = "absolute", device: torch.device = torch.device("cpu"), max_steps: int | None = None,
               chunk_size: int = DEFAULT_CHUNK, show_progress: bool = False) -> SweepResult:
@@ -147,7 +149,7 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
         sizes = {spec.name: len(datasets[spec.name]) for spec in specs}
     clean_valid = next(s for s, spec in zip(sets, specs) if spec.split == "valid" and spec.kind == "clean")
     scores = channel_scores(clean_valid.features)
-    order = [int(c) for c in np.argsort(scores)]
+    order = pruning_order(scores)
     steps = len(order) if max_steps is None else min(max_steps, len(order))
     with tqdm(total=steps, desc="prune", unit="ch", disable=not show_progress, leave=False) as bar:
         labels = fast_sweep(model, sets, order, steps, progress=lambda _: bar.update())

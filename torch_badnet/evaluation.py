@@ -11,6 +11,7 @@ from .defense import DataSpec, metric_columns
 from .goodnet import GoodNet
 from .metrics import step_counts
 from .model import BadNet
+from .precision import exact_float32
 from .predict import FORWARD_BATCH
 
 
@@ -26,6 +27,7 @@ def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset, device: torch.dev
     return torch.cat(rows, 1), torch.cat(truth)
 
 
+@exact_float32()
 def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device) -> dict[str, float]:
     """Every sweep metric (`test_clean_acc`, `goodnet_test_asr`, ...) of one B' and its GoodNet G on `specs`."""
     goodnet = GoodNet(model, pruned).eval().to(device)

@@ -44,13 +44,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_model(model: BadNet, device: torch.device) -> BadNet:
-    """Eval mode on `device`; channels_last on CPU, where it makes the trunk's convolutions faster."""
+    """Eval mode on `device`; channels_last on CPU, where it makes the trunk's convolutions faster.
+
+    On a GPU, run inside `torch_badnet.precision.exact_float32()` for the CPU's labels (no TF32).
+    """
     model = model.eval().to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
     return model
 
 
@@ -120,7 +120,9 @@ class HeadUpdater:
 @torch.inference_mode()
 def fast_sweep(model: BadNet, sets: Sequence[FeatureSet], order: Sequence[int], steps: int | None = None,
                progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
-    """B' labels at every step 0..steps (step k = first k channels of `order` pruned), per set, on CPU.
+    """B' labels at every step 0..steps (step k = first k channels of `order` pruned), per set.
+
+    Runs on the features' device; the labels come back on the CPU.
 
     Returns {set name: int64 tensor (steps + 1, N)}.
     """

@@ -1,0 +1,82 @@
+"""exact_float32: the GPU precision flags are set inside the block, restored after, and every entry point uses it.
+
+The flags are plain settings, readable without a GPU; what they change on a GPU is measured by
+scripts/tf32_effect.py and checked by scripts/check_device.py when a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torch_badnet.precision import _settings, exact_float32
+
+
+def current() -> list[object]:
+    return [getattr(owner, name) for owner, name, _ in _settings()]
+
+
+def exact() -> list[object]:
+    return [value for _, _, value in _settings()]
+
+
+def test_flags_exact_inside_and_restored_after():
+    before = current()
+    assert before != exact()  # PyTorch's defaults allow TF32 convolutions: the block has work to do
+    with exact_float32():
+        assert current() == exact()
+        with exact_float32():  # nesting restores the outer block's settings, not the defaults
+            pass
+        assert current() == exact()
+    assert current() == before
+
+
+def test_flags_restored_after_an_error():
+    before = current()
+    with pytest.raises(RuntimeError):
+        with exact_float32():
+            raise RuntimeError("boom")
+    assert current() == before
+
+
+def test_tf32_is_off_for_convolutions_inside():
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    with exact_float32():
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            assert conv.fp32_precision == "ieee"
+        else:
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cudnn.deterministic is True
+
+
+def spy_inside(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[bool]:
+    """Wrap module.name so that each call records whether it ran with the exact flags."""
+    seen: list[bool] = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        seen.append(current() == exact())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
+def test_library_sweep_runs_exact(monkeypatch, lab3_path, lab_files):
+    from convert import load_model
+    from torch_badnet import defense
+
+    seen = spy_inside(monkeypatch, defense, "fast_sweep")
+    specs = [defense.DataSpec(name.split("_")[1], name.split("_")[0], path) for name, path in lab_files.items()]
+    defense.run_sweep(load_model(lab3_path).model, specs, [4.0], max_steps=2)
+    assert seen == [True]
+    assert current() != exact()
+
+
+def test_cli_commands_run_exact(monkeypatch, cli, lab3_path, face_paths):
+    from torch_badnet import predict
+
+    seen = spy_inside(monkeypatch, predict, "labels_of")  # classify imports it when it runs
+    code, _, _ = cli("classify", "--model", lab3_path, face_paths[0])
+    assert code == 0 and seen == [True]
+    assert current() != exact()

@@ -1,0 +1,39 @@
+"""Full float32 arithmetic on GPUs, for GPU labels that match the CPU's and Keras'.
+
+PyTorch lets cuDNN convolutions use TF32 (10-bit mantissa) on Ampere and newer GPUs by default. That moves
+the lab net's logits by about 1e-3 relative, enough to flip near-tied labels and pruning steps. Inside
+`exact_float32()` convolutions and matrix products run in IEEE float32 and cuDNN picks deterministic
+algorithms; the previous settings come back on exit. The flags only affect CUDA; on CPU this is a no-op.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+
+def _settings() -> list[tuple[Any, str, object]]:
+    """(object, attribute, exact value) for each flag to set."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing in the old flags is an error
+        precision = [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    else:
+        precision = [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    return precision + [(cudnn, "deterministic", True), (cudnn, "benchmark", False)]
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """IEEE float32 convolutions and matmuls and deterministic cuDNN inside the block; restored after."""
+    settings = _settings()
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
+    try:
+        for owner, name, value in settings:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
