@@ -39,6 +39,11 @@ class DataSpec:
     def name(self) -> str:
         return f"{self.kind}_{self.split}" + (f"[{self.trigger}]" if self.trigger else "")
 
+    @property
+    def is_clean_valid(self) -> bool:
+        """The set that ranks the channels, defines X and trains fine-tuning."""
+        return self.split == "valid" and self.kind == "clean"
+
 
 @dataclass
 class Threshold:
@@ -61,13 +66,17 @@ class SweepResult:
     """Everything a report needs: ranking, per-step metric columns, counts per set and the thresholds."""
 
     specs: list[DataSpec]
-    sizes: dict[str, int]
     scores: np.ndarray
     order: list[int]
     steps: int
     columns: dict[str, list[float]]
     counts: dict[str, StepCounts]
     thresholds: list[Threshold] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Images per set."""
+        return {name: counts.n for name, counts in self.counts.items()}
 
     def pruned_model(self, model: BadNet, threshold: Threshold) -> BadNet:
         """B'_X: a CPU copy of `model` with threshold's channels masked (weights untouched)."""
@@ -108,8 +117,7 @@ def ordered_columns(specs: Sequence[DataSpec], per_set: dict[str, dict[str, list
 
 def check_specs(specs: Sequence[DataSpec]) -> None:
     """Exactly one clean validation set (it ranks channels and defines X); unique names."""
-    clean_valid = [s for s in specs if s.split == "valid" and s.kind == "clean"]
-    if len(clean_valid) != 1:
+    if sum(s.is_clean_valid for s in specs) != 1:
         raise BadInputError("--clean-valid", "exactly one clean validation file is needed")
     names = [s.name for s in specs]
     duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -146,15 +154,14 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
             for spec in specs:
                 ds = datasets[spec.name]
                 sets.append(extract_features(model, spec.name, _counted(ds.chunks(chunk_size), bar), len(ds), device))
-        sizes = {spec.name: len(datasets[spec.name]) for spec in specs}
-    clean_valid = next(s for s, spec in zip(sets, specs) if spec.split == "valid" and spec.kind == "clean")
+    clean_valid = next(s for s, spec in zip(sets, specs) if spec.is_clean_valid)
     scores = channel_scores(clean_valid.features)
     order = pruning_order(scores)
     steps = len(order) if max_steps is None else min(max_steps, len(order))
     with tqdm(total=steps, desc="prune", unit="ch", disable=not show_progress, leave=False) as bar:
         labels = fast_sweep(model, sets, order, steps, progress=lambda _: bar.update())
     counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
-    result = _assemble(list(specs), sizes, scores, order, steps, counts)
+    result = _assemble(list(specs), scores, order, steps, counts)
     result.thresholds = [threshold(result, x, stop, drop) for x in xs]
     return result
 
@@ -165,7 +172,7 @@ def _counted(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], bar: tqdm) -> 
         bar.update(x.shape[0])
 
 
-def _assemble(specs: list[DataSpec], sizes: dict[str, int], scores: np.ndarray, order: list[int], steps: int,
+def _assemble(specs: list[DataSpec], scores: np.ndarray, order: list[int], steps: int,
               counts: dict[str, StepCounts]) -> SweepResult:
     per_set = {spec.name: metric_columns(spec, counts[spec.name]) for spec in specs}
     merged = {name: values for cols in per_set.values() for name, values in cols.items()}
@@ -175,7 +182,7 @@ def _assemble(specs: list[DataSpec], sizes: dict[str, int], scores: np.ndarray, 
         "fraction_pruned": [k / len(order) for k in range(steps + 1)],
     }
     columns.update({name: merged[name] for name in ordered_columns(specs, per_set)})
-    return SweepResult(specs, sizes, scores, order, steps, columns, counts)
+    return SweepResult(specs, scores, order, steps, columns, counts)
 
 
 def threshold(result: SweepResult, x: float, stop: StopRule = "first-over", drop: DropKind = "absolute") -> Threshold:

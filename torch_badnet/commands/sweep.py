@@ -137,7 +137,7 @@ def finetune_thresholds(result, model, specs: list, config, device, staging: Pat
     from ..report import model_dir
     from .finetune import finetune_and_evaluate, load_pixels
 
-    clean_valid = next(s for s in specs if s.split == "valid" and s.kind == "clean")
+    clean_valid = next(s for s in specs if s.is_clean_valid)
     pixels, labels = load_pixels(clean_valid.path, model.num_classes)
     eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
     finetuned = {}
