@@ -111,6 +111,11 @@ def _check_window(attrs: dict[str, Any], strides: list[int]) -> None:
         raise NodeMismatch("dilation (the lab model uses none)")
 
 
+def _optional_bias(node: onnx.NodeProto, state: GraphState) -> np.ndarray | None:
+    """The constant third input of a Conv or Gemm, or None when the node has no bias."""
+    return state.constant(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+
+
 def _is_pool(value: Value, k: int) -> bool:
     return value.stage == f"conv_{k}" and value.relu and value.pooled
 
@@ -134,7 +139,7 @@ def conv(node: onnx.NodeProto, inputs: list[Value | None], state: GraphState) ->
     weight = state.constant(node.input[1], "weight")
     if "kernel_shape" in attrs and list(attrs["kernel_shape"]) != list(weight.shape[2:]):
         raise NodeMismatch(f"kernel_shape {attrs['kernel_shape']} differs from its weight {tuple(weight.shape)}")
-    bias = state.constant(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    bias = _optional_bias(node, state)
     state.add_layer(name, weight, bias)
     return Value(name)
 
@@ -233,7 +238,7 @@ def gemm(node: onnx.NodeProto, inputs: list[Value | None], state: GraphState) ->
         raise NodeMismatch("a product of two computed tensors")
     weight = state.constant(node.input[1], "weight")
     kernel = weight.T if attrs.get("transB", 0) else weight
-    bias = state.constant(node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+    bias = _optional_bias(node, state)
     return _dense(inputs[0], kernel, bias, state)
 
 

@@ -8,8 +8,6 @@ from .defense import SweepResult
 from .files import atomic_path
 from .report import format_x
 
-STYLES = {"clean_acc": ("tab:blue", "-"), "asr": ("tab:red", "-")}
-
 
 def plot_sweep(result: SweepResult, path: Path, title: str = "Pruning defense",
                finetuned: dict[float, dict[str, float]] | None = None) -> None:

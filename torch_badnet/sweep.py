@@ -89,7 +89,6 @@ class HeadUpdater:
             conv_part = F.conv2d(eye, conv_4.weight).flatten(1)  # (1200, 960): response to each input unit
             fc_part = fc_1.weight.t()  # (1200, 160)
         self.per_channel = torch.cat([fc_part, conv_part], 1).view(POOL3_CHANNELS, 20, -1).contiguous()
-        self.bias = torch.cat([fc_1.bias, conv_4.bias.repeat_interleave(12)])
         self.fc_2_bias, self.fc_2_weight_t = model.fc_2.bias, model.fc_2.weight.t().contiguous()
         self.output_bias, self.output_weight_t = model.output.bias, model.output.weight.t().contiguous()
         self.fc_1, self.conv_4 = fc_1, conv_4
@@ -97,7 +96,7 @@ class HeadUpdater:
 
     def initial(self, features: torch.Tensor) -> torch.Tensor:
         """pre for unpruned features, (N, 1120), from fc_1 and conv_4 themselves (5x fewer FLOPs than `M`)."""
-        pre = torch.empty((features.shape[0], self.bias.shape[0]), dtype=features.dtype, device=features.device)
+        pre = torch.empty((features.shape[0], self.per_channel.shape[2]), dtype=features.dtype, device=features.device)
         for start in range(0, features.shape[0], INITIAL_BLOCK):
             block = features[start : start + INITIAL_BLOCK]
             pre[start : start + INITIAL_BLOCK, : self.split] = self.fc_1(block.flatten(1))

@@ -11,7 +11,6 @@ from ..errors import BadInputError
 from .common import load_model
 
 HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras weights) or .onnx"
-KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 TARGETS = (".pt", ".h5", ".onnx")
 
 
@@ -52,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
 def write_converted(loaded, src: Path, dst: Path) -> None:
     """Write `loaded` (read from `src`) as dst's type."""
+    from convert.loading import KERAS_SUFFIXES
+
     suffix = dst.suffix.lower()
     if suffix == ".pt":
         from ..checkpoint import save_checkpoint
