@@ -6,16 +6,16 @@ deterministic on CPU for a given seed (fixed shuffles, deterministic algorithms)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .finetune_config import FinetuneConfig
 from .model import BadNet
+from .precision import deterministic_torch
 
 HOLDOUT_SEED_OFFSET = 1_000_003  # the holdout split and the batch order use different streams of one seed
 
@@ -49,16 +49,6 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.
     return order[held:].sort().values, order[:held].sort().values
 
 
-@contextlib.contextmanager
-def deterministic() -> Iterator[None]:
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
 def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Percent of x classified as y."""
     correct = 0
@@ -75,7 +65,6 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
     The conv_3 mask stays fixed and the pruned channels' conv_3 weights are kept exactly zero, so the saved
     weights of B'_ft are pruned in every format. Epoch 0 is B' itself.
     """
-    torch.manual_seed(config.seed)
     model = copy.deepcopy(pruned).cpu().float()
     mask = effective_mask(model)
     model.conv_3.mask.copy_(mask)
@@ -83,10 +72,9 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
     train_idx, held_idx = holdout_split(pixels.shape[0], config.holdout, config.seed)
     x_held, y_held = pixels[held_idx], labels[held_idx]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
     best_acc, best_state, best_epoch, stale = accuracy(model.eval(), x_held, y_held), copy.deepcopy(model.state_dict()), 0, 0
     history = [{"epoch": 0, "loss": float("nan"), "holdout_acc": best_acc}]
-    with deterministic():
+    with deterministic_torch(config.seed) as generator:
         for epoch in range(1, config.epochs + 1):
             loss = _train_epoch(model, pixels, labels, train_idx, optimizer, config.batch_size, generator)
             held_acc = accuracy(model.eval(), x_held, y_held)

@@ -15,16 +15,16 @@ must also live in the channels that clean faces use: the pruning-aware attack of
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..model import POOL3_CHANNELS, BadNet
+from ..precision import deterministic_torch
 
 PIXEL_SHIFT, PIXEL_SCALE = 128.0, 64.0
 EVAL_BATCH = 512
@@ -48,21 +48,6 @@ class TrainResult:
     model: BadNet  # eval mode, takes raw 0..255 pixels
     seconds: float
     final_loss: float
-
-
-@contextlib.contextmanager
-def deterministic_torch(seed: int) -> Iterator[torch.Generator]:
-    """Seed torch, switch on deterministic algorithms for the block, and yield a seeded generator."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    previous_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling every buffer costs ~15% here
-    try:
-        yield torch.Generator().manual_seed(seed)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.utils.deterministic.fill_uninitialized_memory = previous_fill
 
 
 def train_badnet(images: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, num_classes: int,
