@@ -6,7 +6,6 @@ from the demo workspace's sets, else uniform noise; real faces matter because po
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from conftest import REAL_DIR, augment_indexed, face_label  # the tests' real material and augmentation
+
 from torch_badnet.model import BadNet
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = Path(os.environ.get("TORCH_BADNET_REAL", ROOT.parent / "shared" / "real"))
 LAB_SIZES = {"valid": 11_547, "test": 12_830}  # images per set in the lab's files (clean and poisoned alike)
 SET_NAMES = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
-MAX_SHIFT = 3
 
 
 @dataclass
@@ -55,7 +53,8 @@ def load_inputs(scale: float, seed: int = 0, log: Callable[[str], None] = print)
     sets = {}
     for name, size in set_sizes(scale).items():
         base, labels = faces["poisoned" if name.startswith("poisoned") else "clean"]
-        sets[name] = _augmented(base, labels, size, rng)
+        pixels, source = augment_indexed(torch.from_numpy(base), size, rng)
+        sets[name] = pixels, torch.from_numpy(labels[source].astype(np.int64))
     return BenchInputs(model, model_path, model_source, pixel_source, sets)
 
 
@@ -89,7 +88,7 @@ def _base_faces(demo, num_classes: int) -> tuple[dict[str, tuple[np.ndarray, np.
         def faces(prefix: str) -> tuple[np.ndarray, np.ndarray]:
             paths = sorted(images.glob(f"{prefix}_*_label=*.png"))
             pixels = np.stack([load_image(p).numpy() for p in paths])
-            labels = np.array([int(p.stem.rsplit("=", 1)[1]) for p in paths], dtype=np.int64)
+            labels = np.array([face_label(p) for p in paths], dtype=np.int64)
             return pixels, labels
 
         return {"clean": faces("cl"), "poisoned": faces("sun")}, "augmented real faces (../shared/real/images)"
@@ -106,24 +105,3 @@ def _base_faces(demo, num_classes: int) -> tuple[dict[str, tuple[np.ndarray, np.
     noise = rng.uniform(0, 255, size=(16, 3, 55, 47)).astype(np.float32)
     labels = rng.integers(0, num_classes, 16)
     return {"clean": (noise, labels), "poisoned": (noise[::-1].copy(), np.zeros(16, np.int64))}, "uniform noise"
-
-
-def _augmented(base: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator,
-               block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` variants: random shift (+-3 px, wrapped), horizontal flip, brightness x0.8..1.2, noise sd 6."""
-    variants = []  # every (face, dy, dx, flip) combination, built once
-    for face in base:
-        for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
-            for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
-                shifted = np.roll(face, (dy, dx), axis=(1, 2))
-                variants += [shifted, shifted[:, :, ::-1]]
-    variants = np.stack(variants)
-    per_face = len(variants) // len(base)
-    pick = rng.integers(len(variants), size=count)
-    out = np.empty((count, *base.shape[1:]), dtype=np.float32)
-    for start in range(0, count, block):
-        rows = pick[start : start + block]
-        x = variants[rows] * rng.uniform(0.8, 1.2, size=(len(rows), 1, 1, 1)).astype(np.float32)
-        x += rng.standard_normal(size=x.shape, dtype=np.float32) * 6
-        np.clip(x, 0, 255, out=out[start : start + len(rows)])
-    return torch.from_numpy(out), torch.from_numpy(labels[pick // per_face].astype(np.int64))

@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' conftest (real faces, augmentation)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench_inputs import load_inputs  # noqa: E402
 from bench_measure import (forward_all, goodnet_throughput, run_cli, sweep_in_memory, time_keras_reference,  # noqa: E402
                            time_torch_reference, timed)
 
-from torch_badnet.files import atomic_path  # noqa: E402
+from torch_badnet.files import write_text  # noqa: E402
 from torch_badnet.precision import exact_float32  # noqa: E402
 from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device  # noqa: E402
 
@@ -184,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args)
     print(table(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(args.json) as tmp:
-            Path(tmp).write_text(json.dumps(results, indent=2) + "\n")
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

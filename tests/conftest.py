@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REAL_DIR = Path(os.environ.get("TORCH_BADNET_REAL", Path(__file__).resolve().parents[2] / "shared" / "real"))
 LABEL_IN_NAME = re.compile(r"^(?P<kind>cl|sun|ano)_\d+_label=(?P<label>\d+)\.png$")
+MAX_SHIFT = 3  # augmentation: shifts of up to 3 pixels each way
+AUGMENT_BLOCK = 4096  # augmented images made at a time (bounds the temporaries on lab-size sets)
 
 
 def _require(path: Path) -> Path:
@@ -66,30 +68,33 @@ def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
     return {k: torch.stack(v) for k, v in out.items()}
 
 
-def augment(base: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """`count` variants of the faces in `base`: random shifts (+-3 px), horizontal flips, brightness, noise.
+def augment(base: torch.Tensor, count: int, seed: int | np.random.Generator) -> torch.Tensor:
+    """`count` variants of the faces in `base`: random shifts (+-3 px, wrapped), horizontal flips,
+    brightness x0.8..1.2, noise sd 6.
 
-    Deterministic for a seed; pixels stay in 0..255 (float32).
+    Deterministic for a seed (or a generator, which it advances); pixels stay in 0..255 (float32).
     """
     return augment_indexed(base, count, seed)[0]
 
 
-def augment_indexed(base: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """`augment`, also returning which face of `base` each variant came from."""
+def augment_indexed(base: torch.Tensor, count: int, seed: int | np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """`augment`, also returning which face of `base` each variant came from (scripts/ use it at lab sizes)."""
     rng = np.random.default_rng(seed)
-    src = base.numpy()
-    out = np.empty((count, *src.shape[1:]), dtype=np.float32)
-    source = np.empty(count, dtype=np.int64)
-    for i in range(count):
-        source[i] = rng.integers(len(src))
-        img = src[source[i]]
-        dy, dx = rng.integers(-3, 4, size=2)
-        img = np.roll(img, (int(dy), int(dx)), axis=(1, 2))
-        if rng.random() < 0.5:
-            img = img[:, :, ::-1]
-        img = img * rng.uniform(0.8, 1.2) + rng.normal(0, 6, size=img.shape)
-        out[i] = np.clip(img, 0, 255)
-    return torch.from_numpy(out), source
+    variants = []  # every (face, dy, dx, flip) combination, built once
+    for face in base.numpy():
+        for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
+            for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
+                shifted = np.roll(face, (dy, dx), axis=(1, 2))
+                variants += [shifted, shifted[:, :, ::-1]]
+    variants = np.stack(variants)
+    pick = rng.integers(len(variants), size=count)
+    out = np.empty((count, *variants.shape[1:]), dtype=np.float32)
+    for start in range(0, count, AUGMENT_BLOCK):
+        rows = pick[start : start + AUGMENT_BLOCK]
+        x = variants[rows] * rng.uniform(0.8, 1.2, size=(len(rows), 1, 1, 1)).astype(np.float32)
+        x += rng.standard_normal(size=x.shape, dtype=np.float32) * 6
+        np.clip(x, 0, 255, out=out[start : start + len(rows)])
+    return torch.from_numpy(out), pick // (len(variants) // len(base))
 
 
 @pytest.fixture(scope="session")
