@@ -85,6 +85,12 @@ class SweepResult:
             pruned.conv_3.mask.copy_(mask_for(threshold.pruned_channels, len(self.scores)))
         return pruned
 
+    def pruned_models(self, model: BadNet) -> Iterator[tuple[Threshold, BadNet]]:
+        """(threshold, B'_X) for every threshold the sweep reached, in order."""
+        for t in self.thresholds:
+            if t.reached:
+                yield t, self.pruned_model(model, t)
+
 
 def metric_columns(spec: DataSpec, counts: StepCounts) -> dict[str, list[float]]:
     """sweep.csv columns for one set: B' then G metrics, named `<split>_...` / `goodnet_<split>_...`."""

@@ -158,10 +158,7 @@ def _row(cells: Sequence[str]) -> str:
 def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: dict[str, Any],
                  write_keras: KerasWriter | None = None) -> None:
     """models/X=<x>/pruned.pt (weights + mask) and, given a writer, pruned.h5 (Keras weights, channels zeroed)."""
-    for t in result.thresholds:
-        if not t.reached:
-            continue
-        pruned = result.pruned_model(model, t)
+    for t, pruned in result.pruned_models(model):
         folder = staging / model_dir(t)
         save_checkpoint(pruned, folder / "pruned.pt", x=t.x, step=t.step, stop=t.stop, drop=t.drop,
                         pruned_channels=t.pruned_channels, **metadata)

@@ -141,10 +141,7 @@ def finetune_thresholds(result, model, specs: list, config, device, staging: Pat
     pixels, labels = load_pixels(clean_valid.path, model.num_classes)
     eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
     finetuned = {}
-    for t in result.thresholds:
-        if not t.reached:
-            continue
-        pruned = result.pruned_model(model, t)
+    for t, pruned in result.pruned_models(model):
         log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
         facts = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device,
                                       staging / model_dir(t), _keras_writer())
