@@ -28,10 +28,10 @@ def swept(tmp_path_factory, lab_files, lab3_path):
 
 def test_outputs_exist_and_repeat_byte_for_byte(swept):
     first, second = swept
-    for name in ["sweep.csv", "summary.json", "sweep.png"] + [f"models/X={x}/pruned.{e}" for x in (2, 4, 10) for e in ("pt", "h5")]:
+    names = ["sweep.csv", "summary.json", "sweep.png"] + [f"models/X={x}/pruned.{e}" for x in (2, 4, 10) for e in ("pt", "h5")]
+    for name in names:
         assert (first / name).is_file(), name
-    assert (first / "sweep.csv").read_bytes() == (second / "sweep.csv").read_bytes()
-    assert (first / "summary.json").read_bytes() == (second / "summary.json").read_bytes()
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from .errors import BadInputError, first_line
-from .files import atomic_path, check_is_file, file_sha256
+from .files import check_is_file, file_sha256, write_bytes
 from .model import BadNet
 
 FORMAT = "torch-badnet"
@@ -38,8 +39,9 @@ def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": metadata,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()  # saved to a buffer, not to the temporary file: torch.save names the zip's records
+    torch.save(payload, buffer)  # after the file, which would make the bytes differ from run to run
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
