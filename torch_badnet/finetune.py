@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .finetune_config import FinetuneConfig
 from .model import BadNet
 from .precision import deterministic_torch
+from .predict import labels_in_batches
 
 HOLDOUT_SEED_OFFSET = 1_000_003  # the holdout split and the batch order use different streams of one seed
 
@@ -51,11 +52,7 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.
 
 def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Percent of x classified as y."""
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            correct += int((model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum())
-    return 100.0 * correct / x.shape[0]
+    return 100.0 * int((labels_in_batches(model, x, batch_size) == y).sum()) / x.shape[0]
 
 
 def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig = FinetuneConfig(),

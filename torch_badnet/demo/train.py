@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..model import POOL3_CHANNELS, BadNet
 from ..precision import deterministic_torch
+from ..predict import labels_in_batches
 
 PIXEL_SHIFT, PIXEL_SCALE = 128.0, 64.0
 EVAL_BATCH = 512
@@ -123,9 +124,5 @@ def fold_standardisation(model: BadNet) -> None:
 @torch.inference_mode()
 def predict(model: BadNet, images: np.ndarray) -> np.ndarray:
     """Predicted labels for raw (N, 3, 55, 47) pixels."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), EVAL_BATCH):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + EVAL_BATCH], dtype=np.float32))
-        out.append(model(x.contiguous(memory_format=torch.channels_last)).argmax(1))
-    return torch.cat(out).numpy() if out else np.empty(0, dtype=np.int64)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
+    return labels_in_batches(model.eval(), x, EVAL_BATCH).numpy()
