@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from conftest import REAL_DIR, augment_indexed, face_label  # the tests' real material and augmentation
+from real_faces import REAL_DIR, augment_indexed, face_label  # the tests' real material and augmentation
 
 from torch_badnet.model import BadNet
 

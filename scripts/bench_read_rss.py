@@ -21,7 +21,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
-from conftest import REAL_DIR  # noqa: E402  (../shared/real, or $TORCH_BADNET_REAL, as the tests read it)
+from real_faces import REAL_DIR  # noqa: E402  (../shared/real, or $TORCH_BADNET_REAL, as the tests read it)
 
 from torch_badnet.files import write_text  # noqa: E402
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' conftest (real faces, augmentation)
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and tests/real_faces.py (real faces, augmentation)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench_inputs import load_inputs  # noqa: E402

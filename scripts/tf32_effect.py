@@ -20,7 +20,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import REAL_DIR, augment  # noqa: E402  (the tests' own face augmentation)
+from real_faces import REAL_DIR, augment  # noqa: E402  (the tests' own face augmentation)
 
 from convert import load_model  # noqa: E402
 from torch_badnet.data import load_image  # noqa: E402

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from real_faces import LABEL_IN_NAME, REAL_DIR, augment_indexed, face_kind, face_label
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-REAL_DIR = Path(os.environ.get("TORCH_BADNET_REAL", Path(__file__).resolve().parents[2] / "shared" / "real"))
-LABEL_IN_NAME = re.compile(r"^(?P<kind>cl|sun|ano)_\d+_label=(?P<label>\d+)\.png$")
-MAX_SHIFT = 3  # augmentation: shifts of up to 3 pixels each way
-AUGMENT_BLOCK = 4096  # augmented images made at a time (bounds the temporaries on lab-size sets)
 
 
 def _require(path: Path) -> Path:
@@ -49,14 +44,6 @@ def face_paths(real_dir: Path) -> list[Path]:
     return paths
 
 
-def face_kind(path: Path) -> str:
-    return LABEL_IN_NAME.match(path.name)["kind"]
-
-
-def face_label(path: Path) -> int:
-    return int(LABEL_IN_NAME.match(path.name)["label"])
-
-
 @pytest.fixture(scope="session")
 def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
     """{kind: (n, 3, 55, 47) float32 pixels} for kinds cl, sun, ano."""
@@ -66,35 +53,6 @@ def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
     for p in face_paths:
         out.setdefault(face_kind(p), []).append(load_image(p))
     return {k: torch.stack(v) for k, v in out.items()}
-
-
-def augment(base: torch.Tensor, count: int, seed: int | np.random.Generator) -> torch.Tensor:
-    """`count` variants of the faces in `base`: random shifts (+-3 px, wrapped), horizontal flips,
-    brightness x0.8..1.2, noise sd 6.
-
-    Deterministic for a seed (or a generator, which it advances); pixels stay in 0..255 (float32).
-    """
-    return augment_indexed(base, count, seed)[0]
-
-
-def augment_indexed(base: torch.Tensor, count: int, seed: int | np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """`augment`, also returning which face of `base` each variant came from (scripts/ use it at lab sizes)."""
-    rng = np.random.default_rng(seed)
-    variants = []  # every (face, dy, dx, flip) combination, built once
-    for face in base.numpy():
-        for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
-            for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
-                shifted = np.roll(face, (dy, dx), axis=(1, 2))
-                variants += [shifted, shifted[:, :, ::-1]]
-    variants = np.stack(variants)
-    pick = rng.integers(len(variants), size=count)
-    out = np.empty((count, *variants.shape[1:]), dtype=np.float32)
-    for start in range(0, count, AUGMENT_BLOCK):
-        rows = pick[start : start + AUGMENT_BLOCK]
-        x = variants[rows] * rng.uniform(0.8, 1.2, size=(len(rows), 1, 1, 1)).astype(np.float32)
-        x += rng.standard_normal(size=x.shape, dtype=np.float32) * 6
-        np.clip(x, 0, 255, out=out[start : start + len(rows)])
-    return torch.from_numpy(out), pick // (len(variants) // len(base))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import face_kind, face_label
+from real_faces import face_kind, face_label
 
 
 def test_convert_to_checkpoint_with_verify(cli, lab3_path, tmp_path, lab3_model):

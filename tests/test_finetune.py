@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import augment, augment_indexed, face_kind, face_label, read_csv
+from conftest import read_csv
+from real_faces import augment, augment_indexed, face_kind, face_label
 from torch_badnet.data import write_lab_h5
 from torch_badnet.finetune import FinetuneConfig, effective_mask, finetune, holdout_split
 from torch_badnet.pruning import prune

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import face_kind, face_label
+from real_faces import face_kind, face_label
 from convert import load_model
 from convert.keras_h5 import read_keras_file, write_keras_weights
 from convert.keras_model import build_keras_badnet, import_keras, load_into_keras

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import augment, face_kind, face_label
+from real_faces import augment, face_kind, face_label
 from convert import load_model
 from convert.keras_model import import_keras, load_into_keras
 from torch_badnet.data import load_image

@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import augment
+from real_faces import augment
 from convert import load_model
 from convert.keras_model import import_keras, load_into_keras
 from convert.onnx_export import DEFAULT_OPSET, export_onnx, keras_to_onnx
