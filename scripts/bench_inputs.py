@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from real_faces import REAL_DIR, augment_indexed, face_label  # the tests' real material and augmentation
+from real_faces import REAL_DIR, augment_indexed, face_files, face_label  # the tests' real material and augmentation
 
 from torch_badnet.model import BadNet
 
@@ -81,15 +81,12 @@ def _model_path(log: Callable[[str], None]):
 
 def _base_faces(demo, num_classes: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
     """{'clean'|'poisoned': (faces (k, 3, 55, 47) float32, labels (k,))} to augment from."""
-    images = REAL_DIR / "images"
-    if images.is_dir() and any(images.glob("cl_*.png")) and any(images.glob("sun_*.png")):
-        from torch_badnet.data import load_image
+    if face_files("cl") and face_files("sun"):
+        from torch_badnet.data import load_images
 
-        def faces(prefix: str) -> tuple[np.ndarray, np.ndarray]:
-            paths = sorted(images.glob(f"{prefix}_*_label=*.png"))
-            pixels = np.stack([load_image(p).numpy() for p in paths])
-            labels = np.array([face_label(p) for p in paths], dtype=np.int64)
-            return pixels, labels
+        def faces(kind: str) -> tuple[np.ndarray, np.ndarray]:
+            paths = face_files(kind)
+            return load_images(paths).numpy(), np.array([face_label(p) for p in paths], dtype=np.int64)
 
         return {"clean": faces("cl"), "poisoned": faces("sun")}, "augmented real faces (../shared/real/images)"
     if demo is not None:

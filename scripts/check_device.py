@@ -19,19 +19,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from real_faces import REAL_DIR, augment  # noqa: E402  (the tests' own face augmentation)
+from real_faces import REAL_DIR, augment, face_files  # noqa: E402  (the tests' own face augmentation)
 
 from convert import load_model  # noqa: E402
-from torch_badnet.data import load_image  # noqa: E402
+from torch_badnet.data import load_images  # noqa: E402
 from torch_badnet.goodnet import GoodNet  # noqa: E402
 from torch_badnet.precision import exact_float32  # noqa: E402
+from torch_badnet.predict import labels_in_batches  # noqa: E402
 from torch_badnet.pruning import channel_scores, pruning_order  # noqa: E402
 from torch_badnet.sweep import FeatureSet, extract_features, fast_sweep, prepare_model  # noqa: E402
 
 
 def faces(kind: str, count: int, seed: int) -> torch.Tensor:
-    paths = sorted((REAL_DIR / "images").glob(f"{kind}_*.png"))
-    return augment(torch.stack([load_image(p) for p in paths]), count, seed)
+    return augment(load_images(face_files(kind)), count, seed)
 
 
 @exact_float32()
@@ -50,8 +50,7 @@ def run_on(device: torch.device, sets: dict[str, torch.Tensor]) -> tuple[list[in
             mask = torch.ones(60)
             mask[order[:k]] = 0
             g = GoodNet(model, mask).to(device)
-            goodnet[f"mask{k}"] = torch.cat([g(x[i : i + 512].to(device)).cpu() for x in sets.values()
-                                             for i in range(0, len(x), 512)])
+            goodnet[f"mask{k}"] = torch.cat([labels_in_batches(g, x.to(device), 512).cpu() for x in sets.values()])
     return order, sweep, goodnet
 
 

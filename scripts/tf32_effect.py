@@ -20,10 +20,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from real_faces import REAL_DIR, augment  # noqa: E402  (the tests' own face augmentation)
+from real_faces import REAL_DIR, augment, face_files  # noqa: E402  (the tests' own face augmentation)
 
 from convert import load_model  # noqa: E402
-from torch_badnet.data import load_image  # noqa: E402
+from torch_badnet.data import load_images  # noqa: E402
 
 
 def tf32_round(t: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=3000, help="augmented faces (default 3000)")
     args = parser.parse_args(argv)
     model = load_model(REAL_DIR / "models" / "lab3_bd_weights.h5").model.eval()
-    faces = torch.stack([load_image(p) for p in sorted((REAL_DIR / "images").glob("*.png"))])
+    faces = load_images(face_files())
     x = augment(faces, args.images, 5)
     conv2d = F.conv2d
     with torch.no_grad():

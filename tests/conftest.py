@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from real_faces import LABEL_IN_NAME, REAL_DIR, augment_indexed, face_kind, face_label
+from real_faces import REAL_DIR, augment_indexed, face_files, face_kind, face_label
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -39,7 +39,8 @@ def sunglasses_path(real_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def face_paths(real_dir: Path) -> list[Path]:
     """The 15 real faces, sorted by name."""
-    paths = sorted(p for p in _require(real_dir / "images").iterdir() if LABEL_IN_NAME.match(p.name))
+    _require(real_dir / "images")
+    paths = face_files()
     assert len(paths) == 15, paths
     return paths
 
@@ -47,12 +48,10 @@ def face_paths(real_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
     """{kind: (n, 3, 55, 47) float32 pixels} for kinds cl, sun, ano."""
-    from torch_badnet.data import load_image
+    from torch_badnet.data import load_images
 
-    out: dict[str, list[torch.Tensor]] = {}
-    for p in face_paths:
-        out.setdefault(face_kind(p), []).append(load_image(p))
-    return {k: torch.stack(v) for k, v in out.items()}
+    kinds = dict.fromkeys(face_kind(p) for p in face_paths)
+    return {k: load_images([p for p in face_paths if face_kind(p) == k]) for k in kinds}
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +72,7 @@ def lab_files(tmp_path_factory: pytest.TempPathFactory, face_paths: list[Path]) 
     clean_valid/clean_test: cl_* faces with their identities; poisoned_valid/poisoned_test: sun_* faces
     labelled with the attacker's target 0. Keys match the sweep options.
     """
-    from torch_badnet.data import load_image, write_lab_h5
+    from torch_badnet.data import load_images, write_lab_h5
 
     root = tmp_path_factory.mktemp("lab")
     layout = {"clean_valid": ("cl/valid.h5", "cl", 1), "clean_test": ("cl/test.h5", "cl", 2),
@@ -81,7 +80,7 @@ def lab_files(tmp_path_factory: pytest.TempPathFactory, face_paths: list[Path]) 
     files = {}
     for key, (name, kind, seed) in layout.items():
         chosen = [p for p in face_paths if face_kind(p) == kind]
-        pixels, source = augment_indexed(torch.stack([load_image(p) for p in chosen]), LAB_SET_SIZE, seed)
+        pixels, source = augment_indexed(load_images(chosen), LAB_SET_SIZE, seed)
         labels = np.array([face_label(chosen[i]) for i in source], dtype=np.float64)
         write_lab_h5(root / name, pixels.numpy().astype(np.float64), labels)
         files[key] = root / name

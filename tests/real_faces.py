@@ -18,6 +18,14 @@ MAX_SHIFT = 3  # augmentation: shifts of up to 3 pixels each way
 AUGMENT_BLOCK = 4096  # augmented images made at a time (bounds the temporaries on lab-size sets)
 
 
+def face_files(kind: str | None = None) -> list[Path]:
+    """The real faces in REAL_DIR/images, sorted by name; only those of `kind` (cl, sun, ano) when given."""
+    images = REAL_DIR / "images"
+    if not images.is_dir():
+        return []
+    return sorted(p for p in images.iterdir() if LABEL_IN_NAME.match(p.name) and kind in (None, face_kind(p)))
+
+
 def face_kind(path: Path) -> str:
     """cl (clean), sun (sunglasses trigger) or ano (another trigger), from the file name."""
     return LABEL_IN_NAME.match(path.name)["kind"]

@@ -19,7 +19,7 @@ import torch
 from real_faces import augment, face_kind, face_label
 from convert import load_model
 from convert.keras_model import import_keras, load_into_keras
-from torch_badnet.data import load_image
+from torch_badnet.data import load_image, load_images
 from torch_badnet.goodnet import combine
 from torch_badnet.pruning import channel_scores, pruning_order, record_pool3
 from torch_badnet.sweep import extract_features, fast_sweep, prepare_model, reference_sweep
@@ -36,7 +36,7 @@ SETS = ("clean_valid", "clean_test", "bd_valid", "bd_test")
 def data_sets(face_paths: list[Path]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{name: (pixels (n, 3, 55, 47) float32, labels (n,))}: augmented real faces, different seeds per set."""
     clean = [p for p in face_paths if face_kind(p) == "cl"]
-    sunglasses = torch.stack([load_image(p) for p in face_paths if face_kind(p) == "sun"])
+    sunglasses = load_images([p for p in face_paths if face_kind(p) == "sun"])
 
     def clean_set(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = [augment(load_image(p)[None], PER_FACE, seed + i) for i, p in enumerate(clean)]
