@@ -44,7 +44,7 @@ def set_sizes(scale: float) -> dict[str, int]:
 
 def load_inputs(scale: float, seed: int = 0, log: Callable[[str], None] = print) -> BenchInputs:
     """Model and pixel sets for one benchmark run."""
-    from convert import load_model
+    from torch_badnet.convert import load_model
 
     model_path, model_source, demo = _model_path(log)
     model = load_model(model_path).model.eval()

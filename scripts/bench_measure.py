@@ -101,7 +101,7 @@ def time_keras_reference(model: BadNet, sets: Sets, order: Sequence[int], steps:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import tensorflow as tf
-        from convert.keras_model import to_keras
+        from torch_badnet.convert.keras_model import to_keras
     except ImportError:
         return None
     keras_model = to_keras(model.cpu())

@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from real_faces import REAL_DIR, augment, face_files  # noqa: E402  (the tests' own face augmentation)
 
-from convert import load_model  # noqa: E402
+from torch_badnet.convert import load_model  # noqa: E402
 from torch_badnet.data import load_images  # noqa: E402
 
 

@@ -57,7 +57,7 @@ def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def lab3_model(lab3_path: Path):
     """The real lab3 BadNet imported from its Keras weights."""
-    from convert import load_model
+    from torch_badnet.convert import load_model
 
     return load_model(lab3_path).model
 

@@ -29,7 +29,7 @@ def test_convert_to_checkpoint_with_verify(cli, lab3_path, tmp_path, lab3_model)
 
 
 def test_convert_round_trip_through_keras_weights(cli, lab3_path, tmp_path, lab3_model):
-    from convert import load_model
+    from torch_badnet.convert import load_model
 
     pt, h5 = tmp_path / "m.pt", tmp_path / "back.h5"
     assert cli("convert", lab3_path, "-o", pt)[0] == 0
@@ -55,7 +55,7 @@ def test_convert_keras_to_onnx_and_use_it_as_model(cli, lab3_path, tmp_path, fac
 def test_classify_text_and_goodnet_flags(cli, lab3_path, tmp_path, face_paths):
     from torch_badnet.pruning import prune
     from torch_badnet.checkpoint import save_checkpoint
-    from convert import load_model
+    from torch_badnet.convert import load_model
 
     code, stdout, _ = cli("classify", "--model", lab3_path, *face_paths)
     assert code == 0
@@ -71,7 +71,7 @@ def test_classify_text_and_goodnet_flags(cli, lab3_path, tmp_path, face_paths):
 
 
 def _labels(model_path, paths):
-    from convert import load_model
+    from torch_badnet.convert import load_model
     from torch_badnet.data import load_images
 
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_eval_text_and_json(cli, lab3_path, lab_files):
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_export_goodnet_onnx(cli, lab3_path, tmp_path, batch):
-    from convert import load_model
+    from torch_badnet.convert import load_model
     from torch_badnet.checkpoint import save_checkpoint
     from torch_badnet.goodnet import GoodNet
     from torch_badnet.pruning import prune

@@ -128,7 +128,7 @@ def test_sunglasses_follow_the_face() -> None:
 
 
 def test_model_learned_task_and_backdoor(workspace: DemoWorkspace) -> None:
-    from convert import load_model
+    from torch_badnet.convert import load_model
 
     model = load_model(workspace.model).model
     assert model.num_classes == workspace.num_classes
@@ -181,8 +181,8 @@ def test_changed_config_or_corrupt_manifest_is_not_reused(workspace: DemoWorkspa
 
 
 def test_keras_loads_the_model_with_the_same_predictions(workspace: DemoWorkspace) -> None:
-    from convert import load_model
-    from convert.keras_model import load_into_keras
+    from torch_badnet.convert import load_model
+    from torch_badnet.convert.keras_model import load_into_keras
 
     keras_model = load_into_keras(str(workspace.model))
     pixels, _ = read_set(workspace.clean_test)

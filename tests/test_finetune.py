@@ -62,7 +62,7 @@ def test_effective_mask_reads_baked_pruning(lab3_model):
 
 
 def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path):
-    from convert import load_model
+    from torch_badnet.convert import load_model
 
     sweep_out = tmp_path / "sweep"
     code, _, err = cli("sweep", "--model", lab3_path, "--clean-valid", lab_files["clean_valid"], "--poisoned-valid",

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from real_faces import face_kind, face_label
-from convert import load_model
-from convert.keras_h5 import read_keras_file, write_keras_weights
-from convert.keras_model import build_keras_badnet, import_keras, load_into_keras
+from torch_badnet.convert import load_model
+from torch_badnet.convert.keras_h5 import read_keras_file, write_keras_weights
+from torch_badnet.convert.keras_model import build_keras_badnet, import_keras, load_into_keras
 from torch_badnet.data import load_images
 from torch_badnet.errors import BadInputError
 from torch_badnet.model import BadNet

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from real_faces import augment, face_kind, face_label
-from convert import load_model
-from convert.keras_model import import_keras, load_into_keras
+from torch_badnet.convert import load_model
+from torch_badnet.convert.keras_model import import_keras, load_into_keras
 from torch_badnet.data import load_image, load_images
 from torch_badnet.goodnet import combine
 from torch_badnet.pruning import channel_scores, pruning_order, record_pool3

@@ -16,7 +16,7 @@ def loaded_after(code: str) -> set[str]:
 def test_core_imports_neither_convert_nor_heavy_extras():
     modules = loaded_after("; ".join(f"import torch_badnet.{name}" for name in CORE))
     assert "torch_badnet.sweep" in modules
-    for forbidden in ("convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx"):
+    for forbidden in ("convert", "torch_badnet.convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx"):
         assert forbidden not in modules, forbidden
 
 
@@ -24,4 +24,4 @@ def test_help_does_not_import_torch():
     modules = loaded_after("import contextlib, io\nfrom torch_badnet.cli import build_parser\n"
                            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
                            "    build_parser().parse_args(['--help'])")
-    assert "torch" not in modules and "convert" not in modules
+    assert "torch" not in modules and "torch_badnet.convert" not in modules

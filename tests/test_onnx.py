@@ -17,10 +17,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from real_faces import augment
-from convert import load_model
-from convert.keras_model import import_keras, load_into_keras
-from convert.onnx_export import DEFAULT_OPSET, export_onnx, keras_to_onnx
-from convert.onnx_import import load_onnx
+from torch_badnet.convert import load_model
+from torch_badnet.convert.keras_model import import_keras, load_into_keras
+from torch_badnet.convert.onnx_export import DEFAULT_OPSET, export_onnx, keras_to_onnx
+from torch_badnet.convert.onnx_import import load_onnx
 from torch_badnet.errors import BadInputError
 from torch_badnet.goodnet import GoodNet
 from torch_badnet.model import BadNet

@@ -63,7 +63,7 @@ def spy_inside(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> li
 
 
 def test_library_sweep_runs_exact(monkeypatch, lab3_path, lab_files):
-    from convert import load_model
+    from torch_badnet.convert import load_model
     from torch_badnet import defense
 
     seen = spy_inside(monkeypatch, defense, "fast_sweep")

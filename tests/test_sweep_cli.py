@@ -88,7 +88,7 @@ def test_summary_thresholds_follow_the_lab_rule(swept):
 
 
 def test_pruned_models_load_and_agree_with_the_sweep(swept, lab_files, cli):
-    from convert import load_model
+    from torch_badnet.convert import load_model
 
     summary = json.loads((swept[0] / "summary.json").read_text())
     t = summary["thresholds"][1]

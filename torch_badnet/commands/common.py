@@ -35,7 +35,7 @@ def device_from(args: argparse.Namespace):
 
 def load_model(path: str):
     """Any supported model file -> LoadedModel (the CLI is where torch_badnet meets convert/)."""
-    from convert import load_model as load
+    from torch_badnet.convert import load_model as load
 
     return load(path)
 

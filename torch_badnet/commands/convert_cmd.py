@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if dst.suffix.lower() not in TARGETS:
         raise BadInputError(dst, f"unknown output type '{dst.suffix}' (expected .pt, .h5 or .onnx)")
     if args.verify:
-        from convert.keras_model import import_keras
+        from torch_badnet.convert.keras_model import import_keras
 
         import_keras()  # fail before writing anything when TensorFlow is missing
     loaded = load_model(str(src))
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_converted(loaded, src, tmp)
         if args.verify:
-            from convert.verify import verify_against_keras
+            from torch_badnet.convert.verify import verify_against_keras
 
             print(verify_against_keras(loaded.model, src, tmp))
         os.replace(tmp, dst)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def write_converted(loaded, src: Path, dst: Path) -> None:
     """Write `loaded` (read from `src`) as dst's type."""
-    from convert.loading import KERAS_SUFFIXES
+    from torch_badnet.convert.loading import KERAS_SUFFIXES
 
     suffix = dst.suffix.lower()
     if suffix == ".pt":
@@ -60,14 +60,14 @@ def write_converted(loaded, src: Path, dst: Path) -> None:
         save_checkpoint(loaded.model, dst, source=str(src), source_format=loaded.source_format,
                         source_sha256=loaded.source_sha256)
     elif suffix == ".h5":
-        from convert.keras_h5 import write_keras_weights
+        from torch_badnet.convert.keras_h5 import write_keras_weights
 
         write_keras_weights(loaded.model, dst)
     elif src.suffix.lower() in KERAS_SUFFIXES:
-        from convert.onnx_export import keras_to_onnx
+        from torch_badnet.convert.onnx_export import keras_to_onnx
 
         keras_to_onnx(src, dst)
     else:
-        from convert.onnx_export import export_onnx
+        from torch_badnet.convert.onnx_export import export_onnx
 
         export_onnx(loaded.model, dst)

@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.onnx_export import DEFAULT_OPSET, export_onnx
+    from torch_badnet.convert.onnx_export import DEFAULT_OPSET, export_onnx
 
     from ..errors import BadInputError
 

@@ -151,6 +151,6 @@ def finetune_thresholds(result, model, specs: list, config, device, staging: Pat
 
 
 def _keras_writer():
-    from convert.keras_h5 import write_keras_weights
+    from torch_badnet.convert.keras_h5 import write_keras_weights
 
     return write_keras_weights

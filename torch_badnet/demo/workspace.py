@@ -157,7 +157,7 @@ def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] =
     }
     log(f"demo workspace: clean test accuracy {training['clean_test_accuracy']:.2%}, "
         f"attack success {training['attack_success_rate']:.2%} (trained in {result.seconds:.0f} s)")
-    from convert.keras_h5 import write_keras_weights  # the demo orchestrates; the core never imports convert
+    from torch_badnet.convert.keras_h5 import write_keras_weights  # the demo orchestrates; the core never imports convert
 
     write_keras_weights(result.model, root / MODEL)
     training["build_seconds"] = round(time.perf_counter() - started, 3)
