@@ -9,7 +9,7 @@ import torch
 from conftest import read_csv
 from real_faces import augment, augment_indexed, face_kind, face_label
 from torch_badnet.data import write_lab_h5
-from torch_badnet.finetune import FinetuneConfig, effective_mask, finetune, holdout_split
+from torch_badnet.finetuning import FinetuneConfig, effective_mask, finetune, holdout_split
 from torch_badnet.pruning import prune
 
 PRUNED = [0, 2, 6, 15, 12, 13, 14, 9, 24, 25, 26, 27, 21, 22, 23, 17, 31, 30, 50, 53]

@@ -1,24 +1,53 @@
 """torch-badnet: the Fine-Pruning defense against backdoored face classifiers (BadNets), in PyTorch.
 
-`BadNet` and `GoodNet` are imported lazily so that `torch-badnet --help` does not wait for torch.
+The public API (names are imported lazily, so `torch-badnet --help` does not wait for torch):
+
+    import torch_badnet as tb
+    bd = tb.load_model("bd_net.h5")                      # eval-mode BadNet: .h5/.keras/.pt/.onnx
+    result = tb.prune_sweep(bd, clean_valid="cl/valid.h5", poisoned_valid="bd/bd_valid.h5",
+                            clean_test="cl/test.h5", poisoned_test="bd/bd_test.h5", thresholds=(2, 4, 10))
+    result.save("results/")                              # the files `torch-badnet sweep --out results/` writes
+    b4 = result.pruned(4)                                # B'_4 as a BadNet
+    g = tb.GoodNet(bd, b4)                               # labels in [0, N]; N = backdoor detected
+    x = tb.load_images(["face.png"])                     # (n, 3, 55, 47) float32 pixels 0..255
+    run = tb.finetune(bd, b4, clean_valid="cl/valid.h5") # fine-pruning, as `torch-badnet finetune`
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BadNet", "GoodNet", "__version__"]
+_EXPORTS = {
+    "BadNet": "model",
+    "GoodNet": "goodnet",
+    "load_model": "loading",
+    "load_images": "data",
+    "load_image": "data",
+    "prune_sweep": "pipeline",
+    "finetune": "pipeline",
+    "finetune_config": "pipeline",
+    "DefenseResult": "pipeline",
+    "FinetuneRun": "pipeline",
+    "FinetuneConfig": "finetune_config",
+    "Column": "columns",
+    "BadInputError": "errors",
+    "exact_float32": "precision",
+    "save_checkpoint": "checkpoint",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "BadNet":
-        from .model import BadNet
-
-        return BadNet
-    if name == "GoodNet":
-        from .goodnet import GoodNet
-
-        return GoodNet
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'torch_badnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -20,14 +20,36 @@ FORMAT_VERSION = 1
 
 
 @dataclass
+class ModelSource:
+    """Where a BadNet came from: the file's path, sha256, format and (for .pt files) recorded metadata.
+
+    `tb.load_model` attaches one to the net as `net.source`; reports (summary.json's `model`) read it.
+    """
+
+    path: str = "<in memory>"
+    sha256: str = ""
+    format: str = "torch"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def source_of(model: BadNet) -> ModelSource:
+    """The provenance attached by `load_model`, or an in-memory placeholder for a net built in code."""
+    source = getattr(model, "source", None)
+    return source if isinstance(source, ModelSource) else ModelSource()
+
+
+@dataclass
 class LoadedModel:
-    """A BadNet together with where it came from."""
+    """A BadNet together with where it came from (also attached to the net as `model.source`)."""
 
     model: BadNet
     path: str
     source_format: str
     source_sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.source = ModelSource(self.path, self.source_sha256, self.source_format, self.metadata)
 
 
 def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any) -> None:

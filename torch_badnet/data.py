@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import h5py
@@ -15,7 +14,6 @@ from .files import atomic_path, check_is_file
 from .model import INPUT_SHAPE
 
 DEFAULT_CHUNK = 1024
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class LabDataset:
@@ -54,18 +52,7 @@ class LabDataset:
             raise BadInputError(where, f"'data' holds {data.shape[0]} images but 'label' holds {label.shape[0]} labels")
         if data.shape[0] == 0:
             raise BadInputError(where, "the set is empty (0 images)")
-        if not (np.issubdtype(label.dtype, np.floating) or np.issubdtype(label.dtype, np.integer)):
-            raise BadInputError(where, f"'label' has dtype {label.dtype}, expected numbers")
-        raw = label[()]
-        if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
-            raise BadInputError(where, "'label' holds non-integer values")
-        labels = raw.astype(np.int64)
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or (num_classes is not None and high >= num_classes):
-            bound = f"[0, {num_classes})" if num_classes is not None else "[0, classes)"
-            bad = low if low < 0 else high
-            raise BadInputError(where, f"label {bad} is outside {bound}")
-        return data, labels
+        return data, check_labels(label[()], num_classes, where)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -93,6 +80,76 @@ class LabDataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_labels(raw: np.ndarray, num_classes: int | None, where: str | os.PathLike[str]) -> np.ndarray:
+    """Labels as int64 (N,): whole numbers in [0, num_classes), else a BadInputError naming `where`."""
+    if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
+        raise BadInputError(where, f"'label' has dtype {raw.dtype}, expected numbers")
+    if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+        raise BadInputError(where, "'label' holds non-integer values")
+    labels = raw.astype(np.int64)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else "[0, classes)"
+        bad = low if low < 0 else high
+        raise BadInputError(where, f"label {bad} is outside {bound}")
+    return labels
+
+
+class ArraySet:
+    """An in-memory lab set (pixels (N, 3, 55, 47) 0..255, labels (N,)) with LabDataset's interface.
+
+    `name` stands where a file path would in errors and reports, e.g. "<clean_valid>".
+    """
+
+    def __init__(self, pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, name: str,
+                 num_classes: int | None = None) -> None:
+        self.path = name
+        pixels = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != INPUT_SHAPE:
+            raise BadInputError(name, f"pixels have shape {tuple(pixels.shape)}, expected (N, 3, 55, 47)")
+        if pixels.shape[0] == 0:
+            raise BadInputError(name, "the set is empty (0 images)")
+        self.pixels = pixels.detach().cpu().float()
+        if not _all_finite(self.pixels):
+            bad = int((~torch.isfinite(self.pixels)).flatten(1).any(1).nonzero()[0])
+            raise BadInputError(name, f"image {bad} holds non-finite pixels (NaN or inf)")
+        raw = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if raw.shape != (self.pixels.shape[0],):
+            raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")
+        self.labels = check_labels(raw, num_classes, name)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(pixels float32, labels int64) in order, `chunk_size` images at a time."""
+        for start in range(0, len(self), chunk_size):
+            yield self.pixels[start : start + chunk_size], torch.from_numpy(self.labels[start : start + chunk_size])
+
+    def sha256(self) -> str:
+        """sha256 of the float32 pixels and int64 labels, for the report."""
+        import hashlib
+
+        digest = hashlib.sha256(self.pixels.contiguous().numpy().tobytes())
+        digest.update(self.labels.tobytes())
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "ArraySet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_all(dataset: "LabDataset | ArraySet") -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole set as float32 pixels and int64 labels (for the clean validation set, which trains fine-tuning)."""
+    chunks = list(dataset.chunks())
+    return torch.cat([x for x, _ in chunks]), torch.cat([y for _, y in chunks])
 
 
 def _all_finite(pixels: torch.Tensor) -> bool:
@@ -133,6 +190,3 @@ def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False) -
         raise BadInputError("<images>", "no image given")
     return torch.stack([load_image(p, resize) for p in paths])
 
-
-def is_image_path(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES

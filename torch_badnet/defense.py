@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import DEFAULT_CHUNK, LabDataset
+from .columns import Column, csv_order, set_columns
+from .data import DEFAULT_CHUNK, ArraySet, LabDataset
 from .errors import BadInputError
 from .metrics import DropKind, StepCounts, StopRule, select_step, step_counts
 from .model import BadNet
@@ -23,7 +25,8 @@ from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
-SPLITS = ("valid", "test")
+TRIGGER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+VALID_CLEAN = Column("pruned", "valid", "clean_acc")  # the curve that defines every B'_X
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,9 @@ class DataSpec:
 
     split: str  # "valid" | "test"
     kind: str  # "clean" | "poisoned"
-    path: Path
+    path: Path  # the lab .h5 file (for in-memory data, a name such as "<clean_valid>")
     trigger: str = ""  # "" = the plain, unnamed poisoned set
+    arrays: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)  # in-memory (pixels, labels)
 
     @property
     def name(self) -> str:
@@ -54,7 +58,8 @@ class Threshold:
     drop: DropKind
     step: int | None  # None: the accuracy never dropped by X within the sweep
     pruned_channels: list[int]
-    metrics: dict[str, float]
+    metrics: dict[Column, float]  # every metric of B'_X and G_X at `step`
+    fraction_pruned: float | None = None
 
     @property
     def reached(self) -> bool:
@@ -63,15 +68,32 @@ class Threshold:
 
 @dataclass
 class SweepResult:
-    """Everything a report needs: ranking, per-step metric columns, counts per set and the thresholds."""
+    """Everything a report needs: ranking, per-step metric curves, counts per set and the thresholds."""
 
     specs: list[DataSpec]
     scores: np.ndarray
     order: list[int]
     steps: int
-    columns: dict[str, list[float]]
+    metrics: dict[Column, list[float]]  # one value per step (index 0 = unpruned B), in sweep.csv's order
     counts: dict[str, StepCounts]
     thresholds: list[Threshold] = field(default_factory=list)
+
+    @property
+    def fraction_pruned(self) -> list[float]:
+        """Share of pool_3 channels pruned at each step."""
+        return [k / len(self.order) for k in range(self.steps + 1)]
+
+    @property
+    def channels(self) -> list[int | None]:
+        """The channel pruned at each step (None at step 0)."""
+        return [None, *self.order[: self.steps]]
+
+    def has_split(self, split: str) -> bool:
+        return Column("pruned", split, "clean_acc") in self.metrics
+
+    def original(self) -> dict[Column, float]:
+        """B's own metrics (step 0): clean accuracy and attack success per split (and trigger)."""
+        return {c: values[0] for c, values in self.metrics.items() if c.net == "pruned"}
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -92,52 +114,41 @@ class SweepResult:
                 yield t, self.pruned_model(model, t)
 
 
-def metric_columns(spec: DataSpec, counts: StepCounts) -> dict[str, list[float]]:
-    """sweep.csv columns for one set: B' then G metrics, named `<split>_...` / `goodnet_<split>_...`."""
-    s, suffix = spec.split, f"_{spec.trigger}" if spec.trigger else ""
-    if spec.kind == "clean":
-        return {
-            f"{s}_clean_acc": counts.rate(counts.hits),
-            f"goodnet_{s}_clean_acc": counts.rate(counts.goodnet_hits),
-            f"goodnet_{s}_false_alarm_rate": counts.rate(counts.flagged),
-        }
-    return {
-        f"{s}_asr{suffix}": counts.rate(counts.hits),
-        f"goodnet_{s}_asr{suffix}": counts.rate(counts.goodnet_hits),
-        f"goodnet_{s}_detection_rate{suffix}": counts.rate(counts.flagged),
-    }
+def metric_curves(spec: DataSpec, counts: StepCounts) -> dict[Column, list[float]]:
+    """The three curves of one set: B' hits (clean accuracy or ASR), G hits, G flags (false alarms or detections)."""
+    hits, goodnet_hits, flagged = set_columns(spec.split, spec.kind, spec.trigger)
+    return {hits: counts.rate(counts.hits), goodnet_hits: counts.rate(counts.goodnet_hits),
+            flagged: counts.rate(counts.flagged)}
 
 
-def ordered_columns(specs: Sequence[DataSpec], per_set: dict[str, dict[str, list[float]]]) -> list[str]:
-    """Column order: per split, B' columns (clean, then each trigger) before G columns."""
-    names: list[str] = []
-    for split in SPLITS:
-        group = [spec for spec in specs if spec.split == split]
-        group.sort(key=lambda spec: spec.kind != "clean")
-        split_cols = [c for spec in group for c in per_set[spec.name]]
-        names += [c for c in split_cols if not c.startswith("goodnet_")]
-        names += [c for c in split_cols if c.startswith("goodnet_") and "false_alarm" not in c]
-        names += [c for c in split_cols if "false_alarm" in c]
-    return names
+def check_unique(names: Sequence[str], where: str | None, problem: str) -> None:
+    """BadInputError(where or the name, problem.format(name)) for the first name given twice."""
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise BadInputError(where or duplicate, problem.format(duplicate))
 
 
 def check_specs(specs: Sequence[DataSpec]) -> None:
     """Exactly one clean validation set (it ranks channels and defines X); unique names."""
     if sum(s.is_clean_valid for s in specs) != 1:
         raise BadInputError("--clean-valid", "exactly one clean validation file is needed")
-    names = [s.name for s in specs]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate:
-        raise BadInputError(duplicate, "the same set name is given twice (name triggers NAME=PATH)")
+    check_unique([s.name for s in specs], None, "the same set name is given twice (name triggers NAME=PATH)")
+
+
+def open_set(spec: DataSpec, num_classes: int) -> LabDataset | ArraySet:
+    """A validated set: the lab file, or the in-memory pixels and labels."""
+    if spec.arrays is None:
+        return LabDataset(spec.path, num_classes)
+    return ArraySet(*spec.arrays, str(spec.path), num_classes)
 
 
 @contextlib.contextmanager
-def open_sets(specs: Sequence[DataSpec], num_classes: int) -> Iterator[dict[str, LabDataset]]:
-    """Open and validate every file before any work starts."""
-    opened: dict[str, LabDataset] = {}
+def open_sets(specs: Sequence[DataSpec], num_classes: int) -> Iterator[dict[str, LabDataset | ArraySet]]:
+    """Open and validate every set before any work starts."""
+    opened: dict[str, LabDataset | ArraySet] = {}
     try:
         for spec in specs:
-            opened[spec.name] = LabDataset(spec.path, num_classes)
+            opened[spec.name] = open_set(spec, num_classes)
         yield opened
     finally:
         for ds in opened.values():
@@ -180,21 +191,16 @@ def _counted(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], bar: tqdm) -> 
 
 def _assemble(specs: list[DataSpec], scores: np.ndarray, order: list[int], steps: int,
               counts: dict[str, StepCounts]) -> SweepResult:
-    per_set = {spec.name: metric_columns(spec, counts[spec.name]) for spec in specs}
-    merged = {name: values for cols in per_set.values() for name, values in cols.items()}
-    columns: dict[str, list[float]] = {
-        "step": list(range(steps + 1)),
-        "channel": [None] + order[:steps],
-        "fraction_pruned": [k / len(order) for k in range(steps + 1)],
-    }
-    columns.update({name: merged[name] for name in ordered_columns(specs, per_set)})
-    return SweepResult(specs, scores, order, steps, columns, counts)
+    curves = {c: v for spec in specs for c, v in metric_curves(spec, counts[spec.name]).items()}
+    metrics = {c: curves[c] for c in csv_order(list(curves))}
+    return SweepResult(specs, scores, order, steps, metrics, counts)
 
 
 def threshold(result: SweepResult, x: float, stop: StopRule = "first-over", drop: DropKind = "absolute") -> Threshold:
     """B'_X for one X under a stopping rule, from the clean validation accuracy curve."""
-    step = select_step(result.columns["valid_clean_acc"], x, stop, drop)
+    step = select_step(result.metrics[VALID_CLEAN], x, stop, drop)
     if step is None:
         return Threshold(x, stop, drop, None, [], {})
-    metrics = {name: values[step] for name, values in result.columns.items() if name not in ("step", "channel")}
-    return Threshold(x, stop, drop, step, result.order[:step], metrics)
+    metrics = {c: values[step] for c, values in result.metrics.items()}
+    return Threshold(x, stop, drop, step, result.order[:step], metrics, result.fraction_pruned[step])
+

@@ -6,8 +6,9 @@ from typing import Sequence
 
 import torch
 
-from .data import LabDataset
-from .defense import DataSpec, metric_columns
+from .columns import Column
+from .data import ArraySet, LabDataset
+from .defense import DataSpec, metric_curves, open_set
 from .goodnet import GoodNet
 from .metrics import step_counts
 from .model import BadNet
@@ -16,7 +17,7 @@ from .predict import FORWARD_BATCH
 
 
 @torch.inference_mode()
-def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset | ArraySet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a file."""
     rows, truth = [], []
     for x, y in dataset.chunks():
@@ -28,12 +29,12 @@ def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset, device: torch.dev
 
 
 @exact_float32()
-def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device) -> dict[str, float]:
-    """Every sweep metric (`test_clean_acc`, `goodnet_test_asr`, ...) of one B' and its GoodNet G on `specs`."""
+def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device) -> dict[Column, float]:
+    """Every sweep metric (B' and G: clean accuracy, attack success, ...) of one B' and its GoodNet on `specs`."""
     goodnet = GoodNet(model, pruned).eval().to(device)
-    metrics: dict[str, float] = {}
+    metrics: dict[Column, float] = {}
     for spec in specs:
-        with LabDataset(spec.path, model.num_classes) as ds:
+        with open_set(spec, model.num_classes) as ds:
             labels, truth = b_and_pruned_labels(goodnet, ds, device)
-        metrics.update({name: values[1] for name, values in metric_columns(spec, step_counts(labels, truth)).items()})
+        metrics.update({c: values[1] for c, values in metric_curves(spec, step_counts(labels, truth)).items()})
     return metrics

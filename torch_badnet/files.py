@@ -15,10 +15,13 @@ from .errors import BadInputError
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is renamed to `target`, on failure removed."""
+    """Yield a temporary path to write; on success it is renamed to `target`, on failure removed.
+
+    The temporary name ends in `target`'s suffix, so code that picks a format by suffix treats it like `target`.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import BadNet
+from .model import BadNet, check_batch
 
 
 class GoodNet(nn.Module):
@@ -17,7 +17,20 @@ class GoodNet(nn.Module):
     """
 
     def __init__(self, model: BadNet, pruned: torch.Tensor | BadNet) -> None:
+        """G of B (`model`) and B' (`pruned`): a pruned BadNet (e.g. `result.pruned(4)`, a loaded pruned.pt or a
+        fine-tuned B'), or just a conv_3 channel mask (1 = kept, 0 = pruned) to apply to B.
+
+        Both nets should be in eval mode; G's output is int64 labels in [0, N], N = `detected_class`.
+
+        >>> g = GoodNet(bd, result.pruned(4)).eval()
+        >>> labels = g(tb.load_images(["face.png"]))      # 1283 (for the lab net) = backdoor detected
+        """
         super().__init__()
+        for name, net in (("model", model), ("pruned", pruned)):
+            if not isinstance(net, (BadNet, torch.Tensor)) or (name == "model" and not isinstance(net, BadNet)):
+                hint = " (a LoadedModel: pass its .model)" if hasattr(net, "model") else ""
+                raise TypeError(f"GoodNet's {name} must be a BadNet{' or a mask tensor' if name == 'pruned' else ''}, "
+                                f"got {type(net).__name__}{hint}")
         self.model = model
         self.pruned_model: BadNet | None = None
         if isinstance(pruned, BadNet):
@@ -40,7 +53,8 @@ class GoodNet(nn.Module):
         return self.model.num_classes
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of B and of B' for one batch, from a single trunk pass."""
+        """Logits of B and of B' for one (N, 3, 55, 47) batch, from a single trunk pass."""
+        check_batch(x)
         features = self.model.trunk(x)
         if self.pruned_model is not None:
             return self.model.head(features), self.pruned_model(x)

@@ -7,14 +7,11 @@ functions of the counts (and print identically run after run).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 
-STOP_RULES = ("first-over", "last-within")
-DROP_KINDS = ("absolute", "relative")
-StopRule = Literal["first-over", "last-within"]
-DropKind = Literal["absolute", "relative"]
+from .rules import DropKind, StopRule
 
 
 @dataclass

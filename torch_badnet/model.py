@@ -74,9 +74,18 @@ class BadNet(nn.Module):
         return self.output((a + b).relu())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 55, 47) float pixels -> (N, classes) logits. A single (3, 55, 47) image is a ValueError:
+        batch it with `x.unsqueeze(0)` (or `tb.load_images`, which always returns a batch)."""
+        check_batch(x)
         return self.head(self.trunk(x))
 
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities, as the Keras model's output layer gives."""
-        return self(x).softmax(dim=1)
+
+def check_batch(x: torch.Tensor) -> None:
+    """A clear ValueError unless `x` is an (N, 3, 55, 47) batch (the usual mistakes: one image, NHWC layout)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor batch of shape (N, 3, 55, 47), got {type(x).__name__}")
+    if x.dim() == 3 and tuple(x.shape) == INPUT_SHAPE:
+        raise ValueError("got one image of shape (3, 55, 47); the nets take batches (N, 3, 55, 47): use x.unsqueeze(0)")
+    if x.dim() != 4 or tuple(x.shape[1:]) != INPUT_SHAPE:
+        hint = " (channels last? the nets take channels first)" if x.shape[-1:] == (3,) else ""
+        raise ValueError(f"expected a batch of shape (N, 3, 55, 47), got {tuple(x.shape)}{hint}")

@@ -39,13 +39,12 @@ class Pool3Recorder:
 
 
 @torch.inference_mode()
-def record_pool3(model: BadNet, batches: Iterable[torch.Tensor], total: int, device: torch.device | str = "cpu",
-                 full_forward: bool = False) -> torch.Tensor:
-    """pool_3 outputs for every image, gathered by the hook (trunk only unless `full_forward`)."""
+def record_pool3(model: BadNet, batches: Iterable[torch.Tensor], total: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """pool_3 outputs for every image, gathered by the hook while the trunk runs."""
     with Pool3Recorder(model, total, device) as recorder:
         for x in batches:
             x = x.to(device, non_blocking=True)
-            model(x) if full_forward else model.trunk(x)
+            model.trunk(x)
     if recorder.filled != total:
         raise ValueError(f"recorded {recorder.filled} pool_3 outputs, expected {total}")
     return recorder.features
@@ -77,6 +76,6 @@ def prune(model: BadNet, channels: Sequence[int]) -> BadNet:
     return model
 
 
-def pruned_channels(model: BadNet) -> list[int]:
-    """Channels currently switched off in conv_3's mask."""
-    return [int(c) for c in (model.conv_3.mask == 0).nonzero().flatten()]
+def pruned_channels(mask: torch.Tensor) -> list[int]:
+    """The channels a 0/1 mask switches off."""
+    return [int(c) for c in (mask == 0).nonzero().flatten()]

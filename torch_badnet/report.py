@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .checkpoint import save_checkpoint
-from .defense import SPLITS, SweepResult, Threshold
+from .columns import SPLITS, Column
+from .defense import VALID_CLEAN, SweepResult, Threshold
 from .metrics import accuracy_drop
 from .model import BadNet
 
@@ -38,9 +39,10 @@ def csv_table(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def csv_text(result: SweepResult) -> str:
-    """sweep.csv: one row per step; step 0's channel is empty."""
-    names = list(result.columns)
-    return csv_table(names, ([result.columns[name][k] for name in names] for k in range(result.steps + 1)))
+    """sweep.csv: one row per step (step, channel, fraction_pruned, every metric); step 0's channel is empty."""
+    names = ["step", "channel", "fraction_pruned"] + [c.name for c in result.metrics]
+    curves = [list(range(result.steps + 1)), result.channels, result.fraction_pruned, *result.metrics.values()]
+    return csv_table(names, (list(row) for row in zip(*curves)))
 
 
 def _cell(value: Any) -> str:
@@ -49,10 +51,9 @@ def _cell(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def original_metrics(result: SweepResult) -> dict[str, float]:
-    """B's own metrics (step 0): clean accuracy and ASR per split (and per trigger)."""
-    return {name: values[0] for name, values in result.columns.items()
-            if name not in ("step", "channel", "fraction_pruned") and not name.startswith("goodnet_")}
+def named(metrics: dict[Column, float]) -> dict[str, float]:
+    """Metrics keyed by their sweep.csv / summary.json names."""
+    return {c.name: v for c, v in metrics.items()}
 
 
 def threshold_entry(result: SweepResult, t: Threshold) -> dict[str, Any]:
@@ -61,15 +62,14 @@ def threshold_entry(result: SweepResult, t: Threshold) -> dict[str, Any]:
     if not t.reached:
         entry["note"] = f"clean validation accuracy never dropped by {format_x(t.x)} within {result.steps} steps"
         return entry
-    original = result.columns["valid_clean_acc"][0]
     entry.update({
         "step": t.step,
         "channels_pruned": len(t.pruned_channels),
-        "fraction_pruned": t.metrics["fraction_pruned"],
+        "fraction_pruned": t.fraction_pruned,
         "pruned_channels": t.pruned_channels,
-        "valid_clean_drop": accuracy_drop(original, t.metrics["valid_clean_acc"], t.drop),
+        "valid_clean_drop": accuracy_drop(result.metrics[VALID_CLEAN][0], t.metrics[VALID_CLEAN], t.drop),
     })
-    entry.update({k: v for k, v in t.metrics.items() if k != "fraction_pruned"})
+    entry.update(named(t.metrics))
     entry["model"] = f"{model_dir(t)}/pruned.pt"
     return entry
 
@@ -88,7 +88,7 @@ def summary(result: SweepResult, context: dict[str, Any], finetuned: dict[float,
         "steps": result.steps,
         "images": result.sizes,
         "ranking": {"order": result.order, "scores": [float(s) for s in result.scores]},
-        "original": original_metrics(result),
+        "original": named(result.original()),
         "thresholds": rows,
     }
 
@@ -103,47 +103,43 @@ def versions() -> dict[str, str]:
             "h5py": h5py.__version__, "python": platform.python_version()}
 
 
-def table(result: SweepResult, title: str = "", finetuned: dict[float, dict[str, Any]] | None = None) -> str:
+def table(result: SweepResult, title: str = "", finetuned: dict[float, dict[Column, float]] | None = None) -> str:
     """The reference report's table (X, clean accuracy, attack success rate) for B' and G, per split.
 
-    With fine-tuning, a row `<X> ft` after each X gives B'_ft and G_ft in the same columns.
+    With fine-tuning, a row `<X> ft` after each X gives B'_ft and G_ft (their metrics by column) in the same columns.
     """
     lines = [title] if title else []
     for split in SPLITS:
-        if f"{split}_clean_acc" not in result.columns:
+        if not result.has_split(split):
             continue
         cols = _table_columns(result, split)
         lines.append("")
         lines.append(f"{'validation' if split == 'valid' else 'test'} data (percent)")
         lines.append(_row(["X", "step", "pruned"] + [label for label, _ in cols]))
-        lines.append(_row(["orig", "0", f"0/{len(result.order)}"] + [_pct(result.columns[name][0]) for _, name in cols]))
+        lines.append(_row(["orig", "0", f"0/{len(result.order)}"] + [_pct(result.metrics[c][0]) for _, c in cols]))
         for t in result.thresholds:
             if not t.reached:
                 lines.append(_row([format_x(t.x), "-", "-"] + ["not reached"] + [""] * (len(cols) - 1)))
                 continue
-            cells = [_pct(t.metrics.get(name)) for _, name in cols]
+            cells = [_pct(t.metrics.get(c)) for _, c in cols]
             lines.append(_row([format_x(t.x), str(t.step), f"{len(t.pruned_channels)}/{len(result.order)}"] + cells))
             tuned = (finetuned or {}).get(t.x)
-            if tuned and any(name in tuned for _, name in cols):
-                lines.append(_row([f"{format_x(t.x)} ft", "", ""] + [_pct(tuned.get(name)) for _, name in cols]))
+            if tuned and any(c in tuned for _, c in cols):
+                lines.append(_row([f"{format_x(t.x)} ft", "", ""] + [_pct(tuned.get(c)) for _, c in cols]))
     return "\n".join(lines)
 
 
-def _table_columns(result: SweepResult, split: str) -> list[tuple[str, str]]:
-    """(header, column name) pairs for one split: B' clean, B' attack, G clean, G attack, G flags."""
-    attack = [n for n in result.columns if n.startswith(f"{split}_asr")]
-    tags = [n[len(f"{split}_asr"):] for n in attack]
+def _table_columns(result: SweepResult, split: str) -> list[tuple[str, Column]]:
+    """(header, column) pairs for one split: B' clean, B' attack, G clean, G attack, G flags, G false alarms."""
+    def header(label: str, c: Column) -> str:
+        return f"{label}[{c.trigger}]" if c.trigger else label
 
-    def named(label: str, tag: str) -> str:
-        return f"{label}{'[' + tag[1:] + ']' if tag else ''}"
-
-    cols = [("B' clean", f"{split}_clean_acc")]
-    cols += [(named("B' attack", tag), f"{split}_asr{tag}") for tag in tags]
-    cols += [("G clean", f"goodnet_{split}_clean_acc")]
-    cols += [(named("G attack", tag), f"goodnet_{split}_asr{tag}") for tag in tags]
-    cols += [(named("G detects", tag), f"goodnet_{split}_detection_rate{tag}") for tag in tags]
-    cols += [("G false alarm", f"goodnet_{split}_false_alarm_rate")]
-    return cols
+    labels = {("pruned", "clean_acc"): "B' clean", ("pruned", "asr"): "B' attack", ("goodnet", "clean_acc"): "G clean",
+              ("goodnet", "asr"): "G attack", ("goodnet", "detection_rate"): "G detects",
+              ("goodnet", "false_alarm_rate"): "G false alarm"}
+    ours = [c for c in result.metrics if c.split == split]
+    return [(header(label, c), c) for (net, metric), label in labels.items() for c in ours
+            if (c.net, c.metric) == (net, metric)]
 
 
 def _pct(value: float | None) -> str:
@@ -166,19 +162,16 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
             write_keras(pruned, folder / "pruned.h5")
 
 
-def write_report(result: SweepResult, model: BadNet, staging: Path, context: dict[str, Any],
+def write_report(result: SweepResult, model: BadNet, staging: Path, content: dict[str, Any],
                  write_keras: KerasWriter | None = None, plot: bool = True,
-                 finetuned: dict[float, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Write every output of a sweep into `staging` (see files.staged_dir); returns the summary."""
+                 finetuned: dict[float, dict[Column, float]] | None = None) -> None:
+    """Write sweep.csv, summary.json (`content`, see `summary`), the B'_X models and sweep.png into `staging`."""
     from .files import write_text
 
-    content = summary(result, context, finetuned)
     write_text(staging / "sweep.csv", csv_text(result))
     write_text(staging / "summary.json", json.dumps(content, indent=2) + "\n")
-    source = {"source_sha256": context.get("model", {}).get("sha256", "")}
-    write_models(result, model, staging, source, write_keras)
+    write_models(result, model, staging, {"source_sha256": content.get("model", {}).get("sha256", "")}, write_keras)
     if plot:
         from .plot import plot_sweep
 
         plot_sweep(result, staging / "sweep.png", finetuned=finetuned)
-    return content

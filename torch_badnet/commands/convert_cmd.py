@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..files import atomic_path
 from .common import load_model
 
 HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras weights) or .onnx"
@@ -32,19 +31,12 @@ def run(args: argparse.Namespace) -> int:
 
         import_keras()  # fail before writing anything when TensorFlow is missing
     loaded = load_model(str(src))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dst) as tmp:  # nothing reaches dst unless writing (and --verify) succeeded
         write_converted(loaded, src, tmp)
         if args.verify:
             from torch_badnet.convert.verify import verify_against_keras
 
             print(verify_against_keras(loaded.model, src, tmp))
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"wrote {dst} ({loaded.model.num_classes} classes, from {loaded.source_format} {src}, sha256 {loaded.source_sha256[:12]}...)")
     return 0
 

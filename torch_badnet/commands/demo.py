@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .common import log
-from .sweep import add_sweep_options, data_specs, run_defense
+from .sweep import add_sweep_options, run_defense
 
 HELP = "build the embedded demo (its own BadNet and lab-layout data, cached) and run the defense on it"
 DEFAULT_OUT = "demo-results"
@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig(seed=args.seed)
     ws = ensure_workspace(Path(args.workdir) if args.workdir else None, config, log=log)
     log(f"demo workspace: {ws.root} ({'built now' if ws.built else 'reused from cache'})")
-    specs = data_specs(str(ws.clean_valid), [str(ws.poisoned_valid)], str(ws.clean_test), [str(ws.poisoned_test)])
-    run_defense(args, ws.model, specs, Path(args.out), title=f"Pruning defense on the demo BadNet ({ws.model})")
+    run_defense(args, ws.model, ws.clean_valid, ws.poisoned_valid, ws.clean_test, ws.poisoned_test,
+                title=f"Pruning defense on the demo BadNet ({ws.model})")
     return 0

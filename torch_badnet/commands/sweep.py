@@ -1,32 +1,29 @@
-"""`torch-badnet sweep`: the whole pruning defense on lab files, written atomically to --out."""
+"""`torch-badnet sweep`: the whole pruning defense on lab files (`pipeline.prune_sweep`), written to --out."""
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..errors import BadInputError
-from .common import add_device_argument, check_out_dir, device_from, load_model, log
+from .common import add_device_argument, add_model_argument, check_out_dir, load_model, log
+from .finetune import add_finetune_options, config_from
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
-TRIGGER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
 
 def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--seed") -> None:
     """Options shared by `sweep` and `demo`."""
-    from .finetune import add_finetune_options
+    from ..rules import DROP_KINDS, STOP_RULES
 
     p.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS), metavar="X",
                    help="accuracy drops X in (0, 100) that define B'_X (default: 2 4 10)")
-    p.add_argument("--stop", choices=("first-over", "last-within"), default="first-over",
+    p.add_argument("--stop", choices=STOP_RULES, default=STOP_RULES[0],
                    help="first-over (default, the lab's): first step whose drop is >= X; "
                         "last-within: the step before it, whose drop is still < X")
-    p.add_argument("--drop", choices=("absolute", "relative"), default="absolute",
+    p.add_argument("--drop", choices=DROP_KINDS, default=DROP_KINDS[0],
                    help="X in percentage points (default) or in percent of the original accuracy")
     p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
@@ -39,7 +36,7 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sweep", help=HELP, description=HELP)
-    p.add_argument("--model", required=True, metavar="M", help="the BadNet B (.h5, .keras, .pt or .onnx)")
+    add_model_argument(p, pruned=False)
     p.add_argument("--clean-valid", required=True, metavar="C", help="clean validation file: ranks channels, defines X")
     p.add_argument("--poisoned-valid", required=True, action="append", metavar="[NAME=]P",
                    help="poisoned validation file; repeat as NAME=PATH for several triggers")
@@ -51,106 +48,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def parse_poisoned(values: Sequence[str] | None, option: str) -> list[tuple[str, Path]]:
-    """[NAME=]PATH values -> (trigger name or '', path); a plain PATH may be given once."""
-    parsed: list[tuple[str, Path]] = []
-    for value in values or []:
-        name, sep, path = value.partition("=")
-        if sep and TRIGGER_NAME.match(name) and not Path(value).exists():
-            parsed.append((name, Path(path)))
-        else:
-            parsed.append(("", Path(value)))
-    names = [n for n, _ in parsed]
-    if len(parsed) > 1 and "" in names:
-        raise BadInputError(option, "several poisoned files need a NAME=PATH form each")
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate is not None:
-        raise BadInputError(option, f"trigger name '{duplicate}' is given twice")
-    return parsed
-
-
-def data_specs(clean_valid: str, poisoned_valid: Sequence[str], clean_test: str | None,
-               poisoned_test: Sequence[str] | None) -> list:
-    from ..defense import DataSpec
-
-    specs = [DataSpec("valid", "clean", Path(clean_valid))]
-    specs += [DataSpec("valid", "poisoned", p, n) for n, p in parse_poisoned(poisoned_valid, "--poisoned-valid")]
-    if clean_test:
-        specs.append(DataSpec("test", "clean", Path(clean_test)))
-    specs += [DataSpec("test", "poisoned", p, n) for n, p in parse_poisoned(poisoned_test, "--poisoned-test")]
-    return specs
-
-
-def check_options(args: argparse.Namespace, out: Path) -> None:
-    bad = [x for x in args.thresholds if not 0 < x < 100]
-    if bad:
-        raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise BadInputError("--max-steps", "must be at least 1")
-    check_out_dir(out)
-
-
 def run(args: argparse.Namespace) -> int:
-    specs = data_specs(args.clean_valid, args.poisoned_valid, args.clean_test, args.poisoned_test)
-    run_defense(args, args.model, specs, Path(args.out))
+    run_defense(args, args.model, args.clean_valid, args.poisoned_valid, args.clean_test, args.poisoned_test)
     return 0
 
 
-def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, out: Path,
-                title: str | None = None) -> dict[str, Any]:
-    """Load B, sweep, write every output through a staging folder, print the table; returns the summary."""
-    from ..defense import run_sweep
-    from ..files import file_sha256, staged_dir
-    from ..report import table, versions, write_report
+def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
+                clean_test: Any = None, poisoned_test: Any = None, title: str | None = None) -> None:
+    """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table."""
+    from ..pipeline import prune_sweep
 
-    check_options(args, out)
-    config = None
-    if args.finetune:
-        from .finetune import config_from
-
-        config = config_from(args)
-    device = device_from(args)
-    loaded = load_model(str(model_path))
-    started = time.perf_counter()
-    result = run_sweep(loaded.model, specs, sorted(set(args.thresholds)), args.stop, args.drop, device,
-                       args.max_steps, show_progress=sys.stderr.isatty())
-    elapsed = time.perf_counter() - started
-    context = {
-        "model": {"path": str(model_path), "sha256": loaded.source_sha256, "format": loaded.source_format,
-                  "num_classes": loaded.model.num_classes},
-        "inputs": {spec.name: {"path": str(spec.path), "sha256": file_sha256(spec.path)} for spec in specs},
-        "rule": {"stop": args.stop, "drop": args.drop},
-        "versions": versions(),
-    }
-    with staged_dir(out) as staging:
-        finetuned = finetune_thresholds(result, loaded.model, specs, config, device, staging) if config else {}
-        content = write_report(result, loaded.model, staging, context, _keras_writer(), plot=not args.no_plot,
-                               finetuned=finetuned)
-    print(table(result, title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)", finetuned))
-    print(f"\nwrote {out}/sweep.csv, summary.json{'' if args.no_plot else ', sweep.png'} and models/X=<x>/pruned.pt|.h5 "
-          f"({result.steps} steps on {sum(result.sizes.values())} images in {elapsed:.1f} s on {device.type})")
-    return content
+    out = Path(args.out)
+    check_out_dir(out)
+    config = config_from(args) if args.finetune else False
+    model = load_model(str(model_path)).model
+    result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, thresholds=args.thresholds,
+                         stop=args.stop, drop=args.drop, max_steps=args.max_steps, device=args.device,
+                         finetune=config, show_progress=sys.stderr.isatty(), log=log)
+    written = result.save(out, plot=not args.no_plot)
+    print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
+    print(f"\nwrote {out}/{', '.join(closing_names(written))} ({result.sweep.steps} steps on "
+          f"{sum(result.sweep.sizes.values())} images in {result.seconds:.1f} s on {result.device})")
 
 
-def finetune_thresholds(result, model, specs: list, config, device, staging: Path) -> dict[float, dict[str, Any]]:
-    """Fine-tune every B'_X; evaluate B'_ft and G_ft on the test files (else on the poisoned validation files)."""
-    from ..report import model_dir
-    from .finetune import finetune_and_evaluate, load_pixels
-
-    clean_valid = next(s for s in specs if s.is_clean_valid)
-    pixels, labels = load_pixels(clean_valid.path, model.num_classes)
-    eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
-    finetuned = {}
-    for t, pruned in result.pruned_models(model):
-        log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
-        facts = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device,
-                                      staging / model_dir(t), _keras_writer())
-        facts["model"] = f"{model_dir(t)}/finetuned.pt"
-        finetuned[t.x] = facts
-    return finetuned
-
-
-def _keras_writer():
-    from torch_badnet.convert.keras_h5 import write_keras_weights
-
-    return write_keras_weights
+def closing_names(written: list[str]) -> list[str]:
+    """The written files for the closing line, with models/X=<x>/ folders folded into one pattern."""
+    top = [name for name in written if "/" not in name]
+    models = sorted({Path(name).name for name in written if name.startswith("models/")})
+    return top + ([f"models/X=<x>/{'|'.join(models)}"] if models else [])

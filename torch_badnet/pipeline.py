@@ -1,0 +1,368 @@
+"""The defense as library calls: `prune_sweep` (rank, prune, pick B'_X, optionally fine-tune) and `finetune`.
+
+The CLI's `sweep`, `finetune` and `demo` are thin wrappers around these; `result.save(out)` writes exactly the
+files the commands write. Data flows one way: inputs -> `run_sweep` -> metrics -> B'_X -> (fine-tuning) -> files.
+
+    >>> import torch_badnet as tb
+    >>> bd = tb.load_model("bd_net.h5")
+    >>> result = tb.prune_sweep(bd, clean_valid="cl/valid.h5", poisoned_valid="bd/bd_valid.h5",
+    ...                         clean_test="cl/test.h5", poisoned_test="bd/bd_test.h5")
+    >>> result.save("results/")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+from .checkpoint import save_checkpoint, source_of
+from .columns import Column
+from .data import ArraySet, read_all
+from .defense import DataSpec, SweepResult, Threshold, open_sets, run_sweep
+from .errors import BadInputError
+from .evaluation import evaluate_pruned
+from .files import file_sha256, staged_dir, write_text
+from .finetuning import FinetuneResult, effective_mask
+from .finetuning import finetune as finetune_net
+from .finetune_config import FinetuneConfig
+from .metrics import DropKind, StopRule
+from .model import BadNet
+from .pruning import pruned_channels
+from .report import csv_table, model_dir, named, table, versions, write_report
+
+DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
+PRUNABLE_LAYERS = ("conv_3",)  # the lab architecture prunes conv_3's channels (= pool_3's)
+
+Pixels = Union[torch.Tensor, np.ndarray]
+DataSource = Union[str, os.PathLike, tuple[Pixels, Pixels]]  # a lab .h5 file, or (pixels, labels) in memory
+PoisonedSources = Union[DataSource, Mapping[str, DataSource], Sequence[str]]  # one set, {trigger: set}, NAME=PATH
+KerasWriter = Callable[[BadNet, Path], None]
+Log = Callable[[str], None]
+
+
+@dataclass
+class FinetunedNet:
+    """B'_ft for one X: the fine-tuned net, its training history, facts and its (and G_ft's) metrics."""
+
+    model: BadNet
+    history: list[dict[str, float]]
+    facts: dict[str, Any]
+    metrics: dict[Column, float]
+    config: FinetuneConfig
+
+    def summary(self, model_path: str | None = None) -> dict[str, Any]:
+        row = {**self.facts, **named(self.metrics)}
+        if model_path:
+            row["model"] = model_path
+        return row
+
+    def write(self, folder: Path, write_keras: KerasWriter | None) -> None:
+        """finetuned.pt, finetuned.h5 (given a Keras writer) and history.csv into `folder`."""
+        save_checkpoint(self.model, folder / "finetuned.pt", finetuned=True, epochs_run=self.facts["epochs_run"],
+                        best_epoch=self.facts["best_epoch"], **vars(self.config))
+        if write_keras is not None:
+            write_keras(self.model, folder / "finetuned.h5")
+        write_text(folder / "history.csv", history_csv(self.history))
+
+
+@dataclass
+class DefenseResult:
+    """A finished `prune_sweep`: the sweep (ranking, curves, thresholds), B, and the fine-tuned nets if asked."""
+
+    sweep: SweepResult
+    model: BadNet
+    context: dict[str, Any]
+    finetuned: dict[float, FinetunedNet] = field(default_factory=dict)
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def thresholds(self) -> list[Threshold]:
+        return self.sweep.thresholds
+
+    def threshold(self, x: float) -> Threshold:
+        """The B'_X row for threshold `x` (one of the thresholds swept)."""
+        for t in self.sweep.thresholds:
+            if t.x == float(x):
+                return t
+        raise KeyError(f"X={x:g} was not among the thresholds {[t.x for t in self.sweep.thresholds]}")
+
+    def pruned(self, x: float) -> BadNet:
+        """B'_X as an eval-mode BadNet on the CPU (B's weights, conv_3 mask with the pruned channels off).
+
+        >>> b4 = result.pruned(4)
+        """
+        t = self.threshold(x)
+        if not t.reached:
+            raise ValueError(f"X={x:g} was not reached: clean validation accuracy never dropped by {x:g} within "
+                             f"{self.sweep.steps} steps")
+        return self.sweep.pruned_model(self.model, t).eval()
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's content."""
+        from .report import summary
+
+        finetuned = {x: f.summary(f"{model_dir(self.threshold(x))}/finetuned.pt") for x, f in self.finetuned.items()}
+        return summary(self.sweep, self.context, finetuned)
+
+    def table(self, title: str = "") -> str:
+        """The printed table: B' and G at each X per split (with `X ft` rows for fine-tuned nets)."""
+        return table(self.sweep, title, {x: f.metrics for x, f in self.finetuned.items()})
+
+    def save(self, out: str | os.PathLike[str], plot: bool = True, keras: bool = True) -> list[str]:
+        """Write sweep.csv, summary.json, sweep.png (`plot`) and models/X=<x>/ (pruned.pt, pruned.h5 with `keras`,
+        fine-tuned files) through a staging folder into `out`; returns the written files, relative to `out`."""
+        write_keras = keras_writer() if keras else None
+        with staged_dir(out) as staging:
+            for x, tuned in self.finetuned.items():
+                tuned.write(staging / model_dir(self.threshold(x)), write_keras)
+            write_report(self.sweep, self.model, staging, self.summary(), write_keras, plot=plot,
+                         finetuned={x: f.metrics for x, f in self.finetuned.items()})
+            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        return written
+
+
+def keras_writer() -> KerasWriter:
+    """The Keras .h5 writer (needs h5py only; imported on use, the core never imports the converter)."""
+    from .convert.keras_h5 import write_keras_weights
+
+    return write_keras_weights
+
+
+def history_csv(history: list[dict[str, float]]) -> str:
+    """history.csv: epoch, loss (empty for epoch 0, before training), held-out accuracy."""
+    rows = ([h["epoch"], None if h["loss"] != h["loss"] else h["loss"], h["holdout_acc"]] for h in history)  # NaN -> empty
+    return csv_table(["epoch", "loss", "holdout_acc"], rows)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' (CUDA when available), 'cpu', 'cuda' or a torch.device; 'cuda' without a GPU is a BadInputError."""
+    from .sweep import resolve_device as resolve
+
+    try:
+        return device if isinstance(device, torch.device) else resolve(device)
+    except (ValueError, RuntimeError) as exc:
+        raise BadInputError("--device", str(exc)) from None
+
+
+def data_spec(split: str, kind: str, source: DataSource, trigger: str = "") -> DataSpec:
+    """A DataSpec for a file path or an in-memory (pixels, labels) pair."""
+    if isinstance(source, (str, os.PathLike)):
+        return DataSpec(split, kind, Path(source), trigger)
+    if isinstance(source, tuple) and len(source) == 2:
+        name = f"<{kind}_{split}{'_' + trigger if trigger else ''}>"
+        return DataSpec(split, kind, Path(name), trigger, arrays=source)
+    raise TypeError(f"{kind} {split} data must be a lab .h5 path or a (pixels, labels) pair, got {type(source).__name__}")
+
+
+def poisoned_specs(split: str, sources: PoisonedSources | None, option: str) -> list[DataSpec]:
+    """Poisoned sets: one source, a {trigger: source} dict, or a list of [NAME=]PATH strings (as the CLI)."""
+    if sources is None:
+        return []
+    if isinstance(sources, Mapping):
+        return [data_spec(split, "poisoned", src, name) for name, src in sources.items()]
+    if isinstance(sources, (list, tuple)) and sources and all(isinstance(s, str) for s in sources):
+        return [data_spec(split, "poisoned", path, name) for name, path in parse_poisoned(sources, option)]
+    return [data_spec(split, "poisoned", sources)]
+
+
+def parse_poisoned(values: Sequence[str], option: str) -> list[tuple[str, Path]]:
+    """[NAME=]PATH values -> (trigger name or '', path); a plain PATH may be given once."""
+    from .defense import TRIGGER_NAME, check_unique
+
+    parsed: list[tuple[str, Path]] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and TRIGGER_NAME.match(name) and not Path(value).exists():
+            parsed.append((name, Path(path)))
+        else:
+            parsed.append(("", Path(value)))
+    if len(parsed) > 1 and any(not n for n, _ in parsed):
+        raise BadInputError(option, "several poisoned files need a NAME=PATH form each")
+    check_unique([n for n, _ in parsed], option, "trigger name '{}' is given twice")
+    return parsed
+
+
+def sweep_specs(clean_valid: DataSource, poisoned_valid: PoisonedSources, clean_test: DataSource | None = None,
+                poisoned_test: PoisonedSources | None = None) -> list[DataSpec]:
+    """Every input set of a sweep, validation first."""
+    specs = [data_spec("valid", "clean", clean_valid)]
+    specs += poisoned_specs("valid", poisoned_valid, "--poisoned-valid")
+    if clean_test is not None:
+        specs.append(data_spec("test", "clean", clean_test))
+    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
+    return specs
+
+
+def finetune_config(epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
+                    seed: int | None = None, holdout: float | None = None, patience: int | None = None) -> FinetuneConfig:
+    """A checked FinetuneConfig; None keeps the default."""
+    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "holdout": holdout, "patience": patience}
+    config = FinetuneConfig(**{k: v for k, v in given.items() if v is not None})
+    if config.epochs < 0 or config.batch_size < 1 or config.lr <= 0 or config.patience < 1:
+        raise BadInputError("finetune", "--epochs >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1 are needed")
+    if not 0 < config.holdout < 1:
+        raise BadInputError("--holdout", f"{config.holdout:g} is outside (0, 1)")
+    return config
+
+
+def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: PoisonedSources,
+                clean_test: DataSource | None = None, poisoned_test: PoisonedSources | None = None, *,
+                thresholds: Sequence[float] = DEFAULT_THRESHOLDS, stop: StopRule = "first-over",
+                drop: DropKind = "absolute", max_steps: int | None = None, layer: str = "conv_3",
+                device: str | torch.device = "auto", finetune: bool | FinetuneConfig = False,
+                show_progress: bool = False, log: Log | None = None) -> DefenseResult:
+    """The Fine-Pruning defense: rank `layer`'s channels on the clean validation set, prune them one by one,
+    pick B'_X for each X in `thresholds`, and (with `finetune`) fine-tune every B'_X on the clean validation set.
+
+    Data: a lab .h5 path or a (pixels (N,3,55,47) 0..255, labels (N,)) pair of tensors/arrays; poisoned sets
+    also as {trigger: data} or ["NAME=PATH", ...]. Keywords mirror `torch-badnet sweep`'s flags; `finetune`
+    may be True (defaults) or a FinetuneConfig (see `finetune_config`).
+
+    >>> result = prune_sweep(bd, "cl/valid.h5", "bd/bd_valid.h5", "cl/test.h5", "bd/bd_test.h5", thresholds=(4,))
+    >>> result.threshold(4).pruned_channels[:3], result.pruned(4)
+    """
+    if not isinstance(model, BadNet):
+        raise TypeError(f"prune_sweep needs a BadNet, got {type(model).__name__} (tb.load_model returns one)")
+    if layer not in PRUNABLE_LAYERS:
+        raise ValueError(f"layer {layer!r} cannot be pruned; the lab architecture prunes {PRUNABLE_LAYERS}")
+    xs = sorted({float(x) for x in thresholds})
+    bad = [x for x in xs if not 0 < x < 100]
+    if bad:
+        raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")
+    if max_steps is not None and max_steps < 1:
+        raise BadInputError("--max-steps", "must be at least 1")
+    config = (FinetuneConfig() if finetune is True else finetune) or None
+    specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
+    torch_device = resolve_device(device)
+    started = time.perf_counter()
+    result = run_sweep(model, specs, xs, stop, drop, torch_device, max_steps, show_progress=show_progress)
+    source = source_of(model)
+    context = {
+        "model": {"path": source.path, "sha256": source.sha256, "format": source.format, "num_classes": model.num_classes},
+        "inputs": {spec.name: {"path": str(spec.path), "sha256": input_sha256(spec)} for spec in specs},
+        "rule": {"stop": stop, "drop": drop},
+        "versions": versions(),
+    }
+    defense = DefenseResult(result, model, context, device=torch_device.type)
+    if config is not None:
+        defense.finetuned = finetune_thresholds(defense, specs, config, torch_device, log)
+    defense.seconds = time.perf_counter() - started
+    return defense
+
+
+def input_sha256(spec: DataSpec) -> str:
+    if spec.arrays is None:
+        return file_sha256(spec.path)
+    return ArraySet(*spec.arrays, str(spec.path)).sha256()
+
+
+def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: FinetuneConfig, device: torch.device,
+                        log: Log | None) -> dict[float, FinetunedNet]:
+    """Fine-tune every reached B'_X; evaluate on the test sets (else on the poisoned validation sets)."""
+    model = defense.model
+    clean_valid = next(s for s in specs if s.is_clean_valid)
+    with open_sets([clean_valid], model.num_classes) as sets:
+        pixels, labels = read_all(sets[clean_valid.name])
+    eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
+    tuned = {}
+    for t, pruned in defense.sweep.pruned_models(model):
+        if log:
+            log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
+        tuned[t.x] = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device, log)
+    return tuned
+
+
+def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor,
+                          eval_specs: list[DataSpec], config: FinetuneConfig, device: torch.device,
+                          log: Log | None = None) -> FinetunedNet:
+    """Fine-tune B' on (pixels, labels); B'_ft and G_ft metrics on `eval_specs`."""
+    result: FinetuneResult = finetune_net(pruned, pixels, labels, config, log)
+    metrics = evaluate_pruned(model, result.model, eval_specs, device) if eval_specs else {}
+    facts = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history) - 1,
+        "holdout": {"share": config.holdout, "images": result.holdout_images, "train_images": result.train_images},
+        "holdout_acc_before": result.history[0]["holdout_acc"],
+        "holdout_acc": result.history[result.best_epoch]["holdout_acc"],
+    }
+    return FinetunedNet(result.model, result.history, facts, metrics, config)
+
+
+@dataclass
+class FinetuneRun:
+    """A finished `finetune`: B'_ft with its history, and B'/G metrics before and after on the test sets."""
+
+    tuned: FinetunedNet
+    before: dict[Column, float]
+    context: dict[str, Any]
+
+    @property
+    def model(self) -> BadNet:
+        return self.tuned.model
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's content."""
+        return {**self.context, "config": vars(self.tuned.config), **self.tuned.summary(),
+                "before_finetuning": named(self.before), "versions": versions()}
+
+    def table(self) -> str:
+        """B' and G before and after fine-tuning, for every metric both have."""
+        after = self.tuned.metrics
+        names = [c for c in self.before if c in after]
+        lines = [f"{'metric (test, percent)':<36} {'B_X / G_X':>10} {'fine-tuned':>11}"]
+        lines += [f"{c.name:<36} {self.before[c]:>10.3f} {after[c]:>11.3f}" for c in names]
+        return "\n".join(lines)
+
+    def save(self, out: str | os.PathLike[str], keras: bool = True) -> list[str]:
+        """finetuned.pt, finetuned.h5 (`keras`), history.csv and summary.json, through a staging folder into `out`."""
+        with staged_dir(out) as staging:
+            self.tuned.write(staging, keras_writer() if keras else None)
+            write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
+            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        return written
+
+
+def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test: DataSource | None = None,
+             poisoned_test: PoisonedSources | None = None, *, epochs: int | None = None, lr: float | None = None,
+             batch_size: int | None = None, seed: int | None = None, holdout: float | None = None,
+             patience: int | None = None, device: str | torch.device = "auto", log: Log | None = None) -> FinetuneRun:
+    """Fine-Pruning's second half: fine-tune B' (`pruned`) on the clean validation data with its pruned conv_3
+    channels held at zero; evaluate B'_ft and the GoodNet of B and B'_ft on the test sets (if given).
+
+    Keywords mirror `torch-badnet finetune`'s flags (None = the default). Test data is for evaluation only.
+
+    >>> run = finetune(bd, result.pruned(4), "cl/valid.h5", "cl/test.h5", "bd/bd_test.h5")
+    >>> run.save("ft4/"); b4_ft = run.model
+    """
+    config = finetune_config(epochs, lr, batch_size, seed, holdout, patience)
+    torch_device = resolve_device(device)
+    specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
+    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
+    train = data_spec("valid", "clean", clean_valid)
+    with open_sets([train, *specs], model.num_classes) as sets:  # every file validated before training
+        pixels, labels = read_all(sets[train.name])
+    channels = pruned_channels(effective_mask(pruned))
+    if log:
+        log(f"fine-tuning B' ({len(channels)} channels pruned) on {pixels.shape[0]} clean validation images")
+    tuned = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, torch_device, log)
+    before = evaluate_pruned(model, pruned, specs, torch_device) if specs else {}
+    src, psrc = source_of(model), source_of(pruned)
+    context = {
+        "model": {"path": src.path, "sha256": src.sha256},
+        "pruned": {"path": psrc.path, "sha256": psrc.sha256, "pruned_channels": channels},
+        "clean_valid": {"path": str(train.path), "images": int(pixels.shape[0])},
+    }
+    return FinetuneRun(tuned, before, context)
+
+
+__all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "finetune", "finetune_config",
+           "prune_sweep", "sweep_specs"]
+
