@@ -63,11 +63,12 @@ def spy_inside(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> li
 
 
 def test_library_sweep_runs_exact(monkeypatch, lab3_path, lab_files):
-    from torch_badnet.convert import load_model
     from torch_badnet import defense
+    from torch_badnet.convert import load_model
+    from torch_badnet.pipeline import sweep_specs
 
     seen = spy_inside(monkeypatch, defense, "fast_sweep")
-    specs = [defense.DataSpec(name.split("_")[1], name.split("_")[0], path) for name, path in lab_files.items()]
+    specs = sweep_specs(**lab_files)
     defense.run_sweep(load_model(lab3_path).model, specs, [4.0], max_steps=2)
     assert seen == [True]
     assert current() != exact()

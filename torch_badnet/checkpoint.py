@@ -53,7 +53,10 @@ class LoadedModel:
 
 
 def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any) -> None:
-    """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file."""
+    """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file.
+
+    >>> tb.save_checkpoint(result.pruned(4), "b4.pt", note="B'_4")   # tb.load_model("b4.pt") reads it back
+    """
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

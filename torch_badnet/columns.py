@@ -20,7 +20,10 @@ SPLITS = ("valid", "test")
 
 @dataclass(frozen=True)
 class Column:
-    """One metric of one net on one split (and, for poisoned sets, one trigger); values are percentages."""
+    """One metric of one net on one split (and, for poisoned sets, one trigger); values are percentages.
+
+    >>> result.threshold(4).metrics[Column("goodnet", "test", "asr")]   # G_4's attack success on bd_test
+    """
 
     net: Net
     split: str

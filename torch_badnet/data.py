@@ -16,7 +16,25 @@ from .model import INPUT_SHAPE
 DEFAULT_CHUNK = 1024
 
 
-class LabDataset:
+class _Set:
+    """What LabDataset and ArraySet share: a length and use as a context manager (closing on exit)."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LabDataset(_Set):
     """One lab .h5 file, validated on open and read lazily in float32 chunks.
 
     Only the labels are held in memory; pixels are converted chunk by chunk by HDF5 itself, so a 700 MB
@@ -54,9 +72,6 @@ class LabDataset:
             raise BadInputError(where, "the set is empty (0 images)")
         return data, check_labels(label[()], num_classes, where)
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels."""
         data = self._data
@@ -75,12 +90,6 @@ class LabDataset:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "LabDataset":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def check_labels(raw: np.ndarray, num_classes: int | None, where: str | os.PathLike[str]) -> np.ndarray:
     """Labels as int64 (N,): whole numbers in [0, num_classes), else a BadInputError naming `where`."""
@@ -97,7 +106,7 @@ def check_labels(raw: np.ndarray, num_classes: int | None, where: str | os.PathL
     return labels
 
 
-class ArraySet:
+class ArraySet(_Set):
     """An in-memory lab set (pixels (N, 3, 55, 47) 0..255, labels (N,)) with LabDataset's interface.
 
     `name` stands where a file path would in errors and reports, e.g. "<clean_valid>".
@@ -120,9 +129,6 @@ class ArraySet:
             raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")
         self.labels = check_labels(raw, num_classes, name)
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(pixels float32, labels int64) in order, `chunk_size` images at a time."""
         for start in range(0, len(self), chunk_size):
@@ -136,20 +142,23 @@ class ArraySet:
         digest.update(self.labels.tobytes())
         return digest.hexdigest()
 
-    def close(self) -> None:
-        pass
 
-    def __enter__(self) -> "ArraySet":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def read_all(dataset: "LabDataset | ArraySet") -> tuple[torch.Tensor, torch.Tensor]:
+def read_all(dataset: LabDataset | ArraySet) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole set as float32 pixels and int64 labels (for the clean validation set, which trains fine-tuning)."""
     chunks = list(dataset.chunks())
     return torch.cat([x for x, _ in chunks]), torch.cat([y for _, y in chunks])
+
+
+def load_lab_set(path: str | os.PathLike[str], num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole lab .h5 file, validated, as (pixels (N, 3, 55, 47) float32 0..255, labels (N,) int64).
+
+    Reads in chunks (a 700 MB float64 file needs about 350 MB as float32); `prune_sweep` streams files instead.
+
+    >>> x, y = tb.load_lab_set("cl/test.h5")
+    >>> (bd(x[:100]).argmax(1) == y[:100]).float().mean()
+    """
+    with LabDataset(path, num_classes) as dataset:
+        return read_all(dataset)
 
 
 def _all_finite(pixels: torch.Tensor) -> bool:
@@ -166,7 +175,12 @@ def write_lab_h5(path: str | os.PathLike[str], data: np.ndarray, labels: np.ndar
 
 
 def load_image(path: str | os.PathLike[str], resize: bool = False) -> torch.Tensor:
-    """Load one face (PNG/JPEG) as float32 (3, 55, 47) pixels 0..255; other sizes need `resize`."""
+    """Load one face (PNG/JPEG) as float32 (3, 55, 47) pixels 0..255; other sizes need `resize`.
+
+    The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
+
+    >>> tb.load_image("face.png").shape        # torch.Size([3, 55, 47])
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = check_is_file(path)
@@ -185,7 +199,13 @@ def load_image(path: str | os.PathLike[str], resize: bool = False) -> torch.Tens
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False) -> torch.Tensor:
-    """Stack faces into one (N, 3, 55, 47) batch in input order."""
+    """Face images (PNG/JPEG, 55x47; other sizes with `resize`) as one (N, 3, 55, 47) float32 batch of pixels
+    0..255 in input order, ready for a BadNet or GoodNet (a single path still gives a batch of one).
+
+    >>> x = tb.load_images(["face.png"])        # (1, 3, 55, 47)
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     if not paths:
         raise BadInputError("<images>", "no image given")
     return torch.stack([load_image(p, resize) for p in paths])

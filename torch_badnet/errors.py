@@ -6,7 +6,13 @@ from os import PathLike
 
 
 class BadInputError(Exception):
-    """A user-supplied file (or argument) that cannot be used, with the reason."""
+    """A user-supplied file (or argument) that cannot be used, with the reason.
+
+    >>> try:
+    ...     tb.load_model("missing.h5")
+    ... except tb.BadInputError as exc:
+    ...     print(exc)                         # missing.h5: no such file
+    """
 
     def __init__(self, path: str | PathLike[str], problem: str) -> None:
         self.path = str(path)

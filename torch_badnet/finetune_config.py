@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning settings (defaults: Adam, lr 1e-4, 10 epochs, batch 64, 20% held out, patience 3)."""
+    """Fine-tuning settings (defaults: Adam, lr 1e-4, 10 epochs, batch 64, 20% held out, patience 3).
+
+    >>> tb.prune_sweep(bd, ..., finetune=FinetuneConfig(epochs=5))
+    """
 
     epochs: int = 10
     lr: float = 1e-4

@@ -11,6 +11,9 @@ from .model import BadNet, check_batch
 class GoodNet(nn.Module):
     """Wraps one BadNet and a conv_3 channel mask; B and B' share one trunk pass (conv_1..pool_3).
 
+    >>> g = GoodNet(bd, result.pruned(4)).eval()
+    >>> g(x)                                   # int64 labels; g.detected_class (1283) = backdoor detected
+
     B' = B with the mask applied. Because masking a channel of conv_3 zeroes exactly that channel of pool_3,
     B' sees `features * mask`, so the expensive trunk runs once for both. `pruned` may also be a BadNet:
     if it carries B's weights only its mask is used; otherwise (a fine-tuned B') it runs as a second net.

@@ -40,7 +40,14 @@ class MaskedConv2d(nn.Conv2d):
 
 
 class BadNet(nn.Module):
-    """conv_1..conv_3 with pools, then fc_1(pool_3) + fc_2(conv_4(pool_3)), add, relu, output."""
+    """conv_1..conv_3 with pools, then fc_1(pool_3) + fc_2(conv_4(pool_3)), add, relu, output.
+
+    Input (N, 3, 55, 47) float pixels 0..255 (the lab files' layout); output logits (N, num_classes).
+    Layer names are the Keras model's; `mask` is conv_3's channel mask (1 = kept, 0 = pruned).
+
+    >>> bd = tb.load_model("bd_net.h5")             # or BadNet(1283) for fresh weights
+    >>> bd(tb.load_images(["face.png"])).argmax(1)  # tensor([43])
+    """
 
     def __init__(self, num_classes: int = LAB_CLASSES) -> None:
         super().__init__()

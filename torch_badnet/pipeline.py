@@ -74,7 +74,11 @@ class FinetunedNet:
 
 @dataclass
 class DefenseResult:
-    """A finished `prune_sweep`: the sweep (ranking, curves, thresholds), B, and the fine-tuned nets if asked."""
+    """A finished `prune_sweep`: the sweep (ranking, curves, thresholds), B, and the fine-tuned nets if asked.
+
+    >>> result.save("results/"); print(result.table())
+    >>> result.sweep.order[:5], result.threshold(10).step, result.pruned(10)
+    """
 
     sweep: SweepResult
     model: BadNet
@@ -201,9 +205,12 @@ def sweep_specs(clean_valid: DataSource, poisoned_valid: PoisonedSources, clean_
     return specs
 
 
-def finetune_config(epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
+def checked_config(epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
                     seed: int | None = None, holdout: float | None = None, patience: int | None = None) -> FinetuneConfig:
-    """A checked FinetuneConfig; None keeps the default."""
+    """A checked FinetuneConfig; None keeps the default.
+
+    >>> prune_sweep(bd, ..., finetune=checked_config(epochs=5, lr=1e-3))
+    """
     given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "holdout": holdout, "patience": patience}
     config = FinetuneConfig(**{k: v for k, v in given.items() if v is not None})
     if config.epochs < 0 or config.batch_size < 1 or config.lr <= 0 or config.patience < 1:
@@ -224,7 +231,7 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
 
     Data: a lab .h5 path or a (pixels (N,3,55,47) 0..255, labels (N,)) pair of tensors/arrays; poisoned sets
     also as {trigger: data} or ["NAME=PATH", ...]. Keywords mirror `torch-badnet sweep`'s flags; `finetune`
-    may be True (defaults) or a FinetuneConfig (see `finetune_config`).
+    may be True (defaults) or a FinetuneConfig.
 
     >>> result = prune_sweep(bd, "cl/valid.h5", "bd/bd_valid.h5", "cl/test.h5", "bd/bd_test.h5", thresholds=(4,))
     >>> result.threshold(4).pruned_channels[:3], result.pruned(4)
@@ -298,7 +305,10 @@ def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, l
 
 @dataclass
 class FinetuneRun:
-    """A finished `finetune`: B'_ft with its history, and B'/G metrics before and after on the test sets."""
+    """A finished `finetune`: B'_ft with its history, and B'/G metrics before and after on the test sets.
+
+    >>> run.save("ft4/"); print(run.table()); b4_ft = run.model
+    """
 
     tuned: FinetunedNet
     before: dict[Column, float]
@@ -342,7 +352,7 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     >>> run = finetune(bd, result.pruned(4), "cl/valid.h5", "cl/test.h5", "bd/bd_test.h5")
     >>> run.save("ft4/"); b4_ft = run.model
     """
-    config = finetune_config(epochs, lr, batch_size, seed, holdout, patience)
+    config = checked_config(epochs, lr, batch_size, seed, holdout, patience)
     torch_device = resolve_device(device)
     specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
     specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
@@ -363,6 +373,6 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     return FinetuneRun(tuned, before, context)
 
 
-__all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "finetune", "finetune_config",
+__all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "checked_config", "finetune",
            "prune_sweep", "sweep_specs"]
 

@@ -27,7 +27,11 @@ def _settings() -> list[tuple[Any, str, object]]:
 
 @contextmanager
 def exact_float32() -> Iterator[None]:
-    """IEEE float32 convolutions and matmuls and deterministic cuDNN inside the block; restored after."""
+    """IEEE float32 convolutions and matmuls and deterministic cuDNN inside the block; restored after.
+
+    >>> with tb.exact_float32():
+    ...     labels = goodnet(x.cuda())            # the CPU's labels, not TF32's
+    """
     settings = _settings()
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
     try:

@@ -40,9 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from(args: argparse.Namespace):
     """The checked FinetuneConfig of the fine-tuning flags."""
-    from ..pipeline import finetune_config
+    from ..pipeline import checked_config
 
-    return finetune_config(args.epochs, args.lr, args.batch_size, args.finetune_seed, args.holdout, args.patience)
+    return checked_config(args.epochs, args.lr, args.batch_size, args.finetune_seed, args.holdout, args.patience)
 
 
 def run(args: argparse.Namespace) -> int:
