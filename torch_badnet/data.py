@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TypeVar
 
 import h5py
 import numpy as np
@@ -70,8 +72,16 @@ class LabDataset:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels."""
+    def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels.
+
+        `read_ahead`: a background thread reads (and converts) the next chunk while the caller works on this
+        one (h5py, numpy's cast and torch's checks release the GIL); same chunks, same errors, same order.
+        """
+        chunks = self._read_chunks(chunk_size)
+        return read_ahead_of(chunks) if read_ahead else chunks
+
+    def _read_chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         data = self._data
         floating = np.issubdtype(data.dtype, np.floating)
         raw = np.empty((min(chunk_size, len(self)), *data.shape[1:]), dtype=data.dtype)  # reused for every chunk
@@ -93,6 +103,55 @@ class LabDataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+Item = TypeVar("Item")
+_DONE = object()
+
+
+def read_ahead_of(items: Iterator[Item], depth: int = 1) -> Iterator[Item]:
+    """Iterate `items` in a background thread, at most `depth` items ahead; exceptions reach the caller in order.
+
+    Closing the returned generator early (or an error in the caller) stops and joins the thread, so the
+    source (e.g. an open HDF5 file) is idle again when the caller closes it.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the caller, raised there
+            put((None, exc))
+
+    worker = threading.Thread(target=produce, name="torch-badnet-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def _all_finite(pixels: torch.Tensor) -> bool:

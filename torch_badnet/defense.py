@@ -159,7 +159,7 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
         with tqdm(total=total, desc="trunk", unit="img", disable=not show_progress, leave=False) as bar:
             for spec in specs:
                 ds = datasets[spec.name]
-                sets.append(extract_features(model, spec.name, _counted(ds.chunks(chunk_size), bar), len(ds), device))
+                sets.append(extract_features(model, spec.name, _counted(ds.chunks(chunk_size, read_ahead=True), bar), len(ds), device))
     clean_valid = next(s for s, spec in zip(sets, specs) if spec.is_clean_valid)
     scores = channel_scores(clean_valid.features)
     order = pruning_order(scores)

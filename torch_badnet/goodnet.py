@@ -29,6 +29,7 @@ class GoodNet(nn.Module):
         if mask.shape != model.conv_3.mask.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(model.conv_3.mask.shape)}")
         self.register_buffer("pruned_mask", mask.detach().clone().float().to(model.conv_3.mask.device))
+        self.unpruned = self.pruned_model is None and bool((self.pruned_mask == 1).all())  # B' = B: one head is enough
 
     @property
     def num_classes(self) -> int:
@@ -40,10 +41,13 @@ class GoodNet(nn.Module):
         return self.model.num_classes
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of B and of B' for one batch, from a single trunk pass."""
+        """Logits of B and of B' for one batch, from a single trunk pass (and one head when B' is B)."""
         features = self.model.trunk(x)
         if self.pruned_model is not None:
             return self.model.head(features), self.pruned_model(x)
+        if self.unpruned:
+            logits = self.model.head(features)
+            return logits, logits
         pruned = features * self.pruned_mask.view(1, -1, 1, 1)
         return self.model.head(features), self.model.head(pruned)
 
