@@ -7,7 +7,6 @@ The plain path is the network run with gradients enabled: the pools then take `F
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +133,3 @@ def test_onnx_export_keeps_one_maxpool_per_pool(lab3_model, tmp_path):
     ops = [node.op_type for node in onnx.load(str(tmp_path / "b.onnx")).graph.node]
     assert ops.count("MaxPool") == 3 and "Max" not in ops, ops
 
-
-def test_verbose_is_documented_in_help(cli):
-    code, out, _ = cli("sweep", "--help")
-    assert code == 0 and re.search(r"--verbose", out)

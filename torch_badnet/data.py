@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Sequence, TypeVar
 
@@ -33,6 +34,7 @@ class LabDataset:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise BadInputError(self.path, f"not a readable HDF5 file ({first_line(exc)})") from None
+        self.read_seconds = 0.0  # wall time spent reading and converting chunks (for --verbose)
         try:
             self._data, self.labels = self._validate(num_classes)
         except BaseException:
@@ -87,12 +89,14 @@ class LabDataset:
         raw = np.empty((min(chunk_size, len(self)), *data.shape[1:]), dtype=data.dtype)  # reused for every chunk
         for start in range(0, len(self), chunk_size):
             stop = min(start + chunk_size, len(self))
+            began = time.perf_counter()
             data.read_direct(raw, np.s_[start:stop], np.s_[0 : stop - start])
             with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
                 pixels = torch.from_numpy(raw[: stop - start].astype(np.float32))  # a fresh array per chunk
             if floating and not _all_finite(pixels):
                 bad = start + int((~torch.isfinite(pixels)).flatten(1).any(1).nonzero()[0])
                 raise BadInputError(self.path, f"image {bad} holds non-finite pixels (NaN or inf)")
+            self.read_seconds += time.perf_counter() - began
             yield pixels, torch.from_numpy(self.labels[start:stop])
 
     def close(self) -> None:

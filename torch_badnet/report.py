@@ -15,6 +15,7 @@ from .checkpoint import save_checkpoint
 from .defense import SPLITS, SweepResult, Threshold
 from .metrics import accuracy_drop
 from .model import BadNet
+from .phases import NoTimer, PhaseTimer
 
 KerasWriter = Callable[[BadNet, Path], None]
 
@@ -168,17 +169,29 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
 
 def write_report(result: SweepResult, model: BadNet, staging: Path, context: dict[str, Any],
                  write_keras: KerasWriter | None = None, plot: bool = True,
-                 finetuned: dict[float, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Write every output of a sweep into `staging` (see files.staged_dir); returns the summary."""
+                 finetuned: dict[float, dict[str, Any]] | None = None, timer: PhaseTimer | None = None,
+                 inputs: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write every output of a sweep into `staging` (see files.staged_dir); returns the summary.
+
+    The B'_X models (from their masks) and the plot come first, the CSV and summary.json last; `inputs`, when
+    given, is called only then for context's "inputs" (the CLI hashes the input files meanwhile, in a thread).
+    `timer` (optional) gets the phases models, plot and summary.
+    """
     from .files import write_text
 
-    content = summary(result, context, finetuned)
-    write_text(staging / "sweep.csv", csv_text(result))
-    write_text(staging / "summary.json", json.dumps(content, indent=2) + "\n")
-    source = {"source_sha256": context.get("model", {}).get("sha256", "")}
-    write_models(result, model, staging, source, write_keras)
+    timer = timer or NoTimer()
+    with timer.phase("models"):
+        source = {"source_sha256": context.get("model", {}).get("sha256", "")}
+        write_models(result, model, staging, source, write_keras)
     if plot:
-        from .plot import plot_sweep
+        with timer.phase("plot"):
+            from .plot import plot_sweep  # matplotlib is imported only here
 
-        plot_sweep(result, staging / "sweep.png", finetuned=finetuned)
+            plot_sweep(result, staging / "sweep.png", finetuned=finetuned)
+    with timer.phase("summary"):
+        if inputs is not None:
+            context = {**context, "inputs": inputs()}  # keeps the key's place when context holds it already
+        content = summary(result, context, finetuned)
+        write_text(staging / "sweep.csv", csv_text(result))
+        write_text(staging / "summary.json", json.dumps(content, indent=2) + "\n")
     return content

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +31,7 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
                    help="X in percentage points (default) or in percent of the original accuracy")
     p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
+    p.add_argument("--verbose", action="store_true", help="print the wall time of each phase on one line (stderr)")
     p.add_argument("--finetune", action="store_true",
                    help="also fine-tune every B'_X on the clean validation data (Fine-Pruning) and report B'_ft and G_ft")
     add_device_argument(p)
@@ -99,9 +101,13 @@ def run(args: argparse.Namespace) -> int:
 def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, out: Path,
                 title: str | None = None) -> dict[str, Any]:
     """Load B, sweep, write every output through a staging folder, print the table; returns the summary."""
-    from ..defense import run_sweep
-    from ..files import file_sha256, staged_dir
-    from ..report import table, versions, write_report
+    from ..phases import NoTimer, PhaseTimer
+
+    timer = PhaseTimer() if args.verbose else NoTimer()
+    with timer.phase("imports"):
+        from ..defense import run_sweep
+        from ..files import file_sha256, staged_dir
+        from ..report import table, versions, write_report
 
     check_options(args, out)
     config = None
@@ -110,22 +116,30 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
 
         config = config_from(args)
     device = device_from(args)
-    loaded = load_model(str(model_path))
+    with timer.phase("load model"):
+        loaded = load_model(str(model_path))
     started = time.perf_counter()
     result = run_sweep(loaded.model, specs, sorted(set(args.thresholds)), args.stop, args.drop, device,
-                       args.max_steps, show_progress=sys.stderr.isatty())
+                       args.max_steps, show_progress=sys.stderr.isatty(), timer=timer)
     elapsed = time.perf_counter() - started
     context = {
         "model": {"path": str(model_path), "sha256": loaded.source_sha256, "format": loaded.source_format,
                   "num_classes": loaded.model.num_classes},
-        "inputs": {spec.name: {"path": str(spec.path), "sha256": file_sha256(spec.path)} for spec in specs},
+        "inputs": {},  # filled in by write_report from `hashing`
         "rule": {"stop": args.stop, "drop": args.drop},
         "versions": versions(),
     }
-    with staged_dir(out) as staging:
-        finetuned = finetune_thresholds(result, loaded.model, specs, config, device, staging) if config else {}
+    # The inputs' sha256 (GBs for the lab files) overlaps the single-threaded writing of models and plot.
+    with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-hash") as pool, staged_dir(out) as staging:
+        hashing = pool.submit(lambda: {s.name: {"path": str(s.path), "sha256": file_sha256(s.path)} for s in specs})
+        finetuned = {}
+        if config:
+            with timer.phase("finetune"):
+                finetuned = finetune_thresholds(result, loaded.model, specs, config, device, staging)
         content = write_report(result, loaded.model, staging, context, _keras_writer(), plot=not args.no_plot,
-                               finetuned=finetuned)
+                               finetuned=finetuned, timer=timer, inputs=hashing.result)
+    if args.verbose:
+        log(timer.line())
     print(table(result, title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)", finetuned))
     print(f"\nwrote {out}/sweep.csv, summary.json{'' if args.no_plot else ', sweep.png'} and models/X=<x>/pruned.pt|.h5 "
           f"({result.steps} steps on {sum(result.sizes.values())} images in {elapsed:.1f} s on {device.type})")
