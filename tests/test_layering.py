@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 CORE = ["model", "data", "checkpoint", "pruning", "goodnet", "sweep", "metrics", "defense", "finetune",
-        "evaluation", "predict", "report", "plot"]
+        "evaluation", "predict", "report", "plot", "phases"]
 
 
 def loaded_after(code: str) -> set[str]:
@@ -16,7 +16,8 @@ def loaded_after(code: str) -> set[str]:
 def test_core_imports_neither_convert_nor_heavy_extras():
     modules = loaded_after("; ".join(f"import torch_badnet.{name}" for name in CORE))
     assert "torch_badnet.sweep" in modules
-    for forbidden in ("convert", "torch_badnet.convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx"):
+    for forbidden in ("convert", "torch_badnet.convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx",
+                      "matplotlib"):  # matplotlib only once a plot is drawn
         assert forbidden not in modules, forbidden
 
 
