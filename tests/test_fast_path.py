@@ -133,3 +133,36 @@ def test_onnx_export_keeps_one_maxpool_per_pool(lab3_model, tmp_path):
     ops = [node.op_type for node in onnx.load(str(tmp_path / "b.onnx")).graph.node]
     assert ops.count("MaxPool") == 3 and "Max" not in ops, ops
 
+
+
+def test_read_ahead_keeps_order_errors_and_stops_early():
+    import threading
+
+    from torch_badnet.data import read_ahead_of
+
+    def numbers(fail_at: int | None = None):
+        for i in range(10):
+            if i == fail_at:
+                raise ValueError(f"bad item {i}")
+            yield i
+
+    assert list(read_ahead_of(numbers())) == list(range(10))
+    seen = []
+    with pytest.raises(ValueError, match="bad item 4"):
+        for i in read_ahead_of(numbers(fail_at=4)):
+            seen.append(i)
+    assert seen == [0, 1, 2, 3]
+    early = read_ahead_of(numbers())
+    assert next(early) == 0
+    early.close()  # joins the reader
+    assert not [t for t in threading.enumerate() if t.name == "torch-badnet-read-ahead"]
+
+
+def test_lab_file_read_ahead_gives_the_same_chunks(lab_files):
+    with LabDataset(lab_files["clean_valid"]) as ds:
+        plain = list(ds.chunks(64))
+        ahead = list(ds.chunks(64, read_ahead=True))
+        assert ds.read_seconds > 0
+    assert len(plain) == len(ahead) == 4
+    for (x, y), (xa, ya) in zip(plain, ahead):
+        assert torch.equal(x, xa) and torch.equal(y, ya)

@@ -29,7 +29,6 @@ class GoodNet(nn.Module):
         if mask.shape != model.conv_3.mask.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(model.conv_3.mask.shape)}")
         self.register_buffer("pruned_mask", mask.detach().clone().float().to(model.conv_3.mask.device))
-        self.unpruned = self.pruned_model is None and bool((self.pruned_mask == 1).all())  # B' = B: one head is enough
 
     @property
     def num_classes(self) -> int:
@@ -45,7 +44,7 @@ class GoodNet(nn.Module):
         features = self.model.trunk(x)
         if self.pruned_model is not None:
             return self.model.head(features), self.pruned_model(x)
-        if self.unpruned:
+        if not torch.jit.is_tracing() and bool((self.pruned_mask == 1).all()):  # B' is B: one head serves both
             logits = self.model.head(features)
             return logits, logits
         pruned = features * self.pruned_mask.view(1, -1, 1, 1)

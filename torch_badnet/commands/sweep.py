@@ -101,10 +101,9 @@ def run(args: argparse.Namespace) -> int:
 def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, out: Path,
                 title: str | None = None) -> dict[str, Any]:
     """Load B, sweep, write every output through a staging folder, print the table; returns the summary."""
-    from ..phases import NoTimer, PhaseTimer
-
     from ..defense import run_sweep
     from ..files import file_sha256, staged_dir
+    from ..phases import NoTimer, PhaseTimer
     from ..report import table, versions, write_report
 
     timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
