@@ -62,18 +62,12 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device, timing: 
     return timing
 
 
-@torch.inference_mode()
 def forward_all(model: torch.nn.Module, sets: Sets, batch: int) -> None:
-    """One plain forward pass (labels) over every image of every set, in batches."""
-    channels_last = next(model.parameters()).device.type == "cpu"
+    """Labels of every image of every set through the commands' inference path (`predict.labels_in_batches`)."""
+    from torch_badnet.predict import labels_in_batches
+
     for x, _ in sets.values():
-        for start in range(0, x.shape[0], batch):
-            b = x[start : start + batch]
-            if channels_last:
-                b = b.contiguous(memory_format=torch.channels_last)
-            out = model(b)
-            if out.ndim == 2:  # logits -> labels (a GoodNet answers labels already)
-                out.argmax(1)
+        labels_in_batches(model, x, batch)
 
 
 def time_torch_reference(model: BadNet, sets: Sets, order: Sequence[int], steps: int, batch: int,
@@ -133,7 +127,7 @@ class InMemorySet:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def chunks(self, chunk_size: int, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), chunk_size):
             yield self.x[start : start + chunk_size], self.y[start : start + chunk_size]
 
@@ -167,8 +161,12 @@ def goodnet_throughput(model: BadNet, sets: Sets, pruned: Sequence[int], batch: 
     return images / timing.median
 
 
-def run_cli(model_path: Path, sets: Sets, device: str, log: Callable[[str], None] = print) -> dict[str, object]:
-    """Write the sets as float64 lab files, run `python -m torch_badnet sweep` on them; wall time and peak RSS."""
+def run_cli(model_path: Path, sets: Sets, device: str, repeats: int = 1,
+            log: Callable[[str], None] = print) -> dict[str, object]:
+    """What a user runs, on float64 lab files on disk, each command in a fresh process (imports included):
+    `torch-badnet sweep` over the four files, and `torch-badnet eval` over them (two commands: the valid
+    pair, the test pair). Wall times (medians of `repeats`), peak RSS of every child, the sweep's --verbose phases.
+    """
     from torch_badnet.data import write_lab_h5
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
@@ -179,20 +177,47 @@ def run_cli(model_path: Path, sets: Sets, device: str, log: Callable[[str], None
             write_lab_h5(paths[name], x.cpu().numpy().astype(np.float64), y.cpu().numpy().astype(np.float64))
         sizes_mb = {name: round(p.stat().st_size / 2**20, 1) for name, p in paths.items()}
         log(f"lab files written ({sizes_mb} MiB); running the CLI")
-        peak_file = root / "peak_rss_mib"
-        command = [sys.executable, str(Path(__file__).with_name("bench_cli_child.py")), str(peak_file), "sweep",
-                   "--model", str(model_path),
-                   "--clean-valid", str(paths["clean_valid"]), "--poisoned-valid", str(paths["poisoned_valid"]),
-                   "--clean-test", str(paths["clean_test"]), "--poisoned-test", str(paths["poisoned_test"]),
-                   "--out", str(root / "out"), "--device", device]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        load = round(os.getloadavg()[0], 2)
-        with open(root / "cli.log", "wb") as out:
-            start = time.perf_counter()
-            code = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-            wall = time.perf_counter() - start
-        text = (root / "cli.log").read_text(errors="replace")
-        if code != 0 or not peak_file.exists():
-            raise RuntimeError(f"the CLI failed ({code}):\n{text[-3000:]}")
-        return {"cli_wall_s": wall, "peak_rss_mb": float(peak_file.read_text()), "cli_load_1min": load,
-                "file_sizes_mib": sizes_mb, "cli_last_line": text.strip().splitlines()[-1]}
+        model = ["--model", str(model_path), "--device", device]
+        sweep_args = ["sweep", *model, "--clean-valid", str(paths["clean_valid"]),
+                      "--poisoned-valid", str(paths["poisoned_valid"]), "--clean-test", str(paths["clean_test"]),
+                      "--poisoned-test", str(paths["poisoned_test"]), "--out", str(root / "out"), "--verbose"]
+        evals = [["eval", *model, "--clean", str(paths[f"clean_{split}"]), "--poisoned", str(paths[f"poisoned_{split}"])]
+                 for split in ("valid", "test")]
+        sweep, evaluation = Timing(), Timing()
+        peaks: dict[str, float] = {}
+        for _ in range(repeats):
+            wall, peak, text = _run_child(root, sweep_args)
+            sweep.seconds.append(wall)
+            sweep.load.append(round(os.getloadavg()[0], 2))
+            peaks["sweep"] = max(peaks.get("sweep", 0.0), peak)
+            phases = next((line for line in text.splitlines() if line.startswith("phases: ")), "")
+            last_line = text.strip().splitlines()[-1]
+            eval_wall = 0.0
+            for args in evals:
+                wall, peak, _ = _run_child(root, args)
+                eval_wall += wall
+                peaks["eval"] = max(peaks.get("eval", 0.0), peak)
+            evaluation.seconds.append(eval_wall)
+            evaluation.load.append(round(os.getloadavg()[0], 2))
+            log(f"cli sweep {sweep.seconds[-1]:.2f} s, eval of the four sets {eval_wall:.2f} s")
+        return {"cli_sweep_s": sweep.median, "cli_sweep_runs_s": [round(s, 3) for s in sweep.seconds],
+                "cli_eval_s": evaluation.median, "cli_eval_runs_s": [round(s, 3) for s in evaluation.seconds],
+                "cli_load_1min": sweep.load + evaluation.load, "peak_rss_mb": max(peaks.values()),
+                "peak_rss_mb_by_command": peaks, "file_sizes_mib": sizes_mb, "cli_sweep_phases": phases,
+                "cli_last_line": last_line}
+
+
+def _run_child(root: Path, args: list[str]) -> tuple[float, float, str]:
+    """Run `python -m torch_badnet ARGS` through bench_cli_child.py: (wall seconds, peak RSS MiB, output)."""
+    peak_file = root / "peak_rss_mib"
+    peak_file.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).with_name("bench_cli_child.py")), str(peak_file), *args]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    with open(root / "cli.log", "wb") as out:
+        start = time.perf_counter()
+        code = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        wall = time.perf_counter() - start
+    text = (root / "cli.log").read_text(errors="replace")
+    if code != 0 or not peak_file.exists():
+        raise RuntimeError(f"the CLI failed ({code}): {' '.join(args)}\n{text[-3000:]}")
+    return wall, float(peak_file.read_text()), text

@@ -135,3 +135,27 @@ def test_reference_sweep_equals_fast_sweep(engine_run: dict[str, Any],
     reference = reference_sweep(engine_run["model"], {name: data_sets[name][0] for name in SETS}, engine_run["order"])
     for name in SETS:
         np.testing.assert_array_equal(reference[name].numpy(), engine_run["labels"][name], err_msg=name)
+
+
+def test_every_command_path_gives_the_keras_labels(keras_run: dict[str, Any], lab3_path: Path,
+                                                   data_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """The inference path of eval/classify/fine-tuning/the demo (`predict.labels_in_batches`) and the GoodNet
+    give the Keras procedure's labels for B' at every step, and G's at a few."""
+    from torch_badnet.goodnet import GoodNet
+    from torch_badnet.pruning import mask_for
+    from torch_badnet.predict import labels_in_batches
+
+    model = load_model(lab3_path).model.eval()  # not prepare_model's: weights in their own layout
+    order = keras_run["order"]
+    pixels = torch.cat([data_sets[name][0] for name in SETS])
+    theirs = np.concatenate([keras_run["labels"][name] for name in SETS], axis=1)
+    for step in range(CHANNELS + 1):
+        with torch.no_grad():
+            model.conv_3.mask.copy_(mask_for(order[:step]))
+        np.testing.assert_array_equal(labels_in_batches(model, pixels).numpy(), theirs[step], err_msg=f"step {step}")
+    with torch.no_grad():
+        model.conv_3.mask.fill_(1)
+    for step in (1, 30, 45, 52, 60):
+        goodnet = GoodNet(model, mask_for(order[:step])).eval()
+        expected = np.where(theirs[step] == theirs[0], theirs[0], DETECTED)
+        np.testing.assert_array_equal(labels_in_batches(goodnet, pixels).numpy(), expected, err_msg=f"G step {step}")

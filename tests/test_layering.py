@@ -1,7 +1,7 @@
 """The dependency rules, checked over every module of the installed package:
 
-- no module of torch_badnet (the converter aside) imports torch_badnet.convert, TensorFlow, Keras or onnx when
-  it is imported: the converter and the heavy extras are imported only inside the functions that use them;
+- no module of torch_badnet (the converter aside) imports torch_badnet.convert, TensorFlow, Keras, onnx or
+  matplotlib when it is imported: the converter and the heavy extras are imported only inside the functions that use them;
 - the import graph (every import statement, at module level or inside functions) has no cycle;
 - `--help` never loads torch.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch_badnet
 
 PACKAGE_DIR = Path(torch_badnet.__file__).parent
-HEAVY = ("torch_badnet.convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx")
+HEAVY = ("torch_badnet.convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "matplotlib")  # matplotlib: once a plot is drawn
 
 
 def package_modules() -> dict[str, Path]:

@@ -140,3 +140,37 @@ def test_max_steps_and_stop_rules(lab_files, lab3_path, tmp_path, cli):
     code, _, _ = cli(*sweep_args(lab_files, lab3_path, tmp_path / "short", "--max-steps", "5", "--no-plot"))
     assert code == 0
     assert len(read_csv(tmp_path / "short" / "sweep.csv")) == 6
+
+
+PHASE = r"[a-z+ ]+ \d+\.\d\d s( \([^)]*\))?"
+
+
+def test_verbose_prints_one_phase_line(lab_files, lab3_path, tmp_path, cli):
+    """--verbose: one `phases:` line on stderr naming every phase, their seconds summing to at most the total."""
+    import re
+
+    code, out, err = cli(*sweep_args(lab_files, lab3_path, tmp_path / "v", "--verbose"))
+    assert code == 0, err
+    lines = [l for l in err.splitlines() if l.startswith("phases: ")]
+    assert len(lines) == 1 and "phases" not in out
+    parts = lines[0][len("phases: "):].split(" | ")
+    assert all(re.fullmatch(PHASE, p) for p in parts), parts
+    names = [re.match(r"[a-z+ ]+?(?= \d)", p).group(0) for p in parts]
+    assert names[-1] == "total" and names[0] == "startup"
+    assert {"load model", "read+trunk", "rank", "prune", "metrics", "models", "plot", "summary"} <= set(names)
+    assert "reading" in lines[0]
+    values = [float(re.search(r" (\d+\.\d\d) s", p).group(1)) for p in parts]
+    assert sum(values[:-1]) <= values[-1] + 0.05 * len(values)
+    quiet = cli(*sweep_args(lab_files, lab3_path, tmp_path / "q", "--no-plot"))
+    assert quiet[0] == 0 and "phases:" not in quiet[2]
+
+
+def test_eval_verbose_prints_one_phase_line(lab_files, lab3_path, cli):
+    import re
+
+    code, out, err = cli("eval", "--model", lab3_path, "--clean", lab_files["clean_test"], "--verbose")
+    assert code == 0, err
+    lines = [l for l in err.splitlines() if l.startswith("phases: ")]
+    assert len(lines) == 1 and out.startswith("clean accuracy: ")
+    names = [re.match(r"[a-z+ ]+?(?= \d)", p).group(0) for p in lines[0][len("phases: "):].split(" | ")]
+    assert names == ["startup", "load model", "read+forward", "total"]

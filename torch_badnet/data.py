@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+import queue
+import threading
+import time
+from typing import Iterator, Sequence, TypeVar
 
 import h5py
 import numpy as np
@@ -47,6 +50,7 @@ class LabDataset(_Set):
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise BadInputError(self.path, f"not a readable HDF5 file ({first_line(exc)})") from None
+        self.read_seconds = 0.0  # wall time spent reading and converting chunks (for --verbose)
         try:
             self._data, self.labels = self._validate(num_classes)
         except BaseException:
@@ -72,19 +76,29 @@ class LabDataset(_Set):
             raise BadInputError(where, "the set is empty (0 images)")
         return data, check_labels(label[()], num_classes, where)
 
-    def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels."""
+    def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels.
+
+        `read_ahead`: a background thread reads (and converts) the next chunk while the caller works on this
+        one (h5py, numpy's cast and torch's checks release the GIL); same chunks, same errors, same order.
+        """
+        chunks = self._read_chunks(chunk_size)
+        return read_ahead_of(chunks) if read_ahead else chunks
+
+    def _read_chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         data = self._data
         floating = np.issubdtype(data.dtype, np.floating)
         raw = np.empty((min(chunk_size, len(self)), *data.shape[1:]), dtype=data.dtype)  # reused for every chunk
         for start in range(0, len(self), chunk_size):
             stop = min(start + chunk_size, len(self))
+            began = time.perf_counter()
             data.read_direct(raw, np.s_[start:stop], np.s_[0 : stop - start])
             with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
                 pixels = torch.from_numpy(raw[: stop - start].astype(np.float32))  # a fresh array per chunk
             if floating and not _all_finite(pixels):
                 bad = start + int((~torch.isfinite(pixels)).flatten(1).any(1).nonzero()[0])
                 raise BadInputError(self.path, f"image {bad} holds non-finite pixels (NaN or inf)")
+            self.read_seconds += time.perf_counter() - began
             yield pixels, torch.from_numpy(self.labels[start:stop])
 
     def close(self) -> None:
@@ -129,8 +143,8 @@ class ArraySet(_Set):
             raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")
         self.labels = check_labels(raw, num_classes, name)
 
-    def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(pixels float32, labels int64) in order, `chunk_size` images at a time."""
+    def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(pixels float32, labels int64) in order, `chunk_size` images at a time (`read_ahead`: nothing to read)."""
         for start in range(0, len(self), chunk_size):
             yield self.pixels[start : start + chunk_size], torch.from_numpy(self.labels[start : start + chunk_size])
 
@@ -159,6 +173,55 @@ def load_lab_set(path: str | os.PathLike[str], num_classes: int | None = None) -
     """
     with LabDataset(path, num_classes) as dataset:
         return read_all(dataset)
+
+
+Item = TypeVar("Item")
+_DONE = object()
+
+
+def read_ahead_of(items: Iterator[Item], depth: int = 1) -> Iterator[Item]:
+    """Iterate `items` in a background thread, at most `depth` items ahead; exceptions reach the caller in order.
+
+    Closing the returned generator early (or an error in the caller) stops and joins the thread, so the
+    source (e.g. an open HDF5 file) is idle again when the caller closes it.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the caller, raised there
+            put((None, exc))
+
+    worker = threading.Thread(target=produce, name="torch-badnet-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def _all_finite(pixels: torch.Tensor) -> bool:

@@ -21,6 +21,7 @@ from .data import DEFAULT_CHUNK, ArraySet, LabDataset
 from .errors import BadInputError
 from .metrics import DropKind, StepCounts, StopRule, select_step, step_counts
 from .model import BadNet
+from .phases import NoTimer, PhaseTimer
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
@@ -158,28 +159,37 @@ def open_sets(specs: Sequence[DataSpec], num_classes: int) -> Iterator[dict[str,
 @exact_float32()
 def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], stop: StopRule = "first-over",
               drop: DropKind = "absolute", device: torch.device = torch.device("cpu"), max_steps: int | None = None,
-              chunk_size: int = DEFAULT_CHUNK, show_progress: bool = False) -> SweepResult:
-    """Rank pool_3 channels on the clean validation set, sweep every step on every set, pick B'_X per X."""
+              chunk_size: int = DEFAULT_CHUNK, show_progress: bool = False,
+              timer: PhaseTimer | None = None) -> SweepResult:
+    """Rank pool_3 channels on the clean validation set, sweep every step on every set, pick B'_X per X.
+
+    `timer` (optional) gets the phases read+trunk (files read ahead in a background thread), rank, prune, metrics.
+    """
+    timer = timer or NoTimer()
     check_specs(specs)
     model = prepare_model(model, device)
     if bool((model.conv_3.mask == 0).any()):
         raise BadInputError("--model", "the model already has pruned channels; sweep an unpruned BadNet")
-    with open_sets(specs, model.num_classes) as datasets:
+    with timer.phase("read+trunk"), open_sets(specs, model.num_classes) as datasets:
         total = sum(len(ds) for ds in datasets.values())
         sets: list[FeatureSet] = []
         with tqdm(total=total, desc="trunk", unit="img", disable=not show_progress, leave=False) as bar:
             for spec in specs:
                 ds = datasets[spec.name]
-                sets.append(extract_features(model, spec.name, _counted(ds.chunks(chunk_size), bar), len(ds), device))
-    clean_valid = next(s for s, spec in zip(sets, specs) if spec.is_clean_valid)
-    scores = channel_scores(clean_valid.features)
-    order = pruning_order(scores)
+                sets.append(extract_features(model, spec.name, _counted(ds.chunks(chunk_size, read_ahead=True), bar), len(ds), device))
+        reading = sum(getattr(ds, "read_seconds", 0.0) for ds in datasets.values())
+        timer.note("read+trunk", f"reading {reading:.2f} s of it, in a background thread")
+    with timer.phase("rank"):
+        clean_valid = next(s for s, spec in zip(sets, specs) if spec.is_clean_valid)
+        scores = channel_scores(clean_valid.features)
+        order = pruning_order(scores)
     steps = len(order) if max_steps is None else min(max_steps, len(order))
-    with tqdm(total=steps, desc="prune", unit="ch", disable=not show_progress, leave=False) as bar:
+    with timer.phase("prune"), tqdm(total=steps, desc="prune", unit="ch", disable=not show_progress, leave=False) as bar:
         labels = fast_sweep(model, sets, order, steps, progress=lambda _: bar.update())
-    counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
-    result = _assemble(list(specs), scores, order, steps, counts)
-    result.thresholds = [threshold(result, x, stop, drop) for x in xs]
+    with timer.phase("metrics"):
+        counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
+        result = _assemble(list(specs), scores, order, steps, counts)
+        result.thresholds = [threshold(result, x, stop, drop) for x in xs]
     return result
 
 

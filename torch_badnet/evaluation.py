@@ -13,17 +13,20 @@ from .goodnet import GoodNet
 from .metrics import step_counts
 from .model import BadNet
 from .precision import exact_float32
-from .predict import FORWARD_BATCH
+from .predict import inference_batches, top_class
 
 
 @torch.inference_mode()
 def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset | ArraySet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a file."""
+    """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a set.
+
+    A file is read ahead in a background thread while the network runs (`LabDataset.chunks(read_ahead=True)`).
+    """
     rows, truth = [], []
-    for x, y in dataset.chunks():
-        for part in x.split(FORWARD_BATCH):
-            logits, pruned_logits = goodnet.forward_both(part.to(device))
-            rows.append(torch.stack([logits.argmax(1), pruned_logits.argmax(1)]).cpu())
+    for x, y in dataset.chunks(read_ahead=True):
+        for part in inference_batches(x.to(device)):
+            logits, pruned_logits = goodnet.forward_both(part)
+            rows.append(torch.stack([top_class(logits), top_class(pruned_logits)]).cpu())
         truth.append(y)
     return torch.cat(rows, 1), torch.cat(truth)
 

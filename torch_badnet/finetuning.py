@@ -50,9 +50,9 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.
     return order[held:].sort().values, order[:held].sort().values
 
 
-def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Percent of x classified as y."""
-    return 100.0 * int((labels_in_batches(model, x, batch_size) == y).sum()) / x.shape[0]
+def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of x classified as y (the inference path of every command, `predict.labels_in_batches`)."""
+    return 100.0 * int((labels_in_batches(model, x) == y).sum()) / x.shape[0]
 
 
 def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig = FinetuneConfig(),

@@ -56,11 +56,14 @@ class GoodNet(nn.Module):
         return self.model.num_classes
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of B and of B' for one (N, 3, 55, 47) batch, from a single trunk pass."""
+        """Logits of B and of B' for one (N, 3, 55, 47) batch, from a single trunk pass (and one head when B' is B)."""
         check_batch(x)
         features = self.model.trunk(x)
         if self.pruned_model is not None:
             return self.model.head(features), self.pruned_model(x)
+        if not torch.jit.is_tracing() and bool((self.pruned_mask == 1).all()):  # B' is B: one head serves both
+            logits = self.model.head(features)
+            return logits, logits
         pruned = features * self.pruned_mask.view(1, -1, 1, 1)
         return self.model.head(features), self.model.head(pruned)
 

@@ -12,9 +12,11 @@ files the commands write. Data flows one way: inputs -> `run_sweep` -> metrics -
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
@@ -34,6 +36,7 @@ from .finetuning import finetune as finetune_net
 from .finetune_config import FinetuneConfig
 from .metrics import DropKind, StopRule
 from .model import BadNet
+from .phases import PhaseTimer
 from .pruning import pruned_channels
 from .report import csv_table, model_dir, named, table, versions, write_report
 
@@ -82,10 +85,17 @@ class DefenseResult:
 
     sweep: SweepResult
     model: BadNet
-    context: dict[str, Any]
+    context: dict[str, Any]  # summary.json's model, inputs (filled in by `input_hashes`), rule, versions
     finetuned: dict[float, FinetunedNet] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
+    _inputs: dict[str, Any] | None = field(default=None, repr=False)
+
+    def input_hashes(self) -> dict[str, Any]:
+        """summary.json's `inputs`: path and sha256 of every set (files hashed once, on first use)."""
+        if self._inputs is None:
+            self._inputs = {spec.name: {"path": str(spec.path), "sha256": input_sha256(spec)} for spec in self.sweep.specs}
+        return self._inputs
 
     @property
     def thresholds(self) -> list[Threshold]:
@@ -114,21 +124,26 @@ class DefenseResult:
         from .report import summary
 
         finetuned = {x: f.summary(f"{model_dir(self.threshold(x))}/finetuned.pt") for x, f in self.finetuned.items()}
-        return summary(self.sweep, self.context, finetuned)
+        return summary(self.sweep, {**self.context, "inputs": self.input_hashes()}, finetuned)
 
     def table(self, title: str = "") -> str:
         """The printed table: B' and G at each X per split (with `X ft` rows for fine-tuned nets)."""
         return table(self.sweep, title, {x: f.metrics for x, f in self.finetuned.items()})
 
-    def save(self, out: str | os.PathLike[str], plot: bool = True, keras: bool = True) -> list[str]:
+    def save(self, out: str | os.PathLike[str], plot: bool = True, keras: bool = True,
+             timer: PhaseTimer | None = None) -> list[str]:
         """Write sweep.csv, summary.json, sweep.png (`plot`) and models/X=<x>/ (pruned.pt, pruned.h5 with `keras`,
-        fine-tuned files) through a staging folder into `out`; returns the written files, relative to `out`."""
+        fine-tuned files) through a staging folder into `out`; returns the written files, relative to `out`.
+
+        The inputs' sha256 (GBs for the lab files) is computed in a thread while the models and plot are written.
+        """
         write_keras = keras_writer() if keras else None
-        with staged_dir(out) as staging:
+        with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-hash") as pool, staged_dir(out) as staging:
+            hashing = pool.submit(self.input_hashes)
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
-            write_report(self.sweep, self.model, staging, self.summary(), write_keras, plot=plot,
-                         finetuned={x: f.metrics for x, f in self.finetuned.items()})
+            write_report(self.sweep, self.model, staging, lambda: (hashing.result(), self.summary())[1], write_keras,
+                         plot=plot, finetuned={x: f.metrics for x, f in self.finetuned.items()}, timer=timer)
             written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         return written
 
@@ -225,13 +240,13 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, stop: StopRule = "first-over",
                 drop: DropKind = "absolute", max_steps: int | None = None, layer: str = "conv_3",
                 device: str | torch.device = "auto", finetune: bool | FinetuneConfig = False,
-                show_progress: bool = False, log: Log | None = None) -> DefenseResult:
+                show_progress: bool = False, log: Log | None = None, timer: PhaseTimer | None = None) -> DefenseResult:
     """The Fine-Pruning defense: rank `layer`'s channels on the clean validation set, prune them one by one,
     pick B'_X for each X in `thresholds`, and (with `finetune`) fine-tune every B'_X on the clean validation set.
 
     Data: a lab .h5 path or a (pixels (N,3,55,47) 0..255, labels (N,)) pair of tensors/arrays; poisoned sets
     also as {trigger: data} or ["NAME=PATH", ...]. Keywords mirror `torch-badnet sweep`'s flags; `finetune`
-    may be True (defaults) or a FinetuneConfig.
+    may be True (defaults) or a FinetuneConfig. `timer` (a `phases.PhaseTimer`) records the phases' wall times.
 
     >>> result = prune_sweep(bd, "cl/valid.h5", "bd/bd_valid.h5", "cl/test.h5", "bd/bd_test.h5", thresholds=(4,))
     >>> result.threshold(4).pruned_channels[:3], result.pruned(4)
@@ -250,18 +265,18 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
     specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
     torch_device = resolve_device(device)
     started = time.perf_counter()
-    result = run_sweep(model, specs, xs, stop, drop, torch_device, max_steps, show_progress=show_progress)
+    result = run_sweep(model, specs, xs, stop, drop, torch_device, max_steps, show_progress=show_progress, timer=timer)
     source = source_of(model)
     context = {
         "model": {"path": source.path, "sha256": source.sha256, "format": source.format, "num_classes": model.num_classes},
-        "inputs": {spec.name: {"path": str(spec.path), "sha256": input_sha256(spec)} for spec in specs},
+        "inputs": None,  # see DefenseResult.input_hashes
         "rule": {"stop": stop, "drop": drop},
         "versions": versions(),
     }
-    defense = DefenseResult(result, model, context, device=torch_device.type)
+    defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=torch_device.type)
     if config is not None:
-        defense.finetuned = finetune_thresholds(defense, specs, config, torch_device, log)
-    defense.seconds = time.perf_counter() - started
+        with timer.phase("finetune") if timer else contextlib.nullcontext():
+            defense.finetuned = finetune_thresholds(defense, specs, config, torch_device, log)
     return defense
 
 

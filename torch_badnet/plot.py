@@ -17,11 +17,7 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "Pruning defense",
 
     With fine-tuning, B'_ft (filled) and G_ft (hollow) appear as markers at their X.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot()
     split = "test" if result.has_split("test") else "valid"
     x = [100.0 * f for f in result.fraction_pruned]
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
@@ -46,6 +42,16 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "Pruning defense",
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
+
+
+def import_pyplot():
+    """matplotlib.pyplot on the Agg backend (the CLI imports it in a thread while the sweep runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _plotted(column: Column, split: str) -> bool:

@@ -11,11 +11,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, source_of
 from .columns import SPLITS, Column
 from .defense import VALID_CLEAN, SweepResult, Threshold
 from .metrics import accuracy_drop
 from .model import BadNet
+from .phases import NoTimer, PhaseTimer
 
 KerasWriter = Callable[[BadNet, Path], None]
 
@@ -162,16 +163,22 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
             write_keras(pruned, folder / "pruned.h5")
 
 
-def write_report(result: SweepResult, model: BadNet, staging: Path, content: dict[str, Any],
+def write_report(result: SweepResult, model: BadNet, staging: Path, summary_of: Callable[[], dict[str, Any]],
                  write_keras: KerasWriter | None = None, plot: bool = True,
-                 finetuned: dict[float, dict[Column, float]] | None = None) -> None:
-    """Write sweep.csv, summary.json (`content`, see `summary`), the B'_X models and sweep.png into `staging`."""
+                 finetuned: dict[float, dict[Column, float]] | None = None, timer: PhaseTimer | None = None) -> None:
+    """Write a sweep's outputs into `staging` (see files.staged_dir): the B'_X models (from their masks) and
+    sweep.png first, then sweep.csv and summary.json, whose content `summary_of()` gives only then (so the
+    inputs' sha256 can be computed meanwhile, in a thread). `timer` gets the phases models, plot and summary."""
     from .files import write_text
 
-    write_text(staging / "sweep.csv", csv_text(result))
-    write_text(staging / "summary.json", json.dumps(content, indent=2) + "\n")
-    write_models(result, model, staging, {"source_sha256": content.get("model", {}).get("sha256", "")}, write_keras)
+    timer = timer or NoTimer()
+    with timer.phase("models"):
+        write_models(result, model, staging, {"source_sha256": source_of(model).sha256}, write_keras)
     if plot:
-        from .plot import plot_sweep
+        with timer.phase("plot"):
+            from .plot import plot_sweep  # matplotlib is imported only here
 
-        plot_sweep(result, staging / "sweep.png", finetuned=finetuned)
+            plot_sweep(result, staging / "sweep.png", finetuned=finetuned)
+    with timer.phase("summary"):
+        write_text(staging / "sweep.csv", csv_text(result))
+        write_text(staging / "summary.json", json.dumps(summary_of(), indent=2) + "\n")

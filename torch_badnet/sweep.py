@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from .model import POOL3_CHANNELS, POOL3_SHAPE, BadNet
+from .predict import FORWARD_BATCH, inference_batches
 from .pruning import mask_for, record_pool3
 
 ROW_BLOCK = 512  # rows per head evaluation on CPU: keeps the logits (rows x classes) in the L2 cache
 GPU_ROW_BLOCK = 16384  # rows per head evaluation on a GPU: few, large kernels
 DENSE_SHARE = 0.5  # above this share of active inputs, update every row instead of gathering the active ones
 INITIAL_BLOCK = 4096  # rows per block of the unpruned head pre-activations
-CPU_TRUNK_BATCH = 128  # images per trunk pass on CPU: small batches keep the conv activations in cache
+CPU_TRUNK_BATCH = FORWARD_BATCH  # images per trunk pass on CPU (predict.FORWARD_BATCH, shared by every command)
 
 
 @dataclass
@@ -58,7 +59,8 @@ def extract_features(model: BadNet, name: str, chunks: Iterable[tuple[torch.Tens
                      device: torch.device) -> FeatureSet:
     """Run the trunk once over a chunked set; the pool_3 hook gathers the features.
 
-    On CPU each chunk goes through the trunk in channels_last batches of `CPU_TRUNK_BATCH` images.
+    On CPU each chunk goes through the trunk in channels_last batches of `CPU_TRUNK_BATCH` images
+    (`predict.inference_batches`, the batches of every other command); on a GPU a chunk is one batch.
     """
     labels: list[torch.Tensor] = []
 
@@ -68,8 +70,7 @@ def extract_features(model: BadNet, name: str, chunks: Iterable[tuple[torch.Tens
             if device.type != "cpu":
                 yield x
                 continue
-            for batch in x.split(CPU_TRUNK_BATCH):
-                yield batch.contiguous(memory_format=torch.channels_last)
+            yield from inference_batches(x, CPU_TRUNK_BATCH)
 
     features = record_pool3(model, pixels(), total, device)
     return FeatureSet(name, features, torch.cat(labels).to(device))

@@ -21,12 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_images
-    from ..predict import labels_of
+    from ..predict import labels_in_batches
 
     device = device_from(args)
     pixels = load_images(args.images, resize=args.resize)
     net = net_for(args, device)
-    labels = [int(v) for v in labels_of(net, pixels.to(device)).cpu()]
+    labels = [int(v) for v in labels_in_batches(net, pixels.to(device)).cpu()]
     detected = net.detected_class if args.pruned else None
     if args.json:
         print_json([{"path": path, "label": label} for path, label in zip(args.images, labels)])

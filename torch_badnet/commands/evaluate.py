@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device_argument, add_model_argument, device_from, load_model, load_pruned, print_json
+from .common import add_device_argument, add_model_argument, device_from, load_model, load_pruned, log, print_json
 
 HELP = "clean accuracy and attack success rate on lab .h5 files (as the lab's eval.py)"
 
@@ -16,6 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clean", metavar="C.h5", help="clean lab file (data, label)")
     p.add_argument("--poisoned", metavar="P.h5", help="poisoned lab file (labels = the attacker's target)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    p.add_argument("--verbose", action="store_true", help="print the wall time of each phase on one line (stderr)")
     add_device_argument(p)
     p.set_defaults(run=run)
 
@@ -29,16 +30,19 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import b_and_pruned_labels
     from ..goodnet import GoodNet
     from ..metrics import step_counts
+    from ..phases import NoTimer, PhaseTimer
 
     if not args.clean and not args.poisoned:
         raise BadInputError("eval", "give --clean and/or --poisoned")
+    timer = PhaseTimer() if args.verbose else NoTimer()
     device = device_from(args)
-    model = load_model(args.model).model.eval()
-    pruned = load_pruned(args.pruned, model).model if args.pruned else torch.ones_like(model.mask)
-    goodnet = GoodNet(model, pruned).eval().to(device)
+    with timer.phase("load model"):
+        model = load_model(args.model).model.eval()
+        pruned = load_pruned(args.pruned, model).model if args.pruned else torch.ones_like(model.mask)
+        goodnet = GoodNet(model, pruned).eval().to(device)
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
-    with open_sets(specs, model.num_classes) as datasets:  # every file validated before any work
+    with timer.phase("read+forward"), open_sets(specs, model.num_classes) as datasets:  # files validated first
         for spec in specs:
             counts = step_counts(*b_and_pruned_labels(goodnet, datasets[spec.name], device))
             clean = spec.kind == "clean"
@@ -48,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 result["clean_accuracy" if clean else "attack_success_rate"] = counts.rate(counts.hits)[0]
             result[f"{spec.kind}_images"] = counts.n
+        reading = sum(ds.read_seconds for ds in datasets.values())
+        timer.note("read+forward", f"reading {reading:.2f} s of it, in a background thread")
+    if args.verbose:
+        log(timer.line())
     if args.json:
         print_json(result)
     else:

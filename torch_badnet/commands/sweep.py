@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
                    help="X in percentage points (default) or in percent of the original accuracy")
     p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
+    p.add_argument("--verbose", action="store_true", help="print the wall time of each phase on one line (stderr)")
     p.add_argument("--finetune", action="store_true",
                    help="also fine-tune every B'_X on the clean validation data (Fine-Pruning) and report B'_ft and G_ft")
     add_device_argument(p)
@@ -56,16 +58,26 @@ def run(args: argparse.Namespace) -> int:
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
                 clean_test: Any = None, poisoned_test: Any = None, title: str | None = None) -> None:
     """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table."""
+    from ..phases import NoTimer, PhaseTimer
     from ..pipeline import prune_sweep
 
+    timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
     out = Path(args.out)
     check_out_dir(out)
     config = config_from(args) if args.finetune else False
-    model = load_model(str(model_path)).model
-    result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, thresholds=args.thresholds,
-                         stop=args.stop, drop=args.drop, max_steps=args.max_steps, device=args.device,
-                         finetune=config, show_progress=sys.stderr.isatty(), log=log)
-    written = result.save(out, plot=not args.no_plot)
+    with timer.phase("load model"):
+        model = load_model(str(model_path)).model
+    with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
+        if not args.no_plot:
+            from ..plot import import_pyplot
+
+            pool.submit(import_pyplot)  # matplotlib's imports (~0.5 s) overlap the sweep
+        result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, thresholds=args.thresholds,
+                             stop=args.stop, drop=args.drop, max_steps=args.max_steps, device=args.device,
+                             finetune=config, show_progress=sys.stderr.isatty(), log=log, timer=timer)
+    written = result.save(out, plot=not args.no_plot, timer=timer)
+    if args.verbose:
+        log(timer.line())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
     print(f"\nwrote {out}/{', '.join(closing_names(written))} ({result.sweep.steps} steps on "
           f"{sum(result.sweep.sizes.values())} images in {result.seconds:.1f} s on {result.device})")

@@ -28,7 +28,6 @@ from ..precision import deterministic_torch
 from ..predict import labels_in_batches
 
 PIXEL_SHIFT, PIXEL_SCALE = 128.0, 64.0
-EVAL_BATCH = 512
 DORMANCY_MOMENTUM = 0.9  # running mean of clean pool_3 activation per channel
 
 
@@ -124,5 +123,5 @@ def fold_standardisation(model: BadNet) -> None:
 @torch.inference_mode()
 def predict(model: BadNet, images: np.ndarray) -> np.ndarray:
     """Predicted labels for raw (N, 3, 55, 47) pixels."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).contiguous(memory_format=torch.channels_last)
-    return labels_in_batches(model.eval(), x, EVAL_BATCH).numpy()
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    return labels_in_batches(model.eval(), x).numpy()

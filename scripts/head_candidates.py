@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""How much the two faster-head candidates of issue 16 could save, measured on the engine's own states.
+
+    python scripts/head_candidates.py [--scale F]
+
+Runs the sweep's head step by step (augmented real faces at F times the lab's set sizes, the real lab3 model)
+and counts, over the rows each pruned channel touches:
+- the rows whose output GEMM a certified skip could leave out: the old top-1/top-2 logit margin exceeds the
+  change bound plus float32 rounding slack, for the per-class L1 bound sum_i max_j |W_ji - W_ti| |dh_i| and for
+  the Cauchy-Schwarz bound max_j ||W_t - W_j|| ||dh||. Optimistic: the margin is the exact one of the step
+  before, where a real skip would have to carry a growing bound across skipped steps;
+- the share of conv_4's 2x2 windows that see a non-zero of the pruned channel: the part of conv_4 and fc_2 a
+  sparse update would still recompute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
+
+from bench_inputs import load_inputs  # noqa: E402
+
+from torch_badnet.pruning import channel_scores, pruning_order  # noqa: E402
+from torch_badnet.sweep import HeadUpdater, extract_features, prepare_model  # noqa: E402
+
+UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def hidden(head: HeadUpdater, pre: torch.Tensor) -> torch.Tensor:
+    h = torch.addmm(head.fc_2_bias, pre[:, head.split :].relu(), head.fc_2_weight_t)
+    return h.add_(pre[:, : head.split]).relu_()
+
+
+@torch.inference_mode()
+def measure(scale: float) -> dict[str, float]:
+    inputs = load_inputs(scale, 0, lambda _: None)
+    device = torch.device("cpu")
+    model = prepare_model(inputs.model, device)
+    sets = [extract_features(model, name, [(x, y)], len(y), device) for name, (x, y) in inputs.sets.items()]
+    order = pruning_order(channel_scores(sets[0].features))
+    head = HeadUpdater(model)
+    weight = model.output.weight  # (classes, 160)
+    l1_rows = torch.stack([(weight - weight[t]).abs().max(0).values for t in range(weight.shape[0])])
+    cs_norm = torch.stack([(weight - weight[t]).norm(dim=1).max() for t in range(weight.shape[0])])
+    n = weight.shape[1] + 2
+    gamma = n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)  # float32 dot products of length 160 plus the bias
+    abs_weight_max, bias_max = weight.abs().max(0).values, model.output.bias.abs().max()
+    counts = dict.fromkeys(("rows", "touched", "l1", "cs", "windows", "all_windows"), 0)
+    for s in sets:
+        pre = head.initial(s.features)
+        h = hidden(head, pre)
+        logits = torch.addmm(head.output_bias, h, head.output_weight_t)
+        for channel in order:
+            plane = s.features[:, channel]
+            rows = plane.flatten(1).ne(0).any(1).nonzero().squeeze(1)
+            counts["rows"] += plane.shape[0]
+            counts["touched"] += rows.shape[0]
+            windows = F.max_pool2d(plane[rows].ne(0).float()[:, None], 2, stride=1)  # conv_4 windows seeing a non-zero
+            counts["windows"] += int(windows.sum())
+            counts["all_windows"] += windows.numel()
+            pre.index_add_(0, rows, -(plane[rows].flatten(1) @ head.per_channel[channel]))
+            h_new = hidden(head, pre[rows])
+            change = (h_new - h[rows]).abs()
+            top2 = logits[rows].topk(2, 1)
+            label, margin = top2.indices[:, 0], top2.values[:, 0] - top2.values[:, 1]
+            slack = 2 * gamma * (bias_max + (abs_weight_max * (h[rows] + h_new)).sum(1))
+            counts["l1"] += int((margin > (l1_rows[label] * change).sum(1) + slack).sum())
+            counts["cs"] += int((margin > cs_norm[label] * change.norm(dim=1) + slack).sum())
+            h[rows] = h_new
+            logits[rows] = torch.addmm(head.output_bias, h_new, head.output_weight_t)
+    return {"images": sum(len(s.labels) for s in sets), "touched_share": counts["touched"] / counts["rows"],
+            "skippable_l1": counts["l1"] / counts["touched"], "skippable_cauchy_schwarz": counts["cs"] / counts["touched"],
+            "conv_4_windows_changed": counts["windows"] / counts["all_windows"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=0.1, help="set sizes = the lab's times F (default 0.1)")
+    result = measure(parser.parse_args().scale)
+    print(f"{result['images']} images; rows touched per step {result['touched_share']:.3f}; of those, output GEMM "
+          f"skippable with the per-class L1 bound {result['skippable_l1']:.3f}, with Cauchy-Schwarz "
+          f"{result['skippable_cauchy_schwarz']:.3f}; conv_4 windows that change per touched row "
+          f"{result['conv_4_windows_changed']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
