@@ -29,11 +29,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import b_and_pruned_labels
     from ..goodnet import GoodNet
     from ..metrics import step_counts
+    from ..rescale import check_scale_on_file
 
     if not args.clean and not args.poisoned:
         raise BadInputError("eval", "give --clean and/or --poisoned")
     device = device_from(args)
-    model = load_model(args.model).model.eval()
+    model = load_model(args.model, args.rescale).model.eval()
+    if args.clean:
+        check_scale_on_file(model, args.clean)  # another input scale clearly better on clean images: stop
     pruned = load_pruned(args.pruned, model).model if args.pruned else torch.ones_like(model.mask)
     goodnet = GoodNet(model, pruned).eval().to(device)
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BadInputError
-from .common import add_device_argument, check_out_dir, device_from, load_model, load_pruned, log
+from .common import add_device_argument, add_rescale_argument, check_out_dir, device_from, load_model, load_pruned, log
 from .sweep import parse_poisoned
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("finetune", help=HELP, description=HELP)
     p.add_argument("--model", required=True, metavar="M", help="the BadNet B")
     p.add_argument("--pruned", required=True, metavar="P", help="B'_X, e.g. DIR/models/X=4/pruned.pt")
+    add_rescale_argument(p)
     p.add_argument("--clean-valid", required=True, metavar="C", help="clean validation file (the defender's data)")
     p.add_argument("--clean-test", metavar="CT", help="clean test file (evaluation only)")
     p.add_argument("--poisoned-test", action="append", metavar="[NAME=]PT", help="poisoned test file(s) (evaluation only)")
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_pruned
     from ..files import staged_dir, write_text
     from ..finetune import effective_mask
+    from ..rescale import check_scale
     from ..report import versions
     from .sweep import _keras_writer
 
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     device = device_from(args)
     out = Path(args.out)
     check_out_dir(out)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, args.rescale)
     loaded_pruned = load_pruned(args.pruned, loaded.model)
     model, pruned = loaded.model, loaded_pruned.model
     specs = [DataSpec("test", "clean", Path(args.clean_test))] if args.clean_test else []
@@ -116,13 +118,14 @@ def run(args: argparse.Namespace) -> int:
     with open_sets(specs, model.num_classes):  # validate every file before training
         pass
     pixels, labels = load_pixels(args.clean_valid, model.num_classes)
+    check_scale(model, pixels, labels, args.clean_valid)
     pruned_channels = [int(c) for c in (effective_mask(pruned) == 0).nonzero().flatten()]
     log(f"fine-tuning B' ({len(pruned_channels)} channels pruned) on {pixels.shape[0]} clean validation images")
     with staged_dir(out) as staging:
         facts = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, device, staging, _keras_writer())
         before = evaluate_pruned(model, pruned, specs, device) if specs else {}
         content = {
-            "model": {"path": args.model, "sha256": loaded.source_sha256},
+            "model": {"path": args.model, "sha256": loaded.source_sha256, "input_scale": model.input_scale},
             "pruned": {"path": args.pruned, "sha256": loaded_pruned.source_sha256, "pruned_channels": pruned_channels},
             "clean_valid": {"path": args.clean_valid, "images": int(pixels.shape[0])},
             "config": vars(config),

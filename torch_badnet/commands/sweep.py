@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BadInputError
-from .common import add_device_argument, check_out_dir, device_from, load_model, log
+from .common import add_device_argument, add_rescale_argument, check_out_dir, device_from, load_model, log
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -40,6 +40,7 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sweep", help=HELP, description=HELP)
     p.add_argument("--model", required=True, metavar="M", help="the BadNet B (.h5, .keras, .pt or .onnx)")
+    add_rescale_argument(p)
     p.add_argument("--clean-valid", required=True, metavar="C", help="clean validation file: ranks channels, defines X")
     p.add_argument("--poisoned-valid", required=True, action="append", metavar="[NAME=]P",
                    help="poisoned validation file; repeat as NAME=PATH for several triggers")
@@ -102,6 +103,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
     from ..defense import run_sweep
     from ..files import file_sha256, staged_dir
     from ..report import table, versions, write_report
+    from ..rescale import check_scale_on_file
 
     check_options(args, out)
     config = None
@@ -110,14 +112,15 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
 
         config = config_from(args)
     device = device_from(args)
-    loaded = load_model(str(model_path))
+    loaded = load_model(str(model_path), getattr(args, "rescale", None))  # the demo has no --rescale
+    check_scale_on_file(loaded.model, next(s for s in specs if s.is_clean_valid).path)
     started = time.perf_counter()
     result = run_sweep(loaded.model, specs, sorted(set(args.thresholds)), args.stop, args.drop, device,
                        args.max_steps, show_progress=sys.stderr.isatty())
     elapsed = time.perf_counter() - started
     context = {
         "model": {"path": str(model_path), "sha256": loaded.source_sha256, "format": loaded.source_format,
-                  "num_classes": loaded.model.num_classes},
+                  "num_classes": loaded.model.num_classes, "input_scale": loaded.model.input_scale},
         "inputs": {spec.name: {"path": str(spec.path), "sha256": file_sha256(spec.path)} for spec in specs},
         "rule": {"stop": args.stop, "drop": args.drop},
         "versions": versions(),
@@ -151,6 +154,6 @@ def finetune_thresholds(result, model, specs: list, config, device, staging: Pat
 
 
 def _keras_writer():
-    from torch_badnet.convert.keras_h5 import write_keras_weights
+    from torch_badnet.convert.keras_h5 import write_keras_model
 
-    return write_keras_weights
+    return write_keras_model
