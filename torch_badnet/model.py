@@ -23,7 +23,7 @@ def scale_divisor(scale: float) -> int | None:
     if not 0 < scale < 1:
         return None
     inverse = 1.0 / scale
-    return round(inverse) if abs(inverse - round(inverse)) <= 1e-9 * inverse else None
+    return round(inverse) if abs(inverse - round(inverse)) <= 1e-6 * inverse else None  # float32 constants too
 
 
 class ReluMaxPool(nn.Module):

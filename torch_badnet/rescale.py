@@ -67,6 +67,9 @@ def resolve_input_scale(model: BadNet, path: str | os.PathLike[str], recorded: f
                         flag: float | None) -> str | None:
     """Set `model.input_scale` for the file at `path`; returns a line to show the user, or None.
 
+    The line appears when a published file is recognized and its scale is not the default 1 (or the flag
+    overrides the published scale).
+
     `recorded` is the file's own record (None: the file records none).
     """
     if recorded is not None:
@@ -77,8 +80,8 @@ def resolve_input_scale(model: BadNet, path: str | os.PathLike[str], recorded: f
         return None
     known = known_model(path)
     model.input_scale = flag if flag is not None else known[1] if known else 1.0
-    if known is None:
-        return None
+    if known is None or same_scale(known[1], 1.0) and (flag is None or same_scale(flag, 1.0)):
+        return None  # nothing to say: a published raw-pixel file (lab3) gets the default anyway
     published = format_scale(known[1])
     where = f"{Path(path).name} is {known[0]} of {REPOSITORY}, published for input scale {published}"
     if flag is None or same_scale(flag, known[1]):
