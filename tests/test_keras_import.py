@@ -117,14 +117,21 @@ def test_matches_keras_in_float64(which: str, keras: Any, request: pytest.Fixtur
 def test_sunglasses_matches_keras_at_its_scale_in_float32(keras: Any, sunglasses_path: Path, probe: np.ndarray) -> None:
     """The 2020 sunglasses BadNet takes pixels/255 (the competition's eval.py): there float32 agrees with Keras
     within 1e-5 (measured 9.3e-6), as lab3 does at raw pixels. Fed raw pixels its logits reach ~58,000, where
-    float32 rounding alone moves any framework's softmax by ~1e-3: that was the wrong input, not the model."""
+    float32 rounding alone moves any framework's softmax by ~1e-3: that was the wrong input, not the model.
+
+    Most of the remaining difference is Keras' own float32 rounding: against the float64 computation (equal to
+    Keras in float64, test_matches_keras_in_float64) ours is off by ~4e-6, Keras' by ~8e-6 here (1.35e-5 on
+    other random draws, e.g. `convert --verify`'s), so ours must be no further from it than Keras'."""
     model = load_model(sunglasses_path).model
     model.input_scale = 1 / 255
     keras_input = probe / np.float32(255)  # float32 pixels/255, as Keras is fed
     assert keras_input.dtype == np.float32
-    assert_same_outputs(torch_probs(model, probe), keras_probs(load_into_keras(sunglasses_path), keras_input))
+    ours, theirs = torch_probs(model, probe), keras_probs(load_into_keras(sunglasses_path), keras_input)
+    assert_same_outputs(ours, theirs)
+    exact = torch_probs(model.double(), probe.astype(np.float64))
+    assert np.abs(ours - exact).max() <= np.abs(theirs - exact).max()
     with torch.no_grad():
-        assert float(model(torch.from_numpy(probe)).abs().max()) < 1000
+        assert float(model(torch.from_numpy(probe).double()).abs().max()) < 1000
 
 
 def test_real_faces_get_the_lab_labels(lab3_path: Path, sunglasses_path: Path, face_paths: list[Path]) -> None:
