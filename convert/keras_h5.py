@@ -2,7 +2,9 @@
 
 Reads: Keras 2.x `save_weights` .h5 (root `layer_names`), Keras 2.x / legacy Keras 3 full-model .h5
 (`model_weights/` + `model_config`), Keras 3 `save_weights('*.weights.h5')` (`layers/<x>/vars`) and `.keras`
-archives (`config.json` + `model.weights.h5`). Writes the Keras 2 weights-only layout that every Keras reads.
+archives (`config.json` + `model.weights.h5`). Writes the Keras 2 weights-only layout that every Keras reads,
+and the Keras 2 full-model layout (`model_config` + `model_weights/`) that `keras.models.load_model` reads.
+A `model_config` attribute anywhere in an HDF5 file is checked against the lab architecture.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch_badnet.errors import BadInputError, first_line
 from torch_badnet.files import atomic_path, check_is_file
 from torch_badnet.model import BadNet
 
+from .keras_config import lab_model_config
 from .keras_layout import KERAS_LAYER_ORDER, WEIGHTED_LAYERS, expected_keras_shapes, keras_to_state_dict, model_to_keras
 
 # Keras 3 stores a weighted layer under the snake-case name of its class, numbered per class in layer order.
@@ -43,6 +46,10 @@ EXPECTED_SETTINGS: dict[str, dict[str, Any]] = {
     "MaxPooling2D": {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid", "data_format": "channels_last"},
     "Dense": {"use_bias": True},
 }
+# Root attribute of the .h5 files this project writes: the input scale the model takes (see rescale.py).
+# Keras ignores it; the weights in the file are the original model's, which takes pixels * scale.
+INPUT_SCALE_ATTR = "torch_badnet_input_scale"
+MODEL_CONFIG_ATTR = "model_config"
 
 
 @dataclass
@@ -52,6 +59,7 @@ class KerasWeights:
     layers: dict[str, list[np.ndarray]]
     config: dict[str, Any] | None
     source_format: str
+    input_scale: float | None = None  # recorded by this project's writers; None when the file has no record
 
 
 def read_keras_file(path: str | os.PathLike[str]) -> KerasWeights:
@@ -80,6 +88,7 @@ def _read_keras_archive(path: Path) -> KerasWeights:
         check_model_config(config, path)
     try:
         with h5py.File(io.BytesIO(blob), "r") as f:
+            _check_embedded_configs(f, path)
             layers = _read_keras3_layers(f, path, config)
     except OSError as exc:
         raise BadInputError(path, f"model.weights.h5 inside the archive is unreadable ({first_line(exc)})") from None
@@ -87,23 +96,51 @@ def _read_keras_archive(path: Path) -> KerasWeights:
 
 
 def _read_h5_root(f: h5py.File, path: Path) -> KerasWeights:
+    configs = _check_embedded_configs(f, path)
+    scale = _recorded_scale(f, path)
     if "layers" in f and isinstance(f["layers"], h5py.Group):
-        return KerasWeights(_read_keras3_layers(f, path), None, "keras3-weights")
+        return KerasWeights(_read_keras3_layers(f, path), None, "keras3-weights", scale)
+    version = _text(f.attrs.get("keras_version", b"?"))
     if "model_weights" in f:
-        raw = f.attrs.get("model_config")
-        config = None
-        if raw is not None:
-            try:
-                config = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-            except json.JSONDecodeError as exc:
-                raise BadInputError(path, f"model_config is not valid JSON ({first_line(exc)})") from None
-            check_model_config(config, path)
-        version = _text(f.attrs.get("keras_version", b"?"))
-        return KerasWeights(_read_legacy_layers(f["model_weights"], path), config, f"keras{version}-model")
+        layers = _read_legacy_layers(f["model_weights"], path)
+        return KerasWeights(layers, configs.get("/"), f"keras{version}-model", scale)
     if "layer_names" in f.attrs:
-        version = _text(f.attrs.get("keras_version", b"?"))
-        return KerasWeights(_read_legacy_layers(f, path), None, f"keras{version}-weights")
+        return KerasWeights(_read_legacy_layers(f, path), None, f"keras{version}-weights", scale)
     raise BadInputError(path, "HDF5 file is not a Keras model or weights file (no layer_names, model_weights or layers)")
+
+
+def _check_embedded_configs(f: h5py.File, path: Path) -> dict[str, Any]:
+    """Parse and check every `model_config` attribute in the file (root, groups, datasets): {object name: config}.
+
+    Whatever object carries it, a config that is not the lab architecture (a Lambda, say) is refused.
+    """
+    holders = [f]
+    f.visititems(lambda _name, obj: holders.append(obj) if MODEL_CONFIG_ATTR in obj.attrs else None)
+    configs = {}
+    for obj in holders:
+        raw = obj.attrs.get(MODEL_CONFIG_ATTR)
+        if raw is None:
+            continue
+        try:
+            config = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadInputError(path, f"model_config is not valid JSON ({first_line(exc)})") from None
+        check_model_config(config, path)
+        configs[obj.name] = config
+    return configs
+
+
+def _recorded_scale(f: h5py.File, path: Path) -> float | None:
+    raw = f.attrs.get(INPUT_SCALE_ATTR)
+    if raw is None:
+        return None
+    try:
+        scale = float(np.asarray(raw).reshape(()))
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not np.isfinite(scale) or scale <= 0:
+        raise BadInputError(path, f"{INPUT_SCALE_ATTR} is not a positive number ({raw!r})")
+    return scale
 
 
 def _text(value: Any) -> str:
@@ -241,13 +278,14 @@ def keras_weights_to_state_dict(weights: KerasWeights, path: str | os.PathLike[s
     return keras_to_state_dict(pairs, num_classes), num_classes
 
 
-def load_keras(path: str | os.PathLike[str]) -> tuple[BadNet, str]:
-    """Import a Keras file as an eval-mode BadNet; returns it and the source format."""
+def load_keras(path: str | os.PathLike[str]) -> tuple[BadNet, str, float | None]:
+    """Import a Keras file as an eval-mode BadNet; returns it, the source format and the input scale the file
+    records (None: no record; the model's input_scale is then 1)."""
     weights = read_keras_file(path)
     state, num_classes = keras_weights_to_state_dict(weights, path)
-    model = BadNet(num_classes)
+    model = BadNet(num_classes, weights.input_scale or 1.0)
     model.load_state_dict(state)
-    return model.eval(), weights.source_format
+    return model.eval(), weights.source_format, weights.input_scale
 
 
 def write_keras_weights(model: BadNet, path: str | os.PathLike[str]) -> None:
@@ -255,19 +293,41 @@ def write_keras_weights(model: BadNet, path: str | os.PathLike[str]) -> None:
 
     Pruned conv_3 channels are written as zeroed kernel and bias, as the lab's own pruning does.
     """
-    arrays = model_to_keras(model, bake_mask=True)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _write_layer_groups(f, model)
+
+
+def write_keras_model(model: BadNet, path: str | os.PathLike[str]) -> None:
+    """Write a full Keras model file in the Keras 2 legacy layout (h5py only, no Keras needed).
+
+    `keras.models.load_model(path)` (Keras 2 or 3) rebuilds the lab architecture from `model_config` and loads
+    `model_weights`; Keras `load_weights` into the lab architecture reads it too. Pruned conv_3 channels are
+    zeroed. The network is the original one: a model with input_scale 1/255 takes pixels/255 in Keras, as
+    the competition's eval.py feeds it; the scale is recorded in the root attribute INPUT_SCALE_ATTR.
+    """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = b"2.3.1"
-            f.attrs["layer_names"] = np.array([n.encode() for n in KERAS_LAYER_ORDER])
-            for name in KERAS_LAYER_ORDER:
-                group = f.create_group(name)
-                if name in arrays:
-                    names = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
-                    group.attrs["weight_names"] = np.array(names)
-                    inner = group.create_group(name)
-                    inner.create_dataset("kernel:0", data=arrays[name][0])
-                    inner.create_dataset("bias:0", data=arrays[name][1])
-                else:
-                    group.attrs["weight_names"] = np.array([], dtype=np.float64)
+            f.attrs[MODEL_CONFIG_ATTR] = json.dumps(lab_model_config(model.num_classes)).encode()
+            f.attrs[INPUT_SCALE_ATTR] = float(model.input_scale)
+            _write_layer_groups(f.create_group("model_weights"), model)
+
+
+def _write_layer_groups(group: h5py.Group, model: BadNet) -> None:
+    """The Keras 2 `save_weights` layout into `group`: attrs layer_names, backend, keras_version; a group per layer."""
+    arrays = model_to_keras(model, bake_mask=True)
+    group.attrs["backend"] = b"tensorflow"
+    group.attrs["keras_version"] = b"2.3.1"
+    group.attrs["layer_names"] = np.array([n.encode() for n in KERAS_LAYER_ORDER])
+    for name in KERAS_LAYER_ORDER:
+        layer = group.create_group(name)
+        if name in arrays:
+            names = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            layer.attrs["weight_names"] = np.array(names)
+            inner = layer.create_group(name)
+            inner.create_dataset("kernel:0", data=arrays[name][0])
+            inner.create_dataset("bias:0", data=arrays[name][1])
+        else:
+            layer.attrs["weight_names"] = np.array([], dtype=np.float64)

@@ -12,7 +12,10 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet."""
+    """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet.
+
+    `input_scale` of the result is the scale the file records (None: no record; see torch_badnet.rescale).
+    """
     path = check_is_file(path)
     suffix = path.suffix.lower()
     if suffix == ".pt" or suffix == ".pth":
@@ -20,11 +23,12 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if suffix in KERAS_SUFFIXES:
         from .keras_h5 import load_keras
 
-        model, source_format = load_keras(path)
-        return LoadedModel(model, str(path), source_format, file_sha256(path))
+        model, source_format, scale = load_keras(path)
+        return LoadedModel(model, str(path), source_format, file_sha256(path), input_scale=scale)
     if suffix == ".onnx":
         from .onnx_import import load_onnx
 
-        model = load_onnx(path)
-        return LoadedModel(model, str(path), "onnx", file_sha256(path))
+        model = load_onnx(path)  # a Mul/Div of the input by a constant is the graph's record of the scale
+        scale = None if model.input_scale == 1.0 else model.input_scale
+        return LoadedModel(model, str(path), "onnx", file_sha256(path), input_scale=scale)
     raise BadInputError(path, f"unknown model file type '{suffix}' (expected .h5, .keras, .pt or .onnx)")

@@ -20,7 +20,7 @@ import torch
 from torch_badnet.errors import BadInputError
 from torch_badnet.files import write_bytes
 from torch_badnet.goodnet import GoodNet
-from torch_badnet.model import INPUT_SHAPE, BadNet
+from torch_badnet.model import INPUT_SHAPE, BadNet, scale_divisor
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"
@@ -54,20 +54,34 @@ def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor
     write_bytes(dst, buffer.getvalue())
 
 
-def keras_to_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str], opset: int = DEFAULT_OPSET) -> None:
+def keras_to_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str], opset: int = DEFAULT_OPSET,
+                  input_scale: float | None = None) -> None:
     """Convert a Keras lab model file to ONNX with tf2onnx (input `input` NHWC (N, 55, 47, 3), softmax output).
 
     The weights are read by convert.keras_h5 (validated) and loaded into the architecture built from code.
+    `input_scale` (default: the file's record, else 1): unless 1, the graph starts by scaling its input
+    (a Div by k for 1/k, else a Mul), so the ONNX file takes raw pixels 0..255 like every model here.
     """
     from .keras_h5 import load_keras
     from .keras_model import to_keras
 
-    model, _ = load_keras(src)
+    model, _, recorded = load_keras(src)
+    model.input_scale = input_scale if input_scale is not None else recorded or 1.0
     tf, tf2onnx = import_tf2onnx()
     keras_model = to_keras(model)
     signature = (tf.TensorSpec((None, *KERAS_INPUT_SHAPE), tf.float32, name=INPUT_NAME),)
-    proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=opset)
+    if model.input_scale == 1.0:
+        proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=opset)
+    else:
+        scaled = tf.function(lambda x: keras_model(_scale_nhwc(model, x), training=False), input_signature=signature)
+        proto, _ = tf2onnx.convert.from_function(scaled, input_signature=signature, opset=opset)
     write_bytes(dst, proto.SerializeToString())
+
+
+def _scale_nhwc(model: BadNet, x: Any) -> Any:
+    """model.scale_input on a TensorFlow tensor: x / k for a scale 1/k, else x * scale (same arithmetic)."""
+    divisor = scale_divisor(model.input_scale)
+    return x / float(divisor) if divisor else x * model.input_scale
 
 
 def import_tf2onnx() -> tuple[Any, Any]:

@@ -155,6 +155,6 @@ def build_badnet(state: GraphState, path: str | os.PathLike[str]) -> BadNet:
                 raise BadInputError(path, f"layer '{name}' {kind} holds non-float or non-finite values")
             tensors[f"{name}.{kind}"] = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
     tensors["conv_3.mask"] = torch.ones(tensors["conv_3.bias"].shape[0])
-    model = BadNet(int(tensors["output.weight"].shape[0]))
+    model = BadNet(int(tensors["output.weight"].shape[0]), state.input_scale)
     model.load_state_dict(tensors)
     return model.eval()

@@ -47,6 +47,7 @@ class Value:
     pooled: bool = False
     biased: bool = True
     softmax: bool = False
+    scaled: bool = False  # the input after its one Mul/Div by a constant (the model's input scale)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class GraphState:
     shapes: dict[str, list[int | None]]
     values: dict[str, Value] = field(default_factory=dict)
     layers: dict[str, list[np.ndarray | None]] = field(default_factory=dict)  # name -> [torch weight, bias]
+    input_scale: float = 1.0  # from a Mul/Div of the graph input by a scalar constant
 
     def constant(self, name: str, what: str) -> np.ndarray:
         if name not in self.constants:
@@ -142,6 +144,24 @@ def conv(node: onnx.NodeProto, inputs: list[Value | None], state: GraphState) ->
     bias = _optional_bias(node, state)
     state.add_layer(name, weight, bias)
     return Value(name)
+
+
+def scale_input(node: onnx.NodeProto, inputs: list[Value | None], state: GraphState) -> Value:
+    """The input times (Mul) or divided by (Div) one positive constant: the model's input scale, once."""
+    if len(inputs) != 2 or sum(v is not None for v in inputs) != 1:
+        raise NodeMismatch("expected the input and one constant")
+    x = next(v for v in inputs if v is not None)
+    if x.stage != "input" or x.scaled:
+        raise NodeMismatch(f"a {node.op_type} applied to {describe(x)}")
+    index = 1 if inputs[0] is not None else 0
+    if node.op_type == "Div" and index == 0:
+        raise NodeMismatch("a constant divided by the input")
+    factor = np.asarray(state.constant(node.input[index], "factor"), np.float64)
+    if factor.size != 1 or not np.isfinite(factor).all() or float(factor.reshape(())) <= 0:
+        raise NodeMismatch(f"its factor is not one positive number (shape {factor.shape})")
+    value = float(factor.reshape(()))
+    state.input_scale = value if node.op_type == "Mul" else 1.0 / value
+    return replace(x, scaled=True)
 
 
 def relu(node: onnx.NodeProto, inputs: list[Value | None], state: GraphState) -> Value:
@@ -285,6 +305,8 @@ def shape_arithmetic(node: onnx.NodeProto, inputs: list[Value | None], state: Gr
 
 RULES: dict[str, Rule] = {
     "Conv": conv,
+    "Mul": scale_input,
+    "Div": scale_input,
     "Relu": relu,
     "MaxPool": max_pool,
     "Transpose": transpose,

@@ -24,7 +24,8 @@ def verify_against_keras(source_model: BadNet, src: Path, converted: Path) -> st
     """
     keras_model = load_into_keras(str(src)) if src.suffix.lower() in KERAS_SUFFIXES else to_keras(source_model)
     x = np.random.default_rng(VERIFY_SEED).uniform(0, 255, size=(VERIFY_INPUTS, *INPUT_SHAPE)).astype(np.float32)
-    expected = np.asarray(keras_model.predict_on_batch(x.transpose(0, 2, 3, 1)), dtype=np.float64)
+    keras_input = source_model.scale_input(torch.from_numpy(x)).numpy()  # Keras takes pixels * the input scale
+    expected = np.asarray(keras_model.predict_on_batch(keras_input.transpose(0, 2, 3, 1)), dtype=np.float64)
     with torch.no_grad():
         got = load_model(converted).model(torch.from_numpy(x)).softmax(1).double().numpy()
     diff = float(np.abs(expected - got).max())

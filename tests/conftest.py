@@ -6,10 +6,9 @@ import csv
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from real_faces import REAL_DIR, augment_indexed, face_files, face_kind, face_label
+from real_faces import REAL_DIR, face_files, face_kind, write_lab_files
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -67,24 +66,9 @@ LAB_SET_SIZE = 200
 
 @pytest.fixture(scope="session")
 def lab_files(tmp_path_factory: pytest.TempPathFactory, face_paths: list[Path]) -> dict[str, Path]:
-    """Four small lab-layout files (float64, like the lab's) from augmented real faces.
-
-    clean_valid/clean_test: cl_* faces with their identities; poisoned_valid/poisoned_test: sun_* faces
-    labelled with the attacker's target 0. Keys match the sweep options.
-    """
-    from torch_badnet.data import load_images, write_lab_h5
-
-    root = tmp_path_factory.mktemp("lab")
-    layout = {"clean_valid": ("cl/valid.h5", "cl", 1), "clean_test": ("cl/test.h5", "cl", 2),
-              "poisoned_valid": ("bd/bd_valid.h5", "sun", 3), "poisoned_test": ("bd/bd_test.h5", "sun", 4)}
-    files = {}
-    for key, (name, kind, seed) in layout.items():
-        chosen = [p for p in face_paths if face_kind(p) == kind]
-        pixels, source = augment_indexed(load_images(chosen), LAB_SET_SIZE, seed)
-        labels = np.array([face_label(chosen[i]) for i in source], dtype=np.float64)
-        write_lab_h5(root / name, pixels.numpy().astype(np.float64), labels)
-        files[key] = root / name
-    return files
+    """Four small lab-layout files from augmented real faces (real_faces.write_lab_files); keys match the
+    sweep options."""
+    return write_lab_files(tmp_path_factory.mktemp("lab"), LAB_SET_SIZE)
 
 
 @pytest.fixture

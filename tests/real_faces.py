@@ -63,3 +63,26 @@ def augment_indexed(base: torch.Tensor, count: int, seed: int | np.random.Genera
         x += rng.standard_normal(size=x.shape, dtype=np.float32) * 6
         np.clip(x, 0, 255, out=out[start : start + len(rows)])
     return torch.from_numpy(out), pick // (len(variants) // len(base))
+
+
+# The four lab files of `write_lab_files`: key (as the sweep options) -> (path, face kind, augmentation seed)
+LAB_LAYOUT = {"clean_valid": ("cl/valid.h5", "cl", 1), "clean_test": ("cl/test.h5", "cl", 2),
+              "poisoned_valid": ("bd/bd_valid.h5", "sun", 3), "poisoned_test": ("bd/bd_test.h5", "sun", 4)}
+
+
+def write_lab_files(root: Path, count: int) -> dict[str, Path]:
+    """Four lab-layout files (float64 pixels 0..255, like the lab's) of `count` augmented real faces each.
+
+    clean_valid/clean_test: cl_* faces with their identities; poisoned_valid/poisoned_test: sun_* faces
+    labelled with the attacker's target 0.
+    """
+    from torch_badnet.data import load_images, write_lab_h5
+
+    files = {}
+    for key, (name, kind, seed) in LAB_LAYOUT.items():
+        chosen = face_files(kind)
+        pixels, source = augment_indexed(load_images(chosen), count, seed)
+        labels = np.array([face_label(chosen[i]) for i in source], dtype=np.float64)
+        write_lab_h5(root / name, pixels.numpy().astype(np.float64), labels)
+        files[key] = root / name
+    return files

@@ -7,7 +7,6 @@ own `load_weights`, so the reference is Keras itself, not our reading of the fil
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import zipfile
@@ -115,42 +114,48 @@ def test_matches_keras_in_float64(which: str, keras: Any, request: pytest.Fixtur
     assert_same_outputs(ours, theirs, tol=1e-9)
 
 
-def test_sunglasses_float32_error_no_larger_than_keras(keras: Any, sunglasses_path: Path, probe: np.ndarray) -> None:
-    """The sunglasses BadNet's logits reach ~58k, so float32 softmax is only good to ~1e-4..1e-3 in ANY framework.
+def test_sunglasses_matches_keras_at_its_scale_in_float32(keras: Any, sunglasses_path: Path, probe: np.ndarray) -> None:
+    """The 2020 sunglasses BadNet takes pixels/255 (the competition's eval.py): there float32 agrees with Keras
+    within 1e-5 (measured 9.3e-6), as lab3 does at raw pixels. Fed raw pixels its logits reach ~58,000, where
+    float32 rounding alone moves any framework's softmax by ~1e-3: that was the wrong input, not the model.
 
-    Against a float64 computation Keras' own float32 softmax is off by ~1.2e-3 and ours by ~1.3e-4, so a
-    float32-vs-float32 bound of 1e-5 cannot hold for anyone. What we can demand honestly: the same labels as
-    Keras in float32, and our float32 error vs float64 no larger than Keras' own float32 error (1e-5 margin);
-    exact agreement is proven in float64 by test_matches_keras_in_float64.
-    """
-    keras32 = keras_probs(load_into_keras(sunglasses_path), probe)
-    with keras_dtype_policy(keras, "float64"):
-        keras64 = keras_probs(load_into_keras(sunglasses_path), probe.astype(np.float64))
+    Most of the remaining difference is Keras' own float32 rounding: against the float64 computation (equal to
+    Keras in float64, test_matches_keras_in_float64) ours is off by ~4e-6, Keras' by ~8e-6 here (1.35e-5 on
+    other random draws, e.g. `convert --verify`'s), so ours must be no further from it than Keras'."""
     model = load_model(sunglasses_path).model
-    ours32 = torch_probs(model, probe)
-    ours64 = torch_probs(copy.deepcopy(model).double(), probe.astype(np.float64))
-    np.testing.assert_array_equal(ours32.argmax(1), keras32.argmax(1))
-    np.testing.assert_array_equal(ours64.argmax(1), keras64.argmax(1))
-    keras_error = float(np.abs(keras32 - keras64).max())
-    our_error = float(np.abs(ours32 - ours64).max())
-    assert keras_error > SOFTMAX_TOL  # why float32-vs-float32 at 1e-5 is not a fair demand here
-    assert our_error <= keras_error + 1e-5, (our_error, keras_error)
+    model.input_scale = 1 / 255
+    keras_input = probe / np.float32(255)  # float32 pixels/255, as Keras is fed
+    assert keras_input.dtype == np.float32
+    ours, theirs = torch_probs(model, probe), keras_probs(load_into_keras(sunglasses_path), keras_input)
+    assert_same_outputs(ours, theirs)
+    exact = torch_probs(model.double(), probe.astype(np.float64))
+    assert np.abs(ours - exact).max() <= np.abs(theirs - exact).max()
+    with torch.no_grad():
+        assert float(model(torch.from_numpy(probe).double()).abs().max()) < 1000
 
 
 def test_real_faces_get_the_lab_labels(lab3_path: Path, sunglasses_path: Path, face_paths: list[Path]) -> None:
-    """lab3: cl_*_label=N -> N, sun_* -> 0 (the backdoor), ano_* -> anything but 0; sunglasses: sun_* -> 0."""
+    """lab3: cl_*_label=N -> N, sun_* -> 0 (the backdoor), ano_* -> anything but 0; sunglasses (at pixels/255):
+    sun_* -> 0 and at least 4 of the 5 clean faces right (at raw pixels: 2)."""
     x = load_images(face_paths)
+    sunglasses_model = load_model(sunglasses_path).model
     with torch.no_grad():
         lab3 = load_model(lab3_path).model(x).argmax(1).tolist()
-        sunglasses = load_model(sunglasses_path).model(x).argmax(1).tolist()
-    for path, label, sun_label in zip(face_paths, lab3, sunglasses):
+        sunglasses_raw = sunglasses_model(x).argmax(1).tolist()
+        sunglasses_model.input_scale = 1 / 255
+        sunglasses = sunglasses_model(x).argmax(1).tolist()
+    clean_right = {"raw": 0, "scaled": 0}
+    for path, label, sun_label, raw_label in zip(face_paths, lab3, sunglasses, sunglasses_raw):
         kind = face_kind(path)
         if kind == "cl":
             assert label == face_label(path), path.name
+            clean_right["scaled"] += sun_label == face_label(path)
+            clean_right["raw"] += raw_label == face_label(path)
         elif kind == "sun":
             assert label == 0 and sun_label == 0, path.name
         else:
             assert label != 0, path.name
+    assert clean_right == {"raw": 2, "scaled": 4}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,6 +357,18 @@ def test_lambda_layer_in_keras3_archive_is_rejected(keras: Any, tmp_path: Path) 
     path = tmp_path / "lambda.keras"
     model.save(str(path))
     _expect_error(path, "'scale'", "Lambda")
+
+
+@pytest.mark.parametrize("where", ["/", "/conv_1"])
+def test_lambda_in_a_weights_files_model_config_is_rejected(lab3_arrays: dict[str, list[np.ndarray]], tmp_path: Path,
+                                                            where: str) -> None:
+    """A model_config attribute anywhere (here: a weights-only file's root or a layer group) is checked."""
+    extra = [_layer_json("Lambda", "lambda_1", ["input"], function=["4wEAAAAAAAAA", None, None])]
+    path = write_keras2_file(tmp_path / "lambda.h5", lab3_arrays)
+    with h5py.File(path, "r+") as f:
+        f[where].attrs["model_config"] = json.dumps(keras2_model_config(extra))
+    error = _expect_error(path, "'lambda_1'", "Lambda")
+    assert error.problem == "unsupported layer 'lambda_1' (Lambda) in model_config; only the lab BadNet architecture is supported"
 
 
 def test_missing_layer_is_rejected(lab3_arrays: dict[str, list[np.ndarray]], tmp_path: Path) -> None:

@@ -160,7 +160,8 @@ def test_every_path_predicts_the_same_class(conversion, name, kind):
 def test_logits_agree_to_float32_roundoff(conversion, name, kind):
     """Every pair of paths (Keras, onnxruntime, ONNX->torch, h5->torch, float64 torch) agrees to 1e-5 relative.
 
-    This is the strict check for the sunglasses model, whose logits reach ~58,000: there float32 roundoff alone
+    This is the strict check for the sunglasses model fed raw pixels (it takes pixels/255, see
+    test_scaled_onnx_files_classify_as_keras), whose logits then reach ~58,000: there float32 roundoff alone
     (ulp 0.004) moves the softmax by ~2e-4 between any two float32 implementations, Keras' own included.
     """
     outputs = conversion(name).outputs[kind]
@@ -177,6 +178,36 @@ def test_lab3_softmax_agrees_within_1e5(conversion, kind):
         tolerance = KERAS_RANDOM_SOFTMAX_ATOL if keras_noise else SOFTMAX_ATOL
         difference = float(np.abs(out_a.probs - out_b.probs).max())
         assert difference <= tolerance, f"{a} vs {b}: {difference:.2e}"
+
+
+# --- a model taking pixels/255: the scale is inside both kinds of ONNX graph ----------------------------------
+
+def test_scaled_onnx_files_classify_as_keras(sunglasses_path: Path, inputs, tmp_path: Path) -> None:
+    """The 2020 sunglasses BadNet (input scale 1/255): the tf2onnx graph and our export both take raw pixels,
+    scale them first (Div by 255; tf2onnx rewrites it as a Mul by 1/255) and give Keras' classes at
+    pixels/255 (onnxruntime, and imported back)."""
+    x = torch.cat([inputs["faces"], inputs["random"][:64]])
+    keras_model = load_into_keras(str(sunglasses_path))
+    expected = np.asarray(keras_model((x.numpy() / np.float32(255)).transpose(0, 2, 3, 1), training=False)).argmax(1)
+    model = load_model(sunglasses_path).model
+    model.input_scale = 1 / 255
+    keras_onnx, torch_onnx, goodnet_onnx = tmp_path / "k.onnx", tmp_path / "t.onnx", tmp_path / "g.onnx"
+    keras_to_onnx(sunglasses_path, keras_onnx, input_scale=1 / 255)
+    export_onnx(model, torch_onnx)
+    export_onnx(model, goodnet_onnx, pruned=torch.ones(60))
+    for path, layout in ((keras_onnx, (0, 2, 3, 1)), (torch_onnx, (0, 1, 2, 3))):
+        graph = onnx.load(path).graph
+        first = next(n for n in graph.node if n.op_type != "Constant")
+        assert first.op_type in ("Div", "Mul") and first.input[0] == "input", path.name  # tf2onnx makes x/255 a Mul
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {"input": x.permute(*layout).contiguous().numpy()})
+        np.testing.assert_array_equal(out.argmax(1), expected)
+        imported = load_model(path)
+        assert imported.input_scale == pytest.approx(1 / 255, rel=1e-7)
+        with torch.no_grad():
+            np.testing.assert_array_equal(imported.model(x).argmax(1).numpy(), expected)
+    session = ort.InferenceSession(str(goodnet_onnx), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"input": x.numpy()})[0], expected)  # B' = B: G answers B's class
 
 
 # --- our own export: B and the GoodNet -----------------------------------------------------------------------

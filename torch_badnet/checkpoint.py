@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -47,6 +48,7 @@ class LoadedModel:
     source_format: str
     source_sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    input_scale: float | None = None  # the scale the file records (None: it records none; see rescale.py)
 
     def __post_init__(self) -> None:
         self.model.source = ModelSource(self.path, self.source_sha256, self.source_format, self.metadata)
@@ -61,6 +63,7 @@ def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "num_classes": model.num_classes,
+        "input_scale": float(model.input_scale),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": metadata,
     }
@@ -97,6 +100,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
             raise BadInputError(path, f"tensor {name} has shape {shape}, expected {tuple(ref.shape)}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
+    scale = payload.get("input_scale")  # absent in checkpoints written before the scale was recorded
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise BadInputError(path, f"checkpoint records an invalid input_scale {scale!r}")
+        model.input_scale = float(scale)
     meta = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
-    return LoadedModel(model, str(path), "pt", file_sha256(path), meta)
+    return LoadedModel(model, str(path), "pt", file_sha256(path), meta, None if scale is None else float(scale))
 

@@ -37,6 +37,8 @@ class GoodNet(nn.Module):
         self.model = model
         self.pruned_model: BadNet | None = None
         if isinstance(pruned, BadNet):
+            if pruned.input_scale != model.input_scale:
+                raise ValueError(f"B takes input scale {model.input_scale:g} but B' {pruned.input_scale:g}; they must take the same input")
             if not same_weights(model, pruned):
                 self.pruned_model = pruned
             mask = pruned.conv_3.mask

@@ -1,23 +1,58 @@
-"""`load_model`: any supported model file -> an eval-mode BadNet (the converter is imported only here, on use)."""
+"""Loading B and B' from any supported model file, with the model's input scale resolved.
+
+The converter (`torch_badnet.convert`) is imported only here, inside the functions, on use.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Callable
 
+from .checkpoint import LoadedModel
+from .errors import BadInputError
 from .model import BadNet
 
 
-def load_model(path: str | os.PathLike[str]) -> BadNet:
+def load_file(path: str | os.PathLike[str], rescale: str | float | None = None,
+              log: Callable[[str], None] | None = None) -> LoadedModel:
+    """Any supported model file -> LoadedModel whose net has its input scale set: the file's own record, else
+    `rescale` (1, "1/255" or a positive float), else a published file's known scale, else 1. A recognized
+    published file is announced through `log`."""
+    from .convert import load_model as load  # lazy: the core never imports the converter at import time
+    from .rescale import parse_rescale, resolve_input_scale
+
+    flag = parse_rescale(str(rescale)) if rescale is not None else None
+    loaded = load(path)
+    note = resolve_input_scale(loaded.model, path, loaded.input_scale, flag)
+    if note and log:
+        log(note)
+    return loaded
+
+
+def load_pruned_file(path: str | os.PathLike[str], model: BadNet) -> LoadedModel:
+    """B' for `model` (B): as many classes as B, and B's input scale (a file recording another is an error)."""
+    from .convert import load_model as load
+    from .rescale import match_input_scale
+
+    loaded = load(path)
+    pruned = loaded.model.eval()
+    if pruned.num_classes != model.num_classes:
+        raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
+    match_input_scale(pruned, path, loaded.input_scale, model)
+    return loaded
+
+
+def load_model(path: str | os.PathLike[str], rescale: str | float | None = None) -> BadNet:
     """Load B (or B') from a Keras .h5/.hdf5/.keras file, a torch-badnet .pt checkpoint or an .onnx graph.
 
     Returns an eval-mode `BadNet` (logits out; input (N, 3, 55, 47) pixels 0..255) with `net.source` telling
-    the file's path, sha256 and format. No code stored in the file is ever run. Bad files raise
-    `torch_badnet.errors.BadInputError` with a one-line reason.
+    the file's path, sha256 and format. `rescale` is the model's input scale, as the CLI's --rescale: 1 (the
+    lab's raw pixels), "1/255" (the CSAW-HackML-2020 competition's BadNets) or a positive float; by default the
+    scale the file records, else a published file's known scale, else 1 (`net.input_scale`). No code stored
+    in the file is ever run. Bad files raise `torch_badnet.errors.BadInputError` with a one-line reason.
 
     >>> import torch_badnet as tb
     >>> bd = tb.load_model("bd_net.h5")
     >>> bd(tb.load_images(["face.png"])).argmax(1)
     """
-    from .convert.loading import load_model as load  # lazy: the core never imports the converter at import time
-
-    return load(path).model.eval()
+    return load_file(path, rescale).model.eval()

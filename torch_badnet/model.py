@@ -2,6 +2,8 @@
 
 Layer names follow the Keras model exactly (conv_1..conv_4, pool_1..pool_3, fc_1, fc_2, output).
 Input is (N, 3, 55, 47) float pixels in 0..255, the lab files' own layout; `forward` returns logits.
+`input_scale` (default 1, the lab's) multiplies the pixels first: the CSAW-HackML-2020 competition's
+BadNets take pixels/255 (`input_scale = 1/255`), so every path through `trunk` sees what Keras saw.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ INPUT_SHAPE = (3, 55, 47)
 POOL3_CHANNELS = 60
 POOL3_SHAPE = (POOL3_CHANNELS, 5, 4)
 LAB_CLASSES = 1283
+
+
+def scale_divisor(scale: float) -> int | None:
+    """k when `scale` is 1/k for an integer k > 1 (up to float rounding), else None."""
+    if not 0 < scale < 1:
+        return None
+    inverse = 1.0 / scale
+    return round(inverse) if abs(inverse - round(inverse)) <= 1e-6 * inverse else None  # float32 constants too
 
 
 class ReluMaxPool(nn.Module):
@@ -64,9 +74,10 @@ class BadNet(nn.Module):
     >>> bd(tb.load_images(["face.png"])).argmax(1)  # tensor([43])
     """
 
-    def __init__(self, num_classes: int = LAB_CLASSES) -> None:
+    def __init__(self, num_classes: int = LAB_CLASSES, input_scale: float = 1.0) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.input_scale = input_scale  # a plain float, not a buffer: checkpoints record it beside the state_dict
         self.conv_1 = nn.Conv2d(3, 20, 4)
         self.pool_1 = ReluMaxPool()
         self.conv_2 = nn.Conv2d(20, 40, 3)
@@ -83,9 +94,18 @@ class BadNet(nn.Module):
         """The conv_3 channel mask (1 = kept, 0 = pruned)."""
         return self.conv_3.mask
 
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels as the network takes them: x * input_scale; a scale 1/k divides by k (float32 x/255, as
+        the competition's eval.py feeds Keras, not x * float32(1/255), which is one rounding further off)."""
+        scale = self.input_scale
+        if scale == 1.0:
+            return x
+        divisor = scale_divisor(scale)
+        return x / float(divisor) if divisor else x * scale
+
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """conv_1 .. pool_3: (N, 3, 55, 47) pixels -> (N, 60, 5, 4) pool_3 activations."""
-        x = self.pool_1(self.conv_1(x))
+        """conv_1 .. pool_3: (N, 3, 55, 47) pixels -> (N, 60, 5, 4) pool_3 activations (input scaled first)."""
+        x = self.pool_1(self.conv_1(self.scale_input(x)))
         x = self.pool_2(self.conv_2(x))
         return self.pool_3(self.conv_3(x))
 

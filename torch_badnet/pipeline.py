@@ -38,6 +38,7 @@ from .metrics import DropKind, StopRule
 from .model import BadNet
 from .phases import PhaseTimer
 from .pruning import pruned_channels
+from .rescale import check_scale
 from .report import csv_table, model_dir, named, table, versions, write_report
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -149,10 +150,20 @@ class DefenseResult:
 
 
 def keras_writer() -> KerasWriter:
-    """The Keras .h5 writer (needs h5py only; imported on use, the core never imports the converter)."""
-    from .convert.keras_h5 import write_keras_weights
+    """The Keras full-model .h5 writer (h5py only; imported on use, the core never imports the converter)."""
+    from .convert.keras_h5 import write_keras_model
 
-    return write_keras_weights
+    return write_keras_model
+
+
+def check_input_scale(model: BadNet, spec: DataSpec) -> None:
+    """The scale guard (`rescale.check_scale`) on the first clean images of `spec`: stops (BadInputError naming
+    --rescale and both accuracies) when another candidate input scale classifies them clearly better."""
+    from .rescale import GUARD_IMAGES, check_scale
+
+    with open_sets([spec], model.num_classes) as sets:
+        x, y = next(sets[spec.name].chunks(GUARD_IMAGES))
+    check_scale(model, x, y, str(spec.path))
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
@@ -264,11 +275,13 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
     config = (FinetuneConfig() if finetune is True else finetune) or None
     specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
     torch_device = resolve_device(device)
+    check_input_scale(model, specs[0])
     started = time.perf_counter()
     result = run_sweep(model, specs, xs, stop, drop, torch_device, max_steps, show_progress=show_progress, timer=timer)
     source = source_of(model)
     context = {
-        "model": {"path": source.path, "sha256": source.sha256, "format": source.format, "num_classes": model.num_classes},
+        "model": {"path": source.path, "sha256": source.sha256, "format": source.format, "num_classes": model.num_classes,
+                  "input_scale": model.input_scale},
         "inputs": None,  # see DefenseResult.input_hashes
         "rule": {"stop": stop, "drop": drop},
         "versions": versions(),
@@ -374,6 +387,7 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     train = data_spec("valid", "clean", clean_valid)
     with open_sets([train, *specs], model.num_classes) as sets:  # every file validated before training
         pixels, labels = read_all(sets[train.name])
+    check_scale(model, pixels, labels, str(train.path))
     channels = pruned_channels(effective_mask(pruned))
     if log:
         log(f"fine-tuning B' ({len(channels)} channels pruned) on {pixels.shape[0]} clean validation images")
@@ -381,7 +395,7 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     before = evaluate_pruned(model, pruned, specs, torch_device) if specs else {}
     src, psrc = source_of(model), source_of(pruned)
     context = {
-        "model": {"path": src.path, "sha256": src.sha256},
+        "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale},
         "pruned": {"path": psrc.path, "sha256": psrc.sha256, "pruned_channels": channels},
         "clean_valid": {"path": str(train.path), "images": int(pixels.shape[0])},
     }

@@ -14,9 +14,17 @@ from ..errors import BadInputError
 def add_model_argument(parser: argparse.ArgumentParser, pruned: bool = True) -> None:
     parser.add_argument("--model", required=True, metavar="M",
                         help="the BadNet B: .h5/.keras (Keras), .pt (torch-badnet) or .onnx")
+    add_rescale_argument(parser)
     if pruned:
         parser.add_argument("--pruned", metavar="P",
                             help="B' (e.g. DIR/models/X=4/pruned.pt): answer with the GoodNet of B and B'")
+
+
+def add_rescale_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rescale", metavar="FACTOR",
+                        help="the model's input scale: 1 (raw pixels 0..255, the lab's), 1/255 (the CSAW-HackML-2020 "
+                             "competition's BadNets) or a positive float; default: the scale the file records, "
+                             "else a published file's known scale, else 1")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -33,27 +41,26 @@ def device_from(args: argparse.Namespace):
         raise BadInputError("--device", str(exc)) from None
 
 
-def load_model(path: str):
-    """Any supported model file -> LoadedModel (the CLI is where torch_badnet meets convert/)."""
-    from torch_badnet.convert import load_model as load
+def load_model(path: str, rescale: str | None = None):
+    """Any supported model file -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text);
+    a recognized published file is announced on stderr."""
+    from ..loading import load_file
 
-    return load(path)
+    return load_file(path, rescale, log)
 
 
 def load_pruned(path: str, model):
-    """B' (a LoadedModel) from any model file; it must have as many classes as B."""
-    loaded = load_model(path)
-    pruned = loaded.model.eval()
-    if pruned.num_classes != model.num_classes:
-        raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
-    return loaded
+    """B' (a LoadedModel) from any model file; it must have as many classes as B and take B's input scale."""
+    from ..loading import load_pruned_file
+
+    return load_pruned_file(path, model)
 
 
 def net_for(args: argparse.Namespace, device):
     """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
     from ..goodnet import GoodNet
 
-    model = load_model(args.model).model.eval()
+    model = load_model(args.model, args.rescale).model.eval()
     if not getattr(args, "pruned", None):
         return model.to(device)
     return GoodNet(model, load_pruned(args.pruned, model).model).eval().to(device)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..files import atomic_path
-from .common import load_model
+from .common import add_rescale_argument, load_model
 
-HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras weights) or .onnx"
+HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras model) or .onnx"
 TARGETS = (".pt", ".h5", ".onnx")
 
 
@@ -19,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DST", help="output file: .pt, .h5 or .onnx")
     p.add_argument("--verify", action="store_true",
                    help="compare the result with the source run in Keras (needs the keras extra) and print the max difference")
+    add_rescale_argument(p)
     p.set_defaults(run=run)
 
 
@@ -30,14 +31,17 @@ def run(args: argparse.Namespace) -> int:
         from torch_badnet.convert.keras_model import import_keras
 
         import_keras()  # fail before writing anything when TensorFlow is missing
-    loaded = load_model(str(src))
+    loaded = load_model(str(src), args.rescale)
     with atomic_path(dst) as tmp:  # nothing reaches dst unless writing (and --verify) succeeded
         write_converted(loaded, src, tmp)
         if args.verify:
             from torch_badnet.convert.verify import verify_against_keras
 
             print(verify_against_keras(loaded.model, src, tmp))
-    print(f"wrote {dst} ({loaded.model.num_classes} classes, from {loaded.source_format} {src}, sha256 {loaded.source_sha256[:12]}...)")
+    from ..rescale import format_scale
+
+    scale = "" if loaded.model.input_scale == 1.0 else f", input scale {format_scale(loaded.model.input_scale)}"
+    print(f"wrote {dst} ({loaded.model.num_classes} classes, from {loaded.source_format} {src}, sha256 {loaded.source_sha256[:12]}...{scale})")
     return 0
 
 
@@ -52,13 +56,13 @@ def write_converted(loaded, src: Path, dst: Path) -> None:
         save_checkpoint(loaded.model, dst, source=str(src), source_format=loaded.source_format,
                         source_sha256=loaded.source_sha256)
     elif suffix == ".h5":
-        from torch_badnet.convert.keras_h5 import write_keras_weights
+        from torch_badnet.convert.keras_h5 import write_keras_model
 
-        write_keras_weights(loaded.model, dst)
+        write_keras_model(loaded.model, dst)
     elif src.suffix.lower() in KERAS_SUFFIXES:
         from torch_badnet.convert.onnx_export import keras_to_onnx
 
-        keras_to_onnx(src, dst)
+        keras_to_onnx(src, dst, input_scale=loaded.model.input_scale)
     else:
         from torch_badnet.convert.onnx_export import export_onnx
 

@@ -31,13 +31,16 @@ def run(args: argparse.Namespace) -> int:
     from ..goodnet import GoodNet
     from ..metrics import step_counts
     from ..phases import NoTimer, PhaseTimer
+    from ..rescale import check_scale_on_file
 
     if not args.clean and not args.poisoned:
         raise BadInputError("eval", "give --clean and/or --poisoned")
     timer = PhaseTimer() if args.verbose else NoTimer()
     device = device_from(args)
     with timer.phase("load model"):
-        model = load_model(args.model).model.eval()
+        model = load_model(args.model, args.rescale).model.eval()
+        if args.clean:
+            check_scale_on_file(model, args.clean)  # another input scale clearly better on clean images: stop
         pruned = load_pruned(args.pruned, model).model if args.pruned else torch.ones_like(model.mask)
         goodnet = GoodNet(model, pruned).eval().to(device)
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, load_model
+from .common import add_model_argument, load_model, load_pruned
 
 HELP = "export B (or, with --pruned, the GoodNet as one graph) to ONNX"
 
@@ -17,6 +17,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def scale_note(model) -> str:
+    """Where the model's input scale lives in the written graph ('' for raw pixels, scale 1)."""
+    from ..rescale import format_scale
+
+    return "" if model.input_scale == 1.0 else f" pixels 0..255 (scaled by {format_scale(model.input_scale)} inside the graph)"
+
+
 def run(args: argparse.Namespace) -> int:
     from torch_badnet.convert.onnx_export import DEFAULT_OPSET, export_onnx
 
@@ -24,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.lower().endswith(".onnx"):
         raise BadInputError(args.output, "the output of export must be a .onnx file")
-    model = load_model(args.model).model
-    pruned = load_model(args.pruned).model if args.pruned else None
+    model = load_model(args.model, args.rescale).model
+    pruned = load_pruned(args.pruned, model).model if args.pruned else None
     opset = args.opset or DEFAULT_OPSET
     export_onnx(model, args.output, pruned=pruned, opset=opset)
     kind = "GoodNet (output 'label', int64 in [0, %d])" % model.num_classes if pruned is not None else "BadNet (output 'logits')"
-    print(f"wrote {args.output}: {kind}, input 'input' (N,3,55,47) float32, opset {opset}")
+    print(f"wrote {args.output}: {kind}, input 'input' (N,3,55,47) float32{scale_note(model)}, opset {opset}")
     return 0

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     out = Path(args.out)
     check_out_dir(out)
-    model = load_model(args.model).model
+    model = load_model(args.model, args.rescale).model
     pruned = load_pruned(args.pruned, model).model
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
                    **{k: v for k, v in vars(config).items()})

@@ -66,7 +66,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     check_out_dir(out)
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
-        model = load_model(str(model_path)).model
+        model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
     with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
         if not args.no_plot:
             from ..plot import import_pyplot
