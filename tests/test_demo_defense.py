@@ -97,3 +97,13 @@ def test_second_demo_run_reuses_the_workspace(demo_run, cli):
     again = json.loads((root / "again" / "summary.json").read_text())
     assert again["original"] == summary["original"]
     assert [t["step"] for t in again["thresholds"]] == [t["step"] for t in summary["thresholds"]]
+
+
+@pytest.mark.parametrize("flag, value, message", [("--weight-decay", "-1", "error: --weight-decay: -1 is not a number >= 0"),
+                                                  ("--tolerance", "nan", "error: --tolerance: nan is not a number of points >= 0"),
+                                                  ("--lr", "nan", "error: finetune: ")])
+def test_finetune_refuses_bad_settings(cli, tmp_path, flag, value, message):
+    code, _, err = cli("finetune", "--model", tmp_path / "b.h5", "--pruned", tmp_path / "p.pt", "--clean-valid",
+                       tmp_path / "c.h5", "--out", tmp_path / "out", flag, value)
+    assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -59,9 +59,9 @@ def config_from(args: argparse.Namespace):
     if not 0 < args.holdout < 1:
         raise BadInputError("--holdout", f"{args.holdout:g} is outside (0, 1)")
     if not args.weight_decay >= 0:
-        raise BadInputError("--weight-decay", f"{args.weight_decay:g} is negative")
+        raise BadInputError("--weight-decay", f"{args.weight_decay:g} is not a number >= 0")
     if not args.tolerance >= 0:
-        raise BadInputError("--tolerance", f"{args.tolerance:g} is negative")
+        raise BadInputError("--tolerance", f"{args.tolerance:g} is not a number of points >= 0")
     return FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.finetune_seed,
                           holdout=args.holdout, patience=args.patience, optimizer=args.optimizer,
                           weight_decay=args.weight_decay, tolerance=args.tolerance, train_conv_1=args.train_conv_1)
