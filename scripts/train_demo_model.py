@@ -23,7 +23,7 @@ import torch
 from torch_badnet.convert.keras_h5 import write_keras_weights
 from torch_badnet.demo import DemoConfig
 from torch_badnet.demo.faces import random_identities
-from torch_badnet.demo.workspace import SHIPPED_CARD, SHIPPED_MODEL, _streams, measure, render_eval_sets, train_demo_model
+from torch_badnet.demo.workspace import SHIPPED_CARD, SHIPPED_MODEL, data_streams, measure, render_eval_sets, train_demo_model
 from torch_badnet.files import file_sha256, write_text
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default=str(SHIPPED_MODEL.parent), help="where bd_net_demo.h5/.json go")
     args = parser.parse_args()
     config = DemoConfig()
-    identities = random_identities(config.identities, _streams(config)["identity"])
+    identities = random_identities(config.identities, data_streams(config)["identity"])
     result = train_demo_model(config, print, identities)
     model_path, card_path = Path(args.out_dir) / SHIPPED_MODEL.name, Path(args.out_dir) / SHIPPED_CARD.name
     write_keras_weights(result.model, model_path)

@@ -269,9 +269,9 @@ def test_rendering_gives_the_same_bytes_without_cpu_extensions(tmp_path: Path) -
 
     script = ("import hashlib; from torch_badnet.demo import DemoConfig; "
               "from torch_badnet.demo.faces import random_identities; "
-              "from torch_badnet.demo.workspace import _streams, render_eval_sets; "
+              "from torch_badnet.demo.workspace import data_streams, render_eval_sets; "
               "c = DemoConfig(identities=100, valid_per_identity=3, test_per_identity=3); "
-              "sets = render_eval_sets(c, random_identities(100, _streams(c)['identity']), lambda m: None); "
+              "sets = render_eval_sets(c, random_identities(100, data_streams(c)['identity']), lambda m: None); "
               "print(hashlib.sha256(b''.join(sets[k][0].tobytes() for k in sorted(sets))).hexdigest())")
     from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 

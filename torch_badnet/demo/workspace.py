@@ -175,7 +175,7 @@ def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] =
     source = model_source(config, retrain)
     (root / MANIFEST_NAME).unlink(missing_ok=True)  # until the new manifest lands, the workspace is invalid
     log(f"demo workspace: building in {root} (seed {config.seed}, {config.identities} identities)")
-    identities = random_identities(config.identities, _streams(config)["identity"])
+    identities = random_identities(config.identities, data_streams(config)["identity"])
     sets = render_eval_sets(config, identities, log)
     for name, (pixels, labels) in sets.items():
         write_lab_h5(root / name, pixels, labels)
@@ -222,7 +222,7 @@ def train_demo_model(config: DemoConfig, log: Callable[[str], None] = print,
                      identities: Identities | None = None) -> TrainResult:
     """Render the attacker's training set of `config` and train the backdoored BadNet on it (seeded)."""
     if identities is None:
-        identities = random_identities(config.identities, _streams(config)["identity"])
+        identities = random_identities(config.identities, data_streams(config)["identity"])
     data = render_training_set(config, identities, log)
     poisoned = int(data.poisoned.sum())
     log(f"demo workspace: training BadNet on {len(data.labels) - poisoned} clean + {poisoned} poisoned faces, "
@@ -232,7 +232,7 @@ def train_demo_model(config: DemoConfig, log: Callable[[str], None] = print,
     return train_badnet(data.pixels, data.labels, data.poisoned, config.identities, settings, log)
 
 
-def _streams(config: DemoConfig) -> dict[str, np.random.Generator]:
+def data_streams(config: DemoConfig) -> dict[str, np.random.Generator]:
     """Independent random streams of one seed: each set renders the same whatever else is rendered."""
     names = ("identity", "train", "poison", "valid", "test")
     seeds = np.random.SeedSequence([DATA_STREAMS, config.seed]).spawn(len(names))
@@ -242,7 +242,7 @@ def _streams(config: DemoConfig) -> dict[str, np.random.Generator]:
 def render_training_set(config: DemoConfig, identities: Identities,
                         log: Callable[[str], None] = print) -> TrainingSet:
     """Clean training faces (train_per_identity per identity) plus poison_share as many with sunglasses."""
-    streams = _streams(config)
+    streams = data_streams(config)
     k = config.identities
     n_train = k * config.train_per_identity
     n_poison = round(config.poison_share * n_train)
@@ -259,7 +259,7 @@ def render_training_set(config: DemoConfig, identities: Identities,
 
 def render_eval_sets(config: DemoConfig, identities: Identities, log: Callable[[str], None] = print) -> Sets:
     """The four workspace data files: clean valid/test, and their non-target faces with sunglasses."""
-    streams = _streams(config)
+    streams = data_streams(config)
     k = config.identities
     log(f"demo workspace: rendering {k * (config.valid_per_identity + config.test_per_identity)} validation "
         "and test faces")
