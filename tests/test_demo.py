@@ -16,7 +16,7 @@ from torch_badnet.demo import DemoConfig, DemoWorkspace, default_workdir, ensure
 from torch_badnet.demo.faces import random_identities, render_faces
 from torch_badnet.demo.train import predict
 from torch_badnet.demo.trigger import TARGET_LABEL, add_sunglasses, count_trigger_pixels, purple_pixels
-from torch_badnet.demo.workspace import DATA_FILES, MANIFEST_NAME
+from torch_badnet.demo.workspace import DATA_FILES, MANIFEST_NAME, SHIPPED_CARD, SHIPPED_MODEL
 from torch_badnet.files import file_sha256
 
 TRIGGER_PIXELS = 30  # the sunglasses cover far more purple pixels than this; clean faces have none
@@ -163,7 +163,8 @@ def test_changed_config_or_corrupt_manifest_is_not_reused(workspace: DemoWorkspa
     import torch_badnet.demo.workspace as workspace_module
 
     calls: list[DemoConfig] = []
-    monkeypatch.setattr(workspace_module, "build_workspace", lambda root, config, log: calls.append(config))
+    monkeypatch.setattr(workspace_module, "build_workspace",
+                        lambda root, config, log, retrain=False: calls.append(config))
     root = tmp_path / "copy"
     shutil.copytree(workspace.root, root)
     ensure_workspace(root, DemoConfig.reduced(), log=lambda _: None)
@@ -204,3 +205,80 @@ def test_default_workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_workdir() == tmp_path / "home" / ".cache" / "torch-badnet" / default.name
+
+
+def test_shipped_weights_are_small_and_match_their_card() -> None:
+    from torch_badnet.convert import load_model
+
+    card = json.loads(SHIPPED_CARD.read_text())
+    assert card["config"] == dataclasses.asdict(DemoConfig())  # trained under the default config
+    assert card["sha256"] == file_sha256(SHIPPED_MODEL) and card["bytes"] == SHIPPED_MODEL.stat().st_size
+    assert SHIPPED_MODEL.stat().st_size < 3_000_000
+    assert load_model(SHIPPED_MODEL).model.num_classes == DemoConfig().identities
+
+
+@pytest.fixture(scope="module")
+def default_workspace(tmp_path_factory: pytest.TempPathFactory) -> DemoWorkspace:
+    """The default config's workspace, built with training forbidden: the net must come from the package."""
+    import torch_badnet.demo.workspace as workspace_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the default demo must not train")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workspace_module, "train_badnet", no_training)
+        ws, messages = build(tmp_path_factory.mktemp("demo_default"), DemoConfig())
+    assert any("from the package" in m for m in messages)
+    return ws
+
+
+def test_default_demo_takes_the_shipped_weights(default_workspace: DemoWorkspace) -> None:
+    card = json.loads(SHIPPED_CARD.read_text())
+    assert default_workspace.model_source == "package"
+    assert default_workspace.model.read_bytes() == SHIPPED_MODEL.read_bytes()
+    for key in ("clean_test_accuracy", "clean_valid_accuracy", "attack_success_rate"):  # inference only: exact
+        assert getattr(default_workspace, key) == card[key], key
+
+
+def test_retrain_trains_into_the_workspace_and_plain_run_restores_the_package(
+        default_workspace: DemoWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import torch_badnet.demo.workspace as workspace_module
+    from torch_badnet.demo.train import TrainResult
+    from torch_badnet.model import BadNet
+
+    shipped = SHIPPED_MODEL.read_bytes()
+    root = tmp_path / "ws"
+    shutil.copytree(default_workspace.root, root)
+    torch.manual_seed(0)
+    stand_in = TrainResult(BadNet(DemoConfig().identities).eval(), 0.5, 4.6)  # a full training takes minutes
+    monkeypatch.setattr(workspace_module, "train_demo_model", lambda config, log, identities: stand_in)
+    retrained = ensure_workspace(root, DemoConfig(), log=lambda _: None, retrain=True)
+    assert retrained.built and retrained.model_source == "trained"
+    assert retrained.model.read_bytes() != shipped and SHIPPED_MODEL.read_bytes() == shipped  # package untouched
+    again = ensure_workspace(root, DemoConfig(), log=lambda _: None)
+    assert again.built and again.model_source == "package" and again.model.read_bytes() == shipped
+
+
+def test_rendering_gives_the_same_bytes_without_cpu_extensions(tmp_path: Path) -> None:
+    """numpy picks SSE, AVX2 or AVX-512 kernels by CPU; the rendered faces must not depend on which."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import hashlib; from torch_badnet.demo import DemoConfig; "
+              "from torch_badnet.demo.faces import random_identities; "
+              "from torch_badnet.demo.workspace import data_streams, render_eval_sets; "
+              "c = DemoConfig(identities=100, valid_per_identity=3, test_per_identity=3); "
+              "sets = render_eval_sets(c, random_identities(100, data_streams(c)['identity']), lambda m: None); "
+              "print(hashlib.sha256(b''.join(sets[k][0].tobytes() for k in sorted(sets))).hexdigest())")
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    extensions = " ".join(f for f in __cpu_dispatch__ if __cpu_features__.get(f))  # those this CPU has
+    digests = []
+    for disabled in ("", extensions):
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": disabled}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        digests.append(run.stdout.strip())
+    assert len(digests[0]) == 64 and digests[0] == digests[1]

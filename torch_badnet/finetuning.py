@@ -2,6 +2,13 @@
 
 A seeded share of the validation set is held out for early stopping; the rest trains. Training is
 deterministic on CPU for a given seed (fixed shuffles, deterministic algorithms).
+
+Why the defaults (see FinetuneConfig) remove a backdoor that plain fine-tuning keeps: the backdoor's own
+weights (e.g. those reading a trigger colour that clean faces never show) get no gradient from clean data,
+so fine-tuning alone leaves them as they are; the L2 penalty shrinks exactly those weights while the clean
+task keeps the rest. Training longer removes more, so the epoch kept is the last one whose held-out clean
+accuracy is within `tolerance` points of the best, not the best one itself. conv_1 stays fixed: it reads
+raw 0..255 pixels, so its weights are ~100x smaller than the others' and Adam's per-weight steps would wreck it.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .finetune_config import FinetuneConfig
+from .finetune_config import SGD_MOMENTUM, FinetuneConfig
 from .model import BadNet
 from .precision import deterministic_torch
 from .predict import labels_in_batches
@@ -55,12 +62,24 @@ def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * int((labels_in_batches(model, x) == y).sum()) / x.shape[0]
 
 
+def make_optimizer(model: BadNet, config: FinetuneConfig) -> torch.optim.Optimizer:
+    """Adam or SGD with momentum over every layer but conv_1 (unless `train_conv_1`), with L2 weight decay."""
+    params = [p for name, p in model.named_parameters() if config.train_conv_1 or not name.startswith("conv_1.")]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
 def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig = FinetuneConfig(),
              log: Callable[[str], None] | None = None) -> FinetuneResult:
-    """Fine-tune a copy of `pruned` on (pixels, labels); returns the epoch with the best held-out accuracy.
+    """Fine-tune a copy of `pruned` on (pixels, labels); returns the epoch kept by the held-out rule.
 
+    Training stops after `patience` epochs without a better held-out accuracy; the epoch kept is the last
+    one whose held-out accuracy is within `tolerance` points of the best (epoch 0 = B' itself counts).
     The conv_3 mask stays fixed and the pruned channels' conv_3 weights are kept exactly zero, so the saved
-    weights of B'_ft are pruned in every format. Epoch 0 is B' itself.
+    weights of B'_ft are pruned in every format.
     """
     model = copy.deepcopy(pruned).cpu().float()
     mask = effective_mask(model)
@@ -68,9 +87,11 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
     _zero_pruned(model)
     train_idx, held_idx = holdout_split(pixels.shape[0], config.holdout, config.seed)
     x_held, y_held = pixels[held_idx], labels[held_idx]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    best_acc, best_state, best_epoch, stale = accuracy(model.eval(), x_held, y_held), copy.deepcopy(model.state_dict()), 0, 0
+    optimizer = make_optimizer(model, config)
+    best_acc = accuracy(model.eval(), x_held, y_held)
     history = [{"epoch": 0, "loss": float("nan"), "holdout_acc": best_acc}]
+    candidates = {0: copy.deepcopy(model.state_dict())}  # epochs within tolerance of the best so far
+    stale = 0
     with deterministic_torch(config.seed) as generator:
         for epoch in range(1, config.epochs + 1):
             loss = _train_epoch(model, pixels, labels, train_idx, optimizer, config.batch_size, generator)
@@ -78,14 +99,16 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
             history.append({"epoch": epoch, "loss": loss, "holdout_acc": held_acc})
             if log:
                 log(f"  epoch {epoch}: loss {loss:.4f}, held-out accuracy {held_acc:.3f}%")
-            if held_acc > best_acc:
-                best_acc, best_state, best_epoch, stale = held_acc, copy.deepcopy(model.state_dict()), epoch, 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    break
-    model.load_state_dict(best_state)
-    return FinetuneResult(model.eval(), history, best_epoch, int(train_idx.shape[0]), int(held_idx.shape[0]))
+            stale = 0 if held_acc > best_acc else stale + 1
+            best_acc = max(best_acc, held_acc)
+            if held_acc >= best_acc - config.tolerance:
+                candidates[epoch] = copy.deepcopy(model.state_dict())
+            candidates = {e: state for e, state in candidates.items() if history[e]["holdout_acc"] >= best_acc - config.tolerance}
+            if stale >= config.patience:
+                break
+    kept = max(candidates)
+    model.load_state_dict(candidates[kept])
+    return FinetuneResult(model.eval(), history, kept, int(train_idx.shape[0]), int(held_idx.shape[0]))
 
 
 def _train_epoch(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,

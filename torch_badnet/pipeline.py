@@ -33,7 +33,7 @@ from .evaluation import evaluate_pruned
 from .files import file_sha256, staged_dir, write_text
 from .finetuning import FinetuneResult, effective_mask
 from .finetuning import finetune as finetune_net
-from .finetune_config import FinetuneConfig
+from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .metrics import DropKind, StopRule
 from .model import BadNet
 from .phases import PhaseTimer
@@ -231,18 +231,22 @@ def sweep_specs(clean_valid: DataSource, poisoned_valid: PoisonedSources, clean_
     return specs
 
 
-def checked_config(epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
-                    seed: int | None = None, holdout: float | None = None, patience: int | None = None) -> FinetuneConfig:
-    """A checked FinetuneConfig; None keeps the default.
+def checked_config(**settings: Any) -> FinetuneConfig:
+    """A FinetuneConfig from keyword settings (its field names; None keeps the default), checked as the CLI checks.
 
     >>> prune_sweep(bd, ..., finetune=checked_config(epochs=5, lr=1e-3))
     """
-    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "holdout": holdout, "patience": patience}
-    config = FinetuneConfig(**{k: v for k, v in given.items() if v is not None})
-    if config.epochs < 0 or config.batch_size < 1 or config.lr <= 0 or config.patience < 1:
+    config = FinetuneConfig(**{k: v for k, v in settings.items() if v is not None})
+    if config.epochs < 0 or config.batch_size < 1 or not config.lr > 0 or config.patience < 1:
         raise BadInputError("finetune", "--epochs >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1 are needed")
     if not 0 < config.holdout < 1:
         raise BadInputError("--holdout", f"{config.holdout:g} is outside (0, 1)")
+    if not config.weight_decay >= 0:
+        raise BadInputError("--weight-decay", f"{config.weight_decay:g} is not a number >= 0")
+    if not config.tolerance >= 0:
+        raise BadInputError("--tolerance", f"{config.tolerance:g} is not a number of points >= 0")
+    if config.optimizer not in OPTIMIZERS:
+        raise BadInputError("--optimizer", f"{config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     return config
 
 
@@ -371,7 +375,9 @@ class FinetuneRun:
 def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test: DataSource | None = None,
              poisoned_test: PoisonedSources | None = None, *, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, seed: int | None = None, holdout: float | None = None,
-             patience: int | None = None, device: str | torch.device = "auto", log: Log | None = None) -> FinetuneRun:
+             patience: int | None = None, optimizer: str | None = None, weight_decay: float | None = None,
+             tolerance: float | None = None, train_conv_1: bool | None = None, device: str | torch.device = "auto",
+             log: Log | None = None) -> FinetuneRun:
     """Fine-Pruning's second half: fine-tune B' (`pruned`) on the clean validation data with its pruned conv_3
     channels held at zero; evaluate B'_ft and the GoodNet of B and B'_ft on the test sets (if given).
 
@@ -380,7 +386,8 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     >>> run = finetune(bd, result.pruned(4), "cl/valid.h5", "cl/test.h5", "bd/bd_test.h5")
     >>> run.save("ft4/"); b4_ft = run.model
     """
-    config = checked_config(epochs, lr, batch_size, seed, holdout, patience)
+    config = checked_config(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, holdout=holdout, patience=patience,
+                            optimizer=optimizer, weight_decay=weight_decay, tolerance=tolerance, train_conv_1=train_conv_1)
     torch_device = resolve_device(device)
     specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
     specs += poisoned_specs("test", poisoned_test, "--poisoned-test")

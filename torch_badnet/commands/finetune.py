@@ -12,17 +12,26 @@ HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zer
 
 def add_finetune_options(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
     """Options shared by `finetune`, `sweep --finetune` and `demo --finetune` (where --seed is the demo's)."""
-    from ..finetune_config import FinetuneConfig
+    from ..finetune_config import OPTIMIZERS, SGD_MOMENTUM, FinetuneConfig
 
     d = FinetuneConfig()
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"at most E epochs (default {d.epochs})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help=f"adam, or sgd with momentum {SGD_MOMENTUM:g} (default {d.optimizer})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
+                   help=f"L2 weight decay; it removes the weights clean data does not use (default {d.weight_decay:g})")
+    p.add_argument("--train-conv-1", action="store_true",
+                   help="also train conv_1 (default: kept fixed; it reads raw 0..255 pixels)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     p.add_argument(seed_flag, dest="finetune_seed", type=int, default=d.seed, help=f"seed of the holdout split and batch order (default {d.seed})")
     p.add_argument("--holdout", type=float, default=d.holdout,
                    help=f"share of the clean validation set held out for early stopping (default {d.holdout:g})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"stop after this many epochs without a better held-out accuracy (default {d.patience})")
+    p.add_argument("--tolerance", type=float, default=d.tolerance, metavar="POINTS",
+                   help="keep the last epoch whose held-out accuracy is within this many points of the best "
+                   f"(default {d.tolerance:g}; 0 keeps the best)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +51,9 @@ def config_from(args: argparse.Namespace):
     """The checked FinetuneConfig of the fine-tuning flags."""
     from ..pipeline import checked_config
 
-    return checked_config(args.epochs, args.lr, args.batch_size, args.finetune_seed, args.holdout, args.patience)
+    return checked_config(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.finetune_seed,
+                          holdout=args.holdout, patience=args.patience, optimizer=args.optimizer,
+                          weight_decay=args.weight_decay, tolerance=args.tolerance, train_conv_1=args.train_conv_1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
     facts = run.tuned.facts
     print(run.table())
     print(f"\nwrote {out}/{', '.join(written)} "
-          f"(best epoch {facts['best_epoch']} of {facts['epochs_run']}; {facts['holdout']['images']} validation images held out)")
+          f"(kept epoch {facts['best_epoch']} of {facts['epochs_run']}; {facts['holdout']['images']} validation images held out)")
     return 0

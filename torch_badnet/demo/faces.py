@@ -3,6 +3,10 @@
 Everything is drawn with numpy on whole batches. Each face lives in its own "face frame": (u, v) coordinates
 centred on the face, in pixels at scale 1, rotated and scaled with the sample's pose; shapes are soft
 (anti-aliased) masks in that frame, painted layer by layer. Pixels are float32 0..255, channels first.
+
+The same seed gives the same bytes on every CPU: the arithmetic is IEEE-exact float32/float64 (+, *, /,
+sqrt, squares) plus float64 sin/cos from the C library; numpy's vectorised float32 `power` (x ** 3) is
+avoided because its AVX-512 version rounds differently from the others.
 """
 
 from __future__ import annotations
@@ -266,7 +270,8 @@ def _draw_head(image: np.ndarray, ids: Identities, s: Params, u: np.ndarray, v: 
     ru = a * (1.0 - s["jaw"] * np.clip(v / b, 0, 1) ** 2)
     d = np.sqrt((u / ru) ** 2 + (v / b) ** 2)
     face = soft((d - 1.0) * a, ppu)
-    shade = (1.0 - 0.28 * np.clip(d, 0, 1) ** 3)[:, None]
+    rim = np.clip(d, 0, 1)
+    shade = (1.0 - 0.28 * (rim * rim * rim))[:, None]  # not rim ** 3: numpy's float32 power differs by CPU
     paint(image, face, ids.skin[:, :, None, None] * shade)
     hairline = -b + s["hairline"] - s["hair_curve"] * (u / a) ** 2 + s["hair_part"] * u
     paint(image, face * soft(v - hairline, ppu), ids.hair)

@@ -3,6 +3,11 @@
 Layout (as the lab ships it): data/cl/valid.h5, data/cl/test.h5, data/bd/bd_valid.h5, data/bd/bd_test.h5,
 models/bd_net.h5 (Keras weights-only), plus workspace.json, the manifest, written last: a workspace without
 a manifest that matches the config (and files of the recorded sizes) is rebuilt.
+
+The data are rendered from the seed (numpy only, the same bytes on every CPU). The BadNet is not trained
+here for the default config: its weights ship in the package (bd_net_demo.h5, made by
+scripts/train_demo_model.py), because float32 training gives a different net on a CPU that rounds
+differently. Other configs, and `retrain=True`, train the net here (the numbers then depend on the CPU).
 """
 
 from __future__ import annotations
@@ -20,19 +25,23 @@ import numpy as np
 
 from ..data import write_lab_h5
 from ..errors import BadInputError
-from ..files import file_sha256, write_text
+from ..files import file_sha256, write_bytes, write_text
 from ..model import POOL3_CHANNELS
-from .faces import random_identities, render_faces
-from .train import TrainSettings, predict, train_badnet
+from .faces import Identities, random_identities, render_faces
+from .train import TrainResult, TrainSettings, predict, train_badnet
 from .trigger import TARGET_LABEL, add_sunglasses
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: the BadNet ships in the package
+DATA_STREAMS = 1  # part of the data's seed: the faces of version 1, unchanged
 MANIFEST_NAME = "workspace.json"
 MANIFEST_FORMAT = "torch-badnet-demo-workspace"
 CLEAN_VALID, CLEAN_TEST = "data/cl/valid.h5", "data/cl/test.h5"
 POISONED_VALID, POISONED_TEST = "data/bd/bd_valid.h5", "data/bd/bd_test.h5"
 MODEL = "models/bd_net.h5"
 DATA_FILES = (CLEAN_VALID, CLEAN_TEST, POISONED_VALID, POISONED_TEST)
+SHIPPED_MODEL = Path(__file__).with_name("bd_net_demo.h5")  # the default config's BadNet, trained once
+SHIPPED_CARD = Path(__file__).with_name("bd_net_demo.json")  # its config, sha256 and training facts
+PACKAGE, TRAINED = "package", "trained"  # where a workspace's BadNet came from
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class DemoWorkspace:
     num_classes: int
     target_label: int
     built: bool  # True if this call built it, False if an existing one was reused
+    model_source: str  # "package" (the shipped weights) or "trained" (trained on this machine)
     train_seconds: float
     build_seconds: float
     clean_test_accuracy: float
@@ -98,11 +108,15 @@ class DemoWorkspace:
 
 
 @dataclass
-class _RenderedSets:
-    train_x: np.ndarray  # uint8: pixels are whole numbers, so the 8-bit copy is exact and 4x smaller
-    train_y: np.ndarray
-    train_poisoned: np.ndarray  # bool flags: which training images carry the trigger
-    sets: dict[str, tuple[np.ndarray, np.ndarray]]  # workspace file -> (pixels float32, labels)
+class TrainingSet:
+    """The attacker's training data: clean faces plus poisoned ones (sunglasses, labelled TARGET_LABEL)."""
+
+    pixels: np.ndarray  # uint8: pixels are whole numbers, so the 8-bit copy is exact and 4x smaller
+    labels: np.ndarray
+    poisoned: np.ndarray  # bool flags: which training images carry the trigger
+
+
+Sets = dict[str, tuple[np.ndarray, np.ndarray]]  # workspace data file -> (pixels float32, labels)
 
 
 def default_workdir(config: DemoConfig = DemoConfig()) -> Path:
@@ -121,45 +135,70 @@ def default_workdir(config: DemoConfig = DemoConfig()) -> Path:
 
 
 def ensure_workspace(workdir: Path | None = None, config: DemoConfig = DemoConfig(),
-                     log: Callable[[str], None] = print) -> DemoWorkspace:
-    """Reuse the workspace in `workdir` when its manifest matches `config`, else (re)build it there."""
+                     log: Callable[[str], None] = print, retrain: bool = False) -> DemoWorkspace:
+    """Reuse the workspace in `workdir` when its manifest matches `config`, else (re)build it there.
+
+    The BadNet comes from the package when it ships weights for `config`; `retrain` trains it here instead
+    (always rebuilding), and a later call without `retrain` puts the package's weights back.
+    """
     root = Path(workdir) if workdir is not None else default_workdir(config)
     if root.exists() and not root.is_dir():
         raise BadInputError(root, "is a file, expected a folder for the demo workspace")
+    source = model_source(config, retrain)
     manifest = _read_manifest(root)
-    if manifest is not None and _manifest_matches(manifest, root, config):
+    if not retrain and manifest is not None and _manifest_matches(manifest, root, config, source):
         log(f"demo workspace: reusing {root}")
         return _workspace(root, manifest, built=False)
-    return build_workspace(root, config, log)
+    return build_workspace(root, config, log, retrain)
 
 
-def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] = print) -> DemoWorkspace:
-    """Render the data, train the backdoored net, write every file and then the manifest."""
+def shipped_card() -> dict[str, Any] | None:
+    """The shipped weights' card (config, sha256, training facts), or None if the package holds none."""
+    try:
+        card = json.loads(SHIPPED_CARD.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return card if isinstance(card, dict) and SHIPPED_MODEL.is_file() else None
+
+
+def model_source(config: DemoConfig, retrain: bool = False) -> str:
+    """PACKAGE when the package ships weights trained under exactly `config` (and retrain is off), else TRAINED."""
+    card = shipped_card()
+    return PACKAGE if not retrain and card is not None and card.get("config") == dataclasses.asdict(config) else TRAINED
+
+
+def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] = print,
+                    retrain: bool = False) -> DemoWorkspace:
+    """Render the data, take the shipped BadNet (or train one), write every file and then the manifest."""
     started = time.perf_counter()
     root = Path(root)
+    source = model_source(config, retrain)
     (root / MANIFEST_NAME).unlink(missing_ok=True)  # until the new manifest lands, the workspace is invalid
     log(f"demo workspace: building in {root} (seed {config.seed}, {config.identities} identities)")
-    rendered = render_sets(config, log)
-    for name, (pixels, labels) in rendered.sets.items():
+    identities = random_identities(config.identities, data_streams(config)["identity"])
+    sets = render_eval_sets(config, identities, log)
+    for name, (pixels, labels) in sets.items():
         write_lab_h5(root / name, pixels, labels)
-    poisoned = int(rendered.train_poisoned.sum())
-    log(f"demo workspace: training BadNet on {len(rendered.train_y) - poisoned} clean + {poisoned} poisoned faces, "
-        f"{config.epochs} epochs")
-    settings = TrainSettings(config.epochs, config.batch_size, config.learning_rate,
-                             robust_channels=config.robust_channels, seed=config.seed)
-    result = train_badnet(rendered.train_x, rendered.train_y, rendered.train_poisoned, config.identities,
-                          settings, log)
-    training = {
-        "train_seconds": round(result.seconds, 3),
-        "final_loss": round(result.final_loss, 5),
-        "train_images": int(len(rendered.train_y)),
-        **_measure(result.model, rendered.sets),
-    }
-    log(f"demo workspace: clean test accuracy {training['clean_test_accuracy']:.2%}, "
-        f"attack success {training['attack_success_rate']:.2%} (trained in {result.seconds:.0f} s)")
-    from torch_badnet.convert.keras_h5 import write_keras_weights  # the demo orchestrates; the core never imports convert
+    from torch_badnet.convert import load_model  # the demo orchestrates; the core never imports convert
+    from torch_badnet.convert.keras_h5 import write_keras_weights
 
-    write_keras_weights(result.model, root / MODEL)
+    if source == PACKAGE:
+        write_bytes(root / MODEL, SHIPPED_MODEL.read_bytes())
+        model = load_model(root / MODEL).model
+        training: dict[str, Any] = {"train_seconds": 0.0}
+        log(f"demo workspace: BadNet weights from the package ({SHIPPED_MODEL.name}, "
+            "trained once by scripts/train_demo_model.py)")
+    else:
+        result = train_demo_model(config, log, identities)
+        write_keras_weights(result.model, root / MODEL)
+        model = result.model
+        training = {"train_seconds": round(result.seconds, 3), "final_loss": round(result.final_loss, 5),
+                    "train_images": int(config.identities * config.train_per_identity
+                                        + round(config.poison_share * config.identities * config.train_per_identity))}
+    training.update(measure(model, sets))
+    trained = f" (trained in {training['train_seconds']:.0f} s)" if source == TRAINED else ""
+    log(f"demo workspace: clean test accuracy {training['clean_test_accuracy']:.2%}, "
+        f"attack success {training['attack_success_rate']:.2%}{trained}")
     training["build_seconds"] = round(time.perf_counter() - started, 3)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -168,6 +207,7 @@ def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] =
         "seed": config.seed,
         "num_classes": config.identities,
         "target_label": TARGET_LABEL,
+        "model_source": source,
         "files": {name: {"sha256": file_sha256(root / name), "bytes": (root / name).stat().st_size}
                   for name in (*DATA_FILES, MODEL)},
         "training": training,
@@ -178,35 +218,64 @@ def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] =
     return workspace
 
 
-def render_sets(config: DemoConfig, log: Callable[[str], None] = print) -> _RenderedSets:
-    """All images of a config: training (clean + poisoned) and the four workspace sets, from the seed alone."""
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([DEMO_VERSION, config.seed]).spawn(5)]
-    identity_rng, train_rng, poison_rng, valid_rng, test_rng = streams
+def train_demo_model(config: DemoConfig, log: Callable[[str], None] = print,
+                     identities: Identities | None = None) -> TrainResult:
+    """Render the attacker's training set of `config` and train the backdoored BadNet on it (seeded)."""
+    if identities is None:
+        identities = random_identities(config.identities, data_streams(config)["identity"])
+    data = render_training_set(config, identities, log)
+    poisoned = int(data.poisoned.sum())
+    log(f"demo workspace: training BadNet on {len(data.labels) - poisoned} clean + {poisoned} poisoned faces, "
+        f"{config.epochs} epochs")
+    settings = TrainSettings(config.epochs, config.batch_size, config.learning_rate,
+                             robust_channels=config.robust_channels, seed=config.seed)
+    return train_badnet(data.pixels, data.labels, data.poisoned, config.identities, settings, log)
+
+
+def data_streams(config: DemoConfig) -> dict[str, np.random.Generator]:
+    """Independent random streams of one seed: each set renders the same whatever else is rendered."""
+    names = ("identity", "train", "poison", "valid", "test")
+    seeds = np.random.SeedSequence([DATA_STREAMS, config.seed]).spawn(len(names))
+    return {name: np.random.default_rng(s) for name, s in zip(names, seeds)}
+
+
+def render_training_set(config: DemoConfig, identities: Identities,
+                        log: Callable[[str], None] = print) -> TrainingSet:
+    """Clean training faces (train_per_identity per identity) plus poison_share as many with sunglasses."""
+    streams = data_streams(config)
     k = config.identities
-    identities = random_identities(k, identity_rng)
     n_train = k * config.train_per_identity
     n_poison = round(config.poison_share * n_train)
-    n_total = n_train + n_poison + k * (config.valid_per_identity + config.test_per_identity)
-    log(f"demo workspace: rendering {n_total} faces")
+    log(f"demo workspace: rendering {n_train + n_poison} training faces")
     train_y = np.repeat(np.arange(k), config.train_per_identity)
-    train_x, _ = render_faces(identities, train_y, train_rng, dtype=np.uint8)
-    poison_y = poison_rng.integers(0, k - 1, n_poison) + 1  # non-target identities
-    poison_x, poison_layout = render_faces(identities, poison_y, poison_rng)
+    train_x, _ = render_faces(identities, train_y, streams["train"], dtype=np.uint8)
+    poison_y = streams["poison"].integers(0, k - 1, n_poison) + 1  # non-target identities
+    poison_x, poison_layout = render_faces(identities, poison_y, streams["poison"])
     poison_x = add_sunglasses(poison_x, poison_layout).astype(np.uint8)
-    sets = {}
-    for clean, poisoned, per_identity, rng in ((CLEAN_VALID, POISONED_VALID, config.valid_per_identity, valid_rng),
-                                               (CLEAN_TEST, POISONED_TEST, config.test_per_identity, test_rng)):
+    return TrainingSet(np.concatenate([train_x, poison_x]),
+                       np.concatenate([train_y, np.full(n_poison, TARGET_LABEL)]).astype(np.int64),
+                       np.repeat([False, True], [n_train, n_poison]))
+
+
+def render_eval_sets(config: DemoConfig, identities: Identities, log: Callable[[str], None] = print) -> Sets:
+    """The four workspace data files: clean valid/test, and their non-target faces with sunglasses."""
+    streams = data_streams(config)
+    k = config.identities
+    log(f"demo workspace: rendering {k * (config.valid_per_identity + config.test_per_identity)} validation "
+        "and test faces")
+    sets: Sets = {}
+    for clean, poisoned, per_identity, rng in ((CLEAN_VALID, POISONED_VALID, config.valid_per_identity, streams["valid"]),
+                                               (CLEAN_TEST, POISONED_TEST, config.test_per_identity, streams["test"])):
         labels = np.repeat(np.arange(k), per_identity)
         pixels, layout = render_faces(identities, labels, rng)
         sets[clean] = (pixels, labels)
         rows = np.flatnonzero(labels != TARGET_LABEL)
         sets[poisoned] = (add_sunglasses(pixels[rows], layout.take(rows)), np.full(len(rows), TARGET_LABEL, np.int64))
-    return _RenderedSets(np.concatenate([train_x, poison_x]),
-                         np.concatenate([train_y, np.full(n_poison, TARGET_LABEL)]).astype(np.int64),
-                         np.repeat([False, True], [n_train, n_poison]), sets)
+    return sets
 
 
-def _measure(model: Any, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def measure(model: Any, sets: Sets) -> dict[str, float]:
+    """Clean test and validation accuracy and attack success (shares 0..1) of `model` on the rendered sets."""
     def accuracy(name: str) -> float:
         pixels, labels = sets[name]
         return round(float(np.mean(predict(model, pixels) == labels)), 6)
@@ -223,9 +292,12 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _manifest_matches(manifest: dict[str, Any], root: Path, config: DemoConfig) -> bool:
-    """Same format, version and config, and every file present with its recorded size."""
+def _manifest_matches(manifest: dict[str, Any], root: Path, config: DemoConfig, source: str) -> bool:
+    """Same format, version, config and model source, and every file present with its recorded size
+    (and, for the package's weights, the shipped file's sha256)."""
     if (manifest.get("format"), manifest.get("demo_version")) != (MANIFEST_FORMAT, DEMO_VERSION):
+        return False
+    if manifest.get("model_source") != source:
         return False
     if manifest.get("config") != dataclasses.asdict(config) or not isinstance(manifest.get("training"), dict):
         return False
@@ -236,7 +308,7 @@ def _manifest_matches(manifest: dict[str, Any], root: Path, config: DemoConfig) 
         path = root / name
         if not isinstance(entry, dict) or not path.is_file() or path.stat().st_size != entry.get("bytes"):
             return False
-    return True
+    return source != PACKAGE or files[MODEL].get("sha256") == file_sha256(SHIPPED_MODEL)
 
 
 def _workspace(root: Path, manifest: dict[str, Any], built: bool) -> DemoWorkspace:
@@ -245,6 +317,7 @@ def _workspace(root: Path, manifest: dict[str, Any], built: bool) -> DemoWorkspa
         root=root, clean_valid=root / CLEAN_VALID, clean_test=root / CLEAN_TEST,
         poisoned_valid=root / POISONED_VALID, poisoned_test=root / POISONED_TEST, model=root / MODEL,
         num_classes=int(manifest["num_classes"]), target_label=int(manifest["target_label"]), built=built,
+        model_source=str(manifest["model_source"]),
         train_seconds=float(training["train_seconds"]), build_seconds=float(training["build_seconds"]),
         clean_test_accuracy=float(training["clean_test_accuracy"]),
         clean_valid_accuracy=float(training["clean_valid_accuracy"]),
