@@ -14,6 +14,7 @@ import torch
 from .errors import BadInputError, first_line
 from .files import check_is_file, file_sha256, write_bytes
 from .model import BadNet
+from .pairing import FINGERPRINT_KEY, base_fingerprint
 
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
@@ -31,7 +32,13 @@ class LoadedModel:
 
 
 def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any) -> None:
-    """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file."""
+    """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file.
+
+    A model derived from a B (pairing.mark_derived, or loaded from such a checkpoint) records B's weights
+    fingerprint under `base_weights_sha256`.
+    """
+    if base_fingerprint(model) is not None:
+        metadata = {**metadata, FINGERPRINT_KEY: metadata.get(FINGERPRINT_KEY, base_fingerprint(model))}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -73,5 +80,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
     meta = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    if isinstance(meta.get(FINGERPRINT_KEY), str):
+        setattr(model, FINGERPRINT_KEY, meta[FINGERPRINT_KEY])  # GoodNet checks it against B (pairing)
     return LoadedModel(model, str(path), "pt", file_sha256(path), meta)
 

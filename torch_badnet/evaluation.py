@@ -28,9 +28,11 @@ def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset, device: torch.dev
 
 
 @exact_float32()
-def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device) -> dict[str, float]:
-    """Every sweep metric (`test_clean_acc`, `goodnet_test_asr`, ...) of one B' and its GoodNet G on `specs`."""
-    goodnet = GoodNet(model, pruned).eval().to(device)
+def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device,
+                    allow_unpaired: bool = False) -> dict[str, float]:
+    """Every sweep metric (`test_clean_acc`, `goodnet_test_asr`, ...) of one B' and its GoodNet G on `specs`
+    (`allow_unpaired` as in GoodNet)."""
+    goodnet = GoodNet(model, pruned, allow_unpaired=allow_unpaired).eval().to(device)
     metrics: dict[str, float] = {}
     for spec in specs:
         with LabDataset(spec.path, model.num_classes) as ds:

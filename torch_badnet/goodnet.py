@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -14,13 +16,21 @@ class GoodNet(nn.Module):
     B' = B with the mask applied. Because masking a channel of conv_3 zeroes exactly that channel of pool_3,
     B' sees `features * mask`, so the expensive trunk runs once for both. `pruned` may also be a BadNet:
     if it carries B's weights only its mask is used; otherwise (a fine-tuned B') it runs as a second net.
+
+    A BadNet `pruned` must have been derived from `model` (see torch_badnet.pairing): if it records a
+    fingerprint of another B's weights (pruned.pt / finetuned.pt of another model), or has another class
+    count, construction raises `pairing.PairingError` (a ValueError). If it records none (e.g. a Keras .h5)
+    and its weights differ from B's beyond zeroed conv_3 channels, a `pairing.UnpairedWarning` is issued.
+    `allow_unpaired=True` skips the check, for a pair you know belongs together.
     """
 
-    def __init__(self, model: BadNet, pruned: torch.Tensor | BadNet) -> None:
+    def __init__(self, model: BadNet, pruned: torch.Tensor | BadNet, *, allow_unpaired: bool = False) -> None:
         super().__init__()
         self.model = model
         self.pruned_model: BadNet | None = None
         if isinstance(pruned, BadNet):
+            if not allow_unpaired:
+                _check_pair(model, pruned)
             if not same_weights(model, pruned):
                 self.pruned_model = pruned
             mask = pruned.conv_3.mask
@@ -51,6 +61,14 @@ class GoodNet(nn.Module):
         """int64 labels in [0, N]: B's class where B and B' agree, else N."""
         logits, pruned_logits = self.forward_both(x)
         return combine(logits.argmax(1), pruned_logits.argmax(1), self.detected_class)
+
+
+def _check_pair(model: BadNet, pruned: BadNet) -> None:
+    from .pairing import UnpairedWarning, check_pair
+
+    if check_pair(model, pruned) == "unverified":
+        warnings.warn("B' records no fingerprint of B and its weights differ from B's beyond zeroed conv_3 "
+                      "channels: the pair could not be verified", UnpairedWarning, stacklevel=3)
 
 
 def combine(labels: torch.Tensor, pruned_labels: torch.Tensor, detected_class: int) -> torch.Tensor:

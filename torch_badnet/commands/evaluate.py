@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("eval", "give --clean and/or --poisoned")
     device = device_from(args)
     model = load_model(args.model).model.eval()
-    pruned = load_pruned(args.pruned, model).model if args.pruned else torch.ones_like(model.mask)
-    goodnet = GoodNet(model, pruned).eval().to(device)
+    pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned else torch.ones_like(model.mask)
+    goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # load_pruned checked the pair
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
     with open_sets(specs, model.num_classes) as datasets:  # every file validated before any work

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, load_model
+from .common import add_model_argument, load_model, load_pruned
 
 HELP = "export B (or, with --pruned, the GoodNet as one graph) to ONNX"
 
@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith(".onnx"):
         raise BadInputError(args.output, "the output of export must be a .onnx file")
     model = load_model(args.model).model
-    pruned = load_model(args.pruned).model if args.pruned else None
+    pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned else None
     opset = args.opset or DEFAULT_OPSET
-    export_onnx(model, args.output, pruned=pruned, opset=opset)
+    export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # load_pruned checked the pair
     kind = "GoodNet (output 'label', int64 in [0, %d])" % model.num_classes if pruned is not None else "BadNet (output 'logits')"
     print(f"wrote {args.output}: {kind}, input 'input' (N,3,55,47) float32, opset {opset}")
     return 0
