@@ -71,10 +71,12 @@ class LabDataset:
         return int(self.labels.shape[0])
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels."""
+        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels,
+        and (before yielding the last chunk) a file whose pixels all lie within [0, 1]."""
         data = self._data
         floating = np.issubdtype(data.dtype, np.floating)
         raw = np.empty((min(chunk_size, len(self)), *data.shape[1:]), dtype=data.dtype)  # reused for every chunk
+        seen = PixelRange()
         for start in range(0, len(self), chunk_size):
             stop = min(start + chunk_size, len(self))
             data.read_direct(raw, np.s_[start:stop], np.s_[0 : stop - start])
@@ -83,6 +85,9 @@ class LabDataset:
             if floating and not _all_finite(pixels):
                 bad = start + int((~torch.isfinite(pixels)).flatten(1).any(1).nonzero()[0])
                 raise BadInputError(self.path, f"image {bad} holds non-finite pixels (NaN or inf)")
+            seen.update(pixels)
+            if stop == len(self):
+                seen.check(self.path)
             yield pixels, torch.from_numpy(self.labels[start:stop])
 
     def close(self) -> None:
@@ -93,6 +98,26 @@ class LabDataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PixelRange:
+    """Min and max of the pixels read so far, until one exceeds 1 (then the file is on the 0..255 scale)."""
+
+    def __init__(self) -> None:
+        self.low, self.high = float("inf"), float("-inf")
+
+    def update(self, pixels: torch.Tensor) -> None:
+        if self.high > 1:
+            return  # decided: nothing more to track
+        low, high = torch.aminmax(pixels)
+        self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
+
+    def check(self, path: Path) -> None:
+        """A whole file within [0, 1] is scaled for another model: refuse it rather than score noise."""
+        if self.high <= 1:
+            raise BadInputError(path, f"every pixel lies in [{self.low:g}, {self.high:g}], but lab files hold 0..255: "
+                                      "multiply the data by 255 (a model that wants 0..1 pixels takes 0..255 files "
+                                      "with --rescale)")
 
 
 def _all_finite(pixels: torch.Tensor) -> bool:
