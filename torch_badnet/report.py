@@ -169,7 +169,7 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
 def write_report(result: SweepResult, model: BadNet, staging: Path, context: dict[str, Any],
                  write_keras: KerasWriter | None = None, plot: bool = True,
                  finetuned: dict[float, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Write every output of a sweep into `staging` (see files.staged_dir); returns the summary."""
+    """Write every output of a sweep into `staging` (see outdir.OutputFolder); returns the summary."""
     from .files import write_text
 
     content = summary(result, context, finetuned)

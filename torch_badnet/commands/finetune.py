@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BadInputError
-from .common import add_device_argument, check_out_dir, device_from, load_model, load_pruned, log
+from .common import (add_allow_unpaired_argument, add_device_argument, add_force_argument, closing_line, device_from,
+                     load_model, load_pruned, log, output_folder)
 from .sweep import parse_poisoned
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
@@ -37,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clean-test", metavar="CT", help="clean test file (evaluation only)")
     p.add_argument("--poisoned-test", action="append", metavar="[NAME=]PT", help="poisoned test file(s) (evaluation only)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_force_argument(p)
+    add_allow_unpaired_argument(p)
     add_finetune_options(p)
     add_device_argument(p)
     p.set_defaults(run=run)
@@ -78,8 +81,10 @@ def finetune_and_evaluate(model, pruned, pixels, labels, eval_specs: list, confi
     from ..evaluation import evaluate_pruned
     from ..files import write_text
     from ..finetune import finetune
+    from ..pairing import mark_derived
 
     result = finetune(pruned, pixels, labels, config, log)
+    mark_derived(result.model, model)  # finetuned.pt records B's fingerprint; G_ft below pairs it with B
     save_checkpoint(result.model, folder / "finetuned.pt", finetuned=True, epochs_run=len(result.history) - 1,
                     best_epoch=result.best_epoch, **vars(config))
     if write_keras is not None:
@@ -99,7 +104,7 @@ def finetune_and_evaluate(model, pruned, pixels, labels, eval_specs: list, confi
 def run(args: argparse.Namespace) -> int:
     from ..defense import DataSpec, open_sets
     from ..evaluation import evaluate_pruned
-    from ..files import staged_dir, write_text
+    from ..files import write_text
     from ..finetune import effective_mask
     from ..report import versions
     from .sweep import _keras_writer
@@ -107,20 +112,20 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     device = device_from(args)
     out = Path(args.out)
-    check_out_dir(out)
-    loaded = load_model(args.model)
-    loaded_pruned = load_pruned(args.pruned, loaded.model)
-    model, pruned = loaded.model, loaded_pruned.model
     specs = [DataSpec("test", "clean", Path(args.clean_test))] if args.clean_test else []
     specs += [DataSpec("test", "poisoned", p, n) for n, p in parse_poisoned(args.poisoned_test, "--poisoned-test")]
+    target = output_folder(args, out, [args.model, args.pruned, args.clean_valid, *(s.path for s in specs)])
+    loaded = load_model(args.model)
+    loaded_pruned = load_pruned(args.pruned, loaded.model, args.model, args.allow_unpaired)
+    model, pruned = loaded.model, loaded_pruned.model
     with open_sets(specs, model.num_classes):  # validate every file before training
         pass
     pixels, labels = load_pixels(args.clean_valid, model.num_classes)
     pruned_channels = [int(c) for c in (effective_mask(pruned) == 0).nonzero().flatten()]
     log(f"fine-tuning B' ({len(pruned_channels)} channels pruned) on {pixels.shape[0]} clean validation images")
-    with staged_dir(out) as staging:
+    with target.staging() as staging:
         facts = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, device, staging, _keras_writer())
-        before = evaluate_pruned(model, pruned, specs, device) if specs else {}
+        before = evaluate_pruned(model, pruned, specs, device, allow_unpaired=True) if specs else {}  # pair checked
         content = {
             "model": {"path": args.model, "sha256": loaded.source_sha256},
             "pruned": {"path": args.pruned, "sha256": loaded_pruned.source_sha256, "pruned_channels": pruned_channels},
@@ -132,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
         }
         write_text(staging / "summary.json", json.dumps(content, indent=2) + "\n")
     print(finetune_table(before, facts))
-    print(f"\nwrote {out}/finetuned.pt, finetuned.h5, history.csv, summary.json "
-          f"(best epoch {facts['best_epoch']} of {facts['epochs_run']}; {facts['holdout']['images']} validation images held out)")
+    print("\n" + closing_line(out, f" (best epoch {facts['best_epoch']} of {facts['epochs_run']}; "
+                                    f"{facts['holdout']['images']} validation images held out)"))
+    if target.note():
+        log(target.note())
     return 0
 
 

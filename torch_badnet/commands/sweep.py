@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BadInputError
-from .common import add_device_argument, check_out_dir, device_from, load_model, log
+from .common import add_device_argument, add_force_argument, closing_line, device_from, load_model, log, output_folder
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -30,6 +30,7 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
                    help="X in percentage points (default) or in percent of the original accuracy")
     p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
+    add_force_argument(p)
     p.add_argument("--finetune", action="store_true",
                    help="also fine-tune every B'_X on the clean validation data (Fine-Pruning) and report B'_ft and G_ft")
     add_device_argument(p)
@@ -81,13 +82,12 @@ def data_specs(clean_valid: str, poisoned_valid: Sequence[str], clean_test: str 
     return specs
 
 
-def check_options(args: argparse.Namespace, out: Path) -> None:
+def check_options(args: argparse.Namespace) -> None:
     bad = [x for x in args.thresholds if not 0 < x < 100]
     if bad:
         raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")
     if args.max_steps is not None and args.max_steps < 1:
         raise BadInputError("--max-steps", "must be at least 1")
-    check_out_dir(out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,10 +100,11 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
                 title: str | None = None) -> dict[str, Any]:
     """Load B, sweep, write every output through a staging folder, print the table; returns the summary."""
     from ..defense import run_sweep
-    from ..files import file_sha256, staged_dir
+    from ..files import file_sha256
     from ..report import table, versions, write_report
 
-    check_options(args, out)
+    check_options(args)
+    target = output_folder(args, out, [model_path, *(spec.path for spec in specs)])
     config = None
     if args.finetune:
         from .finetune import config_from
@@ -122,14 +123,29 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, specs: list, o
         "rule": {"stop": args.stop, "drop": args.drop},
         "versions": versions(),
     }
-    with staged_dir(out) as staging:
+    with target.staging() as staging:
         finetuned = finetune_thresholds(result, loaded.model, specs, config, device, staging) if config else {}
         content = write_report(result, loaded.model, staging, context, _keras_writer(), plot=not args.no_plot,
                                finetuned=finetuned)
     print(table(result, title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)", finetuned))
-    print(f"\nwrote {out}/sweep.csv, summary.json{'' if args.no_plot else ', sweep.png'} and models/X=<x>/pruned.pt|.h5 "
-          f"({result.steps} steps on {sum(result.sizes.values())} images in {elapsed:.1f} s on {device.type})")
+    print("\n" + closing_line(out, f" ({result.steps} steps on {sum(result.sizes.values())} images in {elapsed:.1f} s "
+                                    f"on {device.type}){unreached_note(result)}"))
+    if target.note():
+        log(target.note())
     return content
+
+
+def unreached_note(result) -> str:
+    """What the closing line says about thresholds the sweep did not reach (and so wrote no model for)."""
+    from ..report import format_x
+
+    missed = [format_x(t.x) for t in result.thresholds if not t.reached]
+    if not missed:
+        return ""
+    xs = ", ".join(missed)
+    if len(missed) == len(result.thresholds):
+        return f"; no threshold was reached (X = {xs} within {result.steps} steps), so no pruned model was written"
+    return f"; X = {xs} not reached within {result.steps} steps, so no model for it"
 
 
 def finetune_thresholds(result, model, specs: list, config, device, staging: Path) -> dict[float, dict[str, Any]]:
