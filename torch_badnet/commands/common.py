@@ -49,7 +49,7 @@ def load_model(path: str):
     return load(path)
 
 
-def load_pruned(path: str, model, model_path: str, allow_unpaired: bool = False):
+def load_pruned(path: str, model, model_path: str | None = None, allow_unpaired: bool = False):
     """B' (a LoadedModel) from any model file; it must have as many classes as B and, unless
     `allow_unpaired`, have been derived from B (pairing.check_pair): another B's fingerprint is an error,
     an unverifiable pair one warning line."""
@@ -61,13 +61,14 @@ def load_pruned(path: str, model, model_path: str, allow_unpaired: bool = False)
         raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
     if allow_unpaired:
         return loaded
+    model_name = f"--model {model_path}" if model_path else "--model"
     try:
         pairing = check_pair(model, pruned)
     except PairingError as exc:
-        raise BadInputError(path, f"was not derived from --model {model_path} ({exc}); "
+        raise BadInputError(path, f"was not derived from {model_name} ({exc}); "
                                   "pass --allow-unpaired to use it anyway") from None
     if pairing == "unverified":
-        log(f"warning: {path}: could not verify that it was derived from --model {model_path} (it records no "
+        log(f"warning: {path}: could not verify that it was derived from {model_name} (it records no "
             "fingerprint, and its weights differ from the model's beyond zeroed conv_3 channels)")
     return loaded
 
