@@ -32,15 +32,16 @@ _TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch
 
 
 def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor | BadNet | None = None,
-                opset: int = DEFAULT_OPSET) -> None:
+                opset: int = DEFAULT_OPSET, allow_unpaired: bool = False) -> None:
     """Write B (output `logits`, float32 (N, classes)) or, given `pruned`, the GoodNet (output `label`, int64).
 
     The GoodNet is one graph whose trunk is shared by B and B'; its labels lie in [0, classes], `classes`
     meaning "backdoor detected". The input `input` is (N, 3, 55, 47) float32 pixels with a dynamic N.
+    `allow_unpaired` is GoodNet's (a B' derived from another model raises ValueError without it).
     """
     if not isinstance(model, BadNet):
         raise TypeError(f"export_onnx needs a BadNet, got {type(model).__name__}")
-    module: torch.nn.Module = model if pruned is None else GoodNet(model, pruned)
+    module: torch.nn.Module = model if pruned is None else GoodNet(model, pruned, allow_unpaired=allow_unpaired)
     output_name = LOGITS_NAME if pruned is None else LABEL_NAME
     module = copy.deepcopy(module).cpu().float().eval()  # same bytes whatever device or mode the model is in
     buffer = io.BytesIO()

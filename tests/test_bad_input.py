@@ -242,7 +242,7 @@ def test_nan_found_late_leaves_no_output(cli, lab_files, lab3_path, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user file")
-    assert_one_line_error(sweep(cli, lab_files, lab3_path, out, poisoned_test=late), late, "image 1400")
+    assert_one_line_error(sweep(cli, lab_files, lab3_path, out, ["--force"], poisoned_test=late), late, "image 1400")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -265,3 +265,94 @@ def test_convert_to_unknown_type(cli, lab3_path, tmp_path):
     out = tmp_path / "m.bin"
     assert_one_line_error(cli("convert", lab3_path, "-o", out), out, ".bin")
     assert not out.exists()
+
+
+# --- B' must come from --model (pairing) -----------------------------------------------------------------
+
+@pytest.fixture
+def foreign_pruned(tmp_path, sunglasses_path):
+    """pruned.pt made from the sunglasses BadNet (records its fingerprint): a wrong B' for lab3."""
+    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.convert import load_model
+    from torch_badnet.pairing import mark_derived
+    from torch_badnet.pruning import prune
+
+    model = load_model(sunglasses_path).model
+    path = tmp_path / "sunglasses_pruned.pt"
+    save_checkpoint(mark_derived(prune(load_model(sunglasses_path).model, list(range(30))), model), path)
+    return path
+
+
+def test_pruned_of_another_model_is_refused_everywhere(cli, lab3_path, foreign_pruned, face_paths, lab_files, tmp_path):
+    onnx = tmp_path / "g.onnx"
+    commands = {
+        "classify": ["classify", "--model", lab3_path, "--pruned", foreign_pruned, face_paths[0]],
+        "eval": ["eval", "--model", lab3_path, "--pruned", foreign_pruned, "--clean", lab_files["clean_test"]],
+        "export": ["export", "--model", lab3_path, "--pruned", foreign_pruned, "-o", onnx],
+        "finetune": ["finetune", "--model", lab3_path, "--pruned", foreign_pruned, "--clean-valid",
+                     lab_files["clean_valid"], "--epochs", "1", "--out", tmp_path / "ft"],
+    }
+    for name, args in commands.items():
+        line = assert_one_line_error(cli(*args), foreign_pruned, f"--model {lab3_path}", "--allow-unpaired")
+        assert "was not derived from" in line, name
+    assert not onnx.exists() and not (tmp_path / "ft").exists()
+    for name in ("classify", "eval", "export"):
+        code, _, err = cli(*commands[name], "--allow-unpaired")
+        assert code == 0 and err == "", (name, err)
+    assert onnx.is_file()
+
+
+def test_unfingerprinted_pruned_h5(cli, lab3_path, face_paths, tmp_path):
+    """A Keras B' from elsewhere: silent when it is B with zeroed conv_3 channels, else one warning line."""
+    from torch_badnet.convert import load_model
+    from torch_badnet.convert.keras_h5 import write_keras_weights
+    from torch_badnet.pruning import prune
+
+    write_keras_weights(prune(load_model(lab3_path).model, [3, 8, 20]), tmp_path / "pruned.h5")  # zeroes the channels
+    code, out, err = cli("classify", "--model", lab3_path, "--pruned", tmp_path / "pruned.h5", face_paths[0])
+    assert code == 0 and err == "" and out
+    tuned = prune(load_model(lab3_path).model, [3, 8, 20])
+    with torch.no_grad():
+        tuned.fc_2.bias.add_(0.01)  # e.g. fine-tuned elsewhere: not provably from B
+    write_keras_weights(tuned, tmp_path / "tuned.h5")
+    code, out, err = cli("classify", "--model", lab3_path, "--pruned", tmp_path / "tuned.h5", face_paths[0])
+    assert code == 0 and out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {tmp_path / 'tuned.h5'}: could not verify")
+    assert str(lab3_path) in lines[0]
+    code, _, err = cli("classify", "--model", lab3_path, "--pruned", tmp_path / "tuned.h5", "--allow-unpaired", face_paths[0])
+    assert code == 0 and err == ""
+
+
+# --- pixels on the wrong scale ---------------------------------------------------------------------------
+
+def test_pixels_scaled_to_0_1_are_refused(cli, tmp_path, lab3_path):
+    data = np.random.default_rng(1).uniform(0, 1, size=(6, 3, 55, 47))
+    path = small_set(tmp_path / "unit.h5", n=6, labels=np.zeros(6), data=data)
+    line = assert_one_line_error(eval_clean(cli, lab3_path, path), path, "0..255", "--rescale")
+    assert f"[{data.min():g}, {data.max():g}]" in line
+
+
+def test_dark_images_are_not_refused(cli, tmp_path, lab3_path):
+    """Only a whole file within [0, 1] is refused: black images beside normal ones are fine."""
+    data = np.random.default_rng(2).uniform(0, 255, size=(4, 3, 55, 47))
+    data[:3] = 0.0
+    path = small_set(tmp_path / "dark.h5", labels=np.zeros(4), data=data)
+    code, out, err = eval_clean(cli, lab3_path, path)
+    assert code == 0 and "clean accuracy" in out, err
+    data = np.zeros((1, 3, 55, 47))
+    data[0, 0, 0, 0] = 2.0
+    path = small_set(tmp_path / "one.h5", n=1, labels=np.zeros(1), data=data)
+    assert eval_clean(cli, lab3_path, path)[0] == 0
+
+
+def test_sweep_refuses_0_1_pixels_in_a_late_chunk_file_before_writing(cli, lab_files, lab3_path, tmp_path):
+    """The 0..1 file is the last one read and spans several chunks; --out (a previous result) stays as it was."""
+    out = tmp_path / "out"
+    assert sweep(cli, lab_files, lab3_path, out, extra=["--no-plot", "--thresholds", "4"])[0] == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    data = np.random.default_rng(3).uniform(0, 1, size=(2100, 3, 55, 47))
+    unit = small_set(tmp_path / "unit_test.h5", n=2100, labels=np.zeros(2100), data=data)
+    assert_one_line_error(sweep(cli, lab_files, lab3_path, out, poisoned_test=unit), unit, "0..255")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

@@ -107,3 +107,26 @@ def test_finetune_refuses_bad_settings(cli, tmp_path, flag, value, message):
                        tmp_path / "c.h5", "--out", tmp_path / "out", flag, value)
     assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_rerun_replaces_its_result_whole(demo_run, cli):
+    """demo-results/ follows the sweep's rule: a rerun replaces the previous result, no stale file survives."""
+    root, _ = demo_run
+    out = root / "out"
+    assert (out / "sweep.png").is_file() and (out / "models" / "X=2" / "finetuned.pt").is_file()
+    code, stdout, err = cli("demo", "--workdir", root / "ws", "--out", out, "--no-plot", "--thresholds", "4")
+    assert code == 0, err
+    assert f"replaced {out}" in err
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
+    assert stdout.splitlines()[-1].startswith(f"wrote {out}/summary.json, sweep.csv and models/X=4/pruned.pt|.h5 (")
+
+
+def test_demo_refuses_a_foreign_default_folder_before_building(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo-results").mkdir()
+    (tmp_path / "demo-results" / "thesis.tex").write_text("not a result")
+    code, _, err = cli("demo", "--workdir", tmp_path / "ws")
+    assert code == 2 and err.startswith("error: demo-results: is not empty") and "--force" in err
+    assert not (tmp_path / "ws").exists()  # refused before the workspace was built
+    assert [p.name for p in (tmp_path / "demo-results").iterdir()] == ["thesis.tex"]

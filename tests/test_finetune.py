@@ -86,6 +86,11 @@ def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path
         tuned = load_model(out / name).model
         assert bool((tuned.conv_3.weight[channels] == 0).all()) and bool((tuned.conv_3.bias[channels] == 0).all())
     assert "goodnet_test_asr" in stdout
+    from torch_badnet.pairing import weights_fingerprint
+
+    assert load_model(out / "finetuned.pt").metadata["base_weights_sha256"] == weights_fingerprint(load_model(lab3_path).model)
+    code, _, err = cli("eval", "--model", lab3_path, "--pruned", out / "finetuned.pt", "--clean", lab_files["clean_test"])
+    assert code == 0 and err == ""  # the fine-tuned B' is verified as B's by its fingerprint, not by its weights
 
 
 def _poisoned_file(path, base, seed, n=120):

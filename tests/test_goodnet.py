@@ -1,10 +1,13 @@
 """The GoodNet module: one shared trunk pass, B's class where B and B' agree, else the detected class."""
 
 import copy
+import warnings
 
+import pytest
 import torch
 
 from torch_badnet.goodnet import GoodNet, combine
+from torch_badnet.pairing import PairingError, UnpairedWarning, mark_derived, weights_fingerprint
 from torch_badnet.pruning import prune
 
 
@@ -48,10 +51,66 @@ def test_unpruned_goodnet_is_b(lab3_model, faces):
 
 
 def test_finetuned_pruned_net_runs_as_second_net(lab3_model, faces):
-    other = _pruned_copy(lab3_model, [5, 6])
+    other = mark_derived(_pruned_copy(lab3_model, [5, 6]), lab3_model)  # a fine-tuned B' records B's fingerprint
     with torch.no_grad():
         other.output.bias.add_(torch.linspace(0, 50, 1283))
         g = GoodNet(lab3_model, other)
         assert g.pruned_model is other
         x = faces["cl"]
         assert torch.equal(g(x), combine(lab3_model(x).argmax(1), other(x).argmax(1), 1283))
+
+
+# --- pairing: a B' must come from B --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sunglasses_model(sunglasses_path):
+    from torch_badnet.convert import load_model
+
+    return load_model(sunglasses_path).model
+
+
+def test_fingerprint_is_of_the_weights_not_the_mask_or_file(lab3_model, lab3_path, tmp_path):
+    from torch_badnet.checkpoint import load_checkpoint, save_checkpoint
+    from torch_badnet.convert import load_model
+
+    fingerprint = weights_fingerprint(lab3_model)
+    assert len(fingerprint) == 64 and fingerprint == weights_fingerprint(load_model(lab3_path).model)
+    assert weights_fingerprint(_pruned_copy(lab3_model, [1, 2, 3])) == fingerprint  # masks aside
+    save_checkpoint(lab3_model, tmp_path / "b.pt")
+    assert weights_fingerprint(load_checkpoint(tmp_path / "b.pt").model) == fingerprint  # another file, same weights
+    changed = copy.deepcopy(lab3_model)
+    with torch.no_grad():
+        changed.output.bias[0] += 1e-3
+    assert weights_fingerprint(changed) != fingerprint
+
+
+def test_goodnet_refuses_a_pruned_net_of_another_model(lab3_model, sunglasses_model, faces):
+    foreign = mark_derived(_pruned_copy(sunglasses_model, [0, 1, 2]), sunglasses_model)
+    with pytest.raises(PairingError, match="of another model") as info:
+        GoodNet(lab3_model, foreign)
+    assert isinstance(info.value, ValueError)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = GoodNet(lab3_model, foreign, allow_unpaired=True)  # the caller says they belong together
+        assert g.pruned_model is foreign
+
+
+def test_goodnet_accepts_unfingerprinted_zeroed_channels_silently(lab3_model, faces):
+    baked = copy.deepcopy(lab3_model)  # as a pruned.h5 from elsewhere: channels zeroed, no fingerprint, no mask
+    with torch.no_grad():
+        baked.conv_3.weight[[4, 9]] = 0
+        baked.conv_3.bias[[4, 9]] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GoodNet(lab3_model, baked)
+        GoodNet(lab3_model, _pruned_copy(lab3_model, [4, 9]))
+
+
+def test_goodnet_warns_when_the_pair_cannot_be_verified(lab3_model, sunglasses_model):
+    other = copy.deepcopy(lab3_model)
+    with torch.no_grad():
+        other.fc_1.weight[0, 0] += 1.0
+    with pytest.warns(UnpairedWarning, match="could not be verified"):
+        GoodNet(lab3_model, other)
+    with pytest.warns(UnpairedWarning):
+        GoodNet(lab3_model, copy.deepcopy(sunglasses_model))  # another model, no fingerprint: not verifiable

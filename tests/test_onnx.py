@@ -242,7 +242,9 @@ def test_goodnet_onnx_gives_the_pytorch_labels(goodnet_export, inputs, batch_siz
 
 def test_goodnet_export_with_a_fine_tuned_pruned_net(lab3_model, inputs, tmp_path):
     """`pruned` as a BadNet with its own weights: the graph runs it as a second net beside B."""
-    fine_tuned = prune(copy.deepcopy(lab3_model), range(PRUNED_CHANNELS - 5))
+    from torch_badnet.pairing import mark_derived
+
+    fine_tuned = mark_derived(prune(copy.deepcopy(lab3_model), range(PRUNED_CHANNELS - 5)), lab3_model)  # as finetuned.pt
     with torch.no_grad():
         fine_tuned.output.bias.add_(torch.linspace(-2, 2, fine_tuned.num_classes))
     goodnet = GoodNet(lab3_model, fine_tuned).eval()

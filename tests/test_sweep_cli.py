@@ -174,3 +174,82 @@ def test_eval_verbose_prints_one_phase_line(lab_files, lab3_path, cli):
     assert len(lines) == 1 and out.startswith("clean accuracy: ")
     names = [re.match(r"[a-z+ ]+?(?= \d)", p).group(0) for p in lines[0][len("phases: "):].split(" | ")]
     assert names == ["startup", "load model", "read+forward", "total"]
+
+
+def test_pruned_checkpoints_record_the_fingerprint_of_b(swept, lab3_model):
+    from torch_badnet.checkpoint import load_checkpoint
+    from torch_badnet.pairing import weights_fingerprint
+
+    for x in (2, 4, 10):
+        metadata = load_checkpoint(swept[0] / "models" / f"X={x}" / "pruned.pt").metadata
+        assert metadata["base_weights_sha256"] == weights_fingerprint(lab3_model)
+
+
+# --- one output folder, one run --------------------------------------------------------------------------
+
+def files_in(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_rerun_into_a_result_replaces_it_whole(swept, lab_files, lab3_path, tmp_path, cli):
+    """Sweep X = 2 4 10 with the plot, then X = 3 without: only the second run's files remain."""
+    import shutil
+
+    out = tmp_path / "R"
+    shutil.copytree(swept[0], out)
+    code, stdout, err = cli(*sweep_args(lab_files, lab3_path, out, "--thresholds", "3", "--no-plot"))
+    assert code == 0, err
+    fresh = tmp_path / "fresh"
+    assert cli(*sweep_args(lab_files, lab3_path, fresh, "--thresholds", "3", "--no-plot"))[0] == 0
+    assert files_in(out) == files_in(fresh) == ["models/X=3/pruned.h5", "models/X=3/pruned.pt", "summary.json", "sweep.csv"]
+    assert (out / "sweep.csv").read_bytes() == (fresh / "sweep.csv").read_bytes()
+    assert f"replaced {out}" in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or old folder left
+
+
+def test_finetune_into_a_sweep_result_replaces_it(lab_files, lab3_path, tmp_path, cli):
+    out = tmp_path / "R"
+    assert cli(*sweep_args(lab_files, lab3_path, out, "--thresholds", "4", "--no-plot"))[0] == 0
+    pruned = tmp_path / "pruned.pt"
+    pruned.write_bytes((out / "models" / "X=4" / "pruned.pt").read_bytes())
+    code, stdout, err = cli("finetune", "--model", lab3_path, "--pruned", pruned, "--clean-valid",
+                            lab_files["clean_valid"], "--epochs", "1", "--out", out)
+    assert code == 0, err
+    assert files_in(out) == ["finetuned.h5", "finetuned.pt", "history.csv", "summary.json"]
+    assert "thresholds" not in json.loads((out / "summary.json").read_text())
+    assert f"replaced {out}" in err
+    assert stdout.splitlines()[-1].startswith(f"wrote {out}/finetuned.h5, finetuned.pt, history.csv and summary.json")
+    # an input inside --out is never deleted by the run that reads it
+    code, _, err = cli("finetune", "--model", lab3_path, "--pruned", out / "finetuned.pt", "--clean-valid",
+                       lab_files["clean_valid"], "--epochs", "1", "--out", out)
+    assert code == 2 and "an input of this run" in err and (out / "finetuned.pt").is_file()
+
+
+def test_foreign_folder_needs_force(lab_files, lab3_path, tmp_path, cli):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    code, stdout, err = cli(*sweep_args(lab_files, lab3_path, out, "--no-plot"))
+    assert code == 2 and err.startswith(f"error: {out}: is not empty") and "--force" in err and len(err.splitlines()) == 1
+    assert files_in(out) == ["notes.txt"]
+    code, _, err = cli(*sweep_args(lab_files, lab3_path, out, "--no-plot", "--force", "--thresholds", "4"))
+    assert code == 0, err
+    assert files_in(out) == ["models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
+    assert f"replaced {out}" in err
+
+
+# --- the closing line names what was written ---------------------------------------------------------------
+
+def test_closing_line_names_only_written_files(lab_files, lab3_path, tmp_path, cli):
+    code, stdout, err = cli(*sweep_args(lab_files, lab3_path, tmp_path / "none", "--thresholds", "95", "99", "--no-plot"))
+    assert code == 0, err
+    last = stdout.splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'none'}/summary.json and sweep.csv (60 steps on 800 images in ")
+    assert last.endswith("; no threshold was reached (X = 95, 99 within 60 steps), so no pruned model was written")
+    assert "models" not in last and "sweep.png" not in last
+    assert files_in(tmp_path / "none") == ["summary.json", "sweep.csv"]
+    code, stdout, err = cli(*sweep_args(lab_files, lab3_path, tmp_path / "some", "--thresholds", "3", "99"))
+    assert code == 0, err
+    last = stdout.splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'some'}/summary.json, sweep.csv, sweep.png and models/X=3/pruned.pt|.h5 (")
+    assert last.endswith("; X = 99 not reached within 60 steps, so no model for it")

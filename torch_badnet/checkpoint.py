@@ -15,6 +15,7 @@ import torch
 from .errors import BadInputError, first_line
 from .files import check_is_file, file_sha256, write_bytes
 from .model import BadNet
+from .pairing import FINGERPRINT_KEY, base_fingerprint
 
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
@@ -57,8 +58,13 @@ class LoadedModel:
 def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any) -> None:
     """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file.
 
+    A model derived from a B (pairing.mark_derived, or loaded from such a checkpoint) records B's weights
+    fingerprint under `base_weights_sha256`.
+
     >>> tb.save_checkpoint(result.pruned(4), "b4.pt", note="B'_4")   # tb.load_model("b4.pt") reads it back
     """
+    if base_fingerprint(model) is not None:
+        metadata = {**metadata, FINGERPRINT_KEY: metadata.get(FINGERPRINT_KEY, base_fingerprint(model))}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -106,5 +112,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
             raise BadInputError(path, f"checkpoint records an invalid input_scale {scale!r}")
         model.input_scale = float(scale)
     meta = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    if isinstance(meta.get(FINGERPRINT_KEY), str):
+        setattr(model, FINGERPRINT_KEY, meta[FINGERPRINT_KEY])  # GoodNet checks it against B (pairing)
     return LoadedModel(model, str(path), "pt", file_sha256(path), meta, None if scale is None else float(scale))
 

@@ -79,8 +79,10 @@ class LabDataset(_Set):
     def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels.
 
-        `read_ahead`: a background thread reads (and converts) the next chunk while the caller works on this
-        one (h5py, numpy's cast and torch's checks release the GIL); same chunks, same errors, same order.
+        Before yielding the last chunk, a file whose pixels all lie within [0, 1] is refused (tracked on the
+        chunks as they are read). `read_ahead`: a background thread reads (and converts) the next chunk while the
+        caller works on this one (h5py, numpy's cast and torch's checks release the GIL); same chunks, same
+        errors, same order.
         """
         chunks = self._read_chunks(chunk_size)
         return read_ahead_of(chunks) if read_ahead else chunks
@@ -89,6 +91,7 @@ class LabDataset(_Set):
         data = self._data
         floating = np.issubdtype(data.dtype, np.floating)
         raw = np.empty((min(chunk_size, len(self)), *data.shape[1:]), dtype=data.dtype)  # reused for every chunk
+        seen = PixelRange()
         for start in range(0, len(self), chunk_size):
             stop = min(start + chunk_size, len(self))
             began = time.perf_counter()
@@ -98,6 +101,9 @@ class LabDataset(_Set):
             if floating and not _all_finite(pixels):
                 bad = start + int((~torch.isfinite(pixels)).flatten(1).any(1).nonzero()[0])
                 raise BadInputError(self.path, f"image {bad} holds non-finite pixels (NaN or inf)")
+            seen.update(pixels)
+            if stop == len(self):
+                seen.check(self.path)
             self.read_seconds += time.perf_counter() - began
             yield pixels, torch.from_numpy(self.labels[start:stop])
 
@@ -138,6 +144,9 @@ class ArraySet(_Set):
         if not _all_finite(self.pixels):
             bad = int((~torch.isfinite(self.pixels)).flatten(1).any(1).nonzero()[0])
             raise BadInputError(name, f"image {bad} holds non-finite pixels (NaN or inf)")
+        seen = PixelRange()
+        seen.update(self.pixels)
+        seen.check(name)
         raw = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         if raw.shape != (self.pixels.shape[0],):
             raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")
@@ -222,6 +231,26 @@ def read_ahead_of(items: Iterator[Item], depth: int = 1) -> Iterator[Item]:
         close = getattr(items, "close", None)
         if close is not None:
             close()
+
+
+class PixelRange:
+    """Min and max of the pixels read so far, until one exceeds 1 (then the file is on the 0..255 scale)."""
+
+    def __init__(self) -> None:
+        self.low, self.high = float("inf"), float("-inf")
+
+    def update(self, pixels: torch.Tensor) -> None:
+        if self.high > 1:
+            return  # decided: nothing more to track
+        low, high = torch.aminmax(pixels)
+        self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
+
+    def check(self, path: str | os.PathLike[str]) -> None:
+        """A whole file within [0, 1] is scaled for another model: refuse it rather than score noise."""
+        if self.high <= 1:
+            raise BadInputError(path, f"every pixel lies in [{self.low:g}, {self.high:g}], but lab files hold 0..255: "
+                                      "multiply the data by 255 (a model that wants 0..1 pixels takes 0..255 files "
+                                      "with --rescale)")
 
 
 def _all_finite(pixels: torch.Tensor) -> bool:

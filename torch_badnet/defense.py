@@ -22,6 +22,7 @@ from .errors import BadInputError
 from .metrics import DropKind, StepCounts, StopRule, select_step, step_counts
 from .model import BadNet
 from .phases import NoTimer, PhaseTimer
+from .pairing import mark_derived
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
@@ -102,11 +103,12 @@ class SweepResult:
         return {name: counts.n for name, counts in self.counts.items()}
 
     def pruned_model(self, model: BadNet, threshold: Threshold) -> BadNet:
-        """B'_X: a CPU copy of `model` with threshold's channels masked (weights untouched)."""
+        """B'_X: a CPU copy of `model` with threshold's channels masked (weights untouched), marked as derived
+        from `model` (its checkpoint records B's fingerprint)."""
         pruned = copy.deepcopy(model).cpu()
         with torch.no_grad():
             pruned.conv_3.mask.copy_(mask_for(threshold.pruned_channels, len(self.scores)))
-        return pruned
+        return mark_derived(pruned, model)
 
     def pruned_models(self, model: BadNet) -> Iterator[tuple[Threshold, BadNet]]:
         """(threshold, B'_X) for every threshold the sweep reached, in order."""

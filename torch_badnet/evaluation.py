@@ -32,9 +32,11 @@ def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset | ArraySet, device
 
 
 @exact_float32()
-def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device) -> dict[Column, float]:
-    """Every sweep metric (B' and G: clean accuracy, attack success, ...) of one B' and its GoodNet on `specs`."""
-    goodnet = GoodNet(model, pruned).eval().to(device)
+def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device,
+                    allow_unpaired: bool = False) -> dict[Column, float]:
+    """Every sweep metric (B' and G: clean accuracy, attack success, ...) of one B' and its GoodNet on `specs`
+    (`allow_unpaired` as in GoodNet)."""
+    goodnet = GoodNet(model, pruned, allow_unpaired=allow_unpaired).eval().to(device)
     metrics: dict[Column, float] = {}
     for spec in specs:
         with open_set(spec, model.num_classes) as ds:

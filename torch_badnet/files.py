@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -67,23 +66,3 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def staged_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty staging folder beside `target`; on success its files are moved into `target`.
-
-    Each file lands with an atomic rename, and nothing reaches `target` unless the whole block succeeded,
-    so a failed run leaves no half-written output behind.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
-    try:
-        yield staging
-        for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-            dst = target / src.relative_to(staging)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

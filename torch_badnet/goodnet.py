@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -17,13 +19,21 @@ class GoodNet(nn.Module):
     B' = B with the mask applied. Because masking a channel of conv_3 zeroes exactly that channel of pool_3,
     B' sees `features * mask`, so the expensive trunk runs once for both. `pruned` may also be a BadNet:
     if it carries B's weights only its mask is used; otherwise (a fine-tuned B') it runs as a second net.
+
+    A BadNet `pruned` must have been derived from `model` (see torch_badnet.pairing): if it records a
+    fingerprint of another B's weights (pruned.pt / finetuned.pt of another model), or has another class
+    count, construction raises `pairing.PairingError` (a ValueError). If it records none (e.g. a Keras .h5)
+    and its weights differ from B's beyond zeroed conv_3 channels, a `pairing.UnpairedWarning` is issued.
+    `allow_unpaired=True` skips the check, for a pair you know belongs together.
     """
 
-    def __init__(self, model: BadNet, pruned: torch.Tensor | BadNet) -> None:
+    def __init__(self, model: BadNet, pruned: torch.Tensor | BadNet, *, allow_unpaired: bool = False) -> None:
         """G of B (`model`) and B' (`pruned`): a pruned BadNet (e.g. `result.pruned(4)`, a loaded pruned.pt or a
         fine-tuned B'), or just a conv_3 channel mask (1 = kept, 0 = pruned) to apply to B.
 
-        Both nets should be in eval mode; G's output is int64 labels in [0, N], N = `detected_class`.
+        Both nets should be in eval mode; G's output is int64 labels in [0, N], N = `detected_class`. A B' made
+        from another model raises `pairing.PairingError` (see the class docstring); `allow_unpaired=True` skips
+        the check.
 
         >>> g = GoodNet(bd, result.pruned(4)).eval()
         >>> labels = g(tb.load_images(["face.png"]))      # 1283 (for the lab net) = backdoor detected
@@ -39,6 +49,8 @@ class GoodNet(nn.Module):
         if isinstance(pruned, BadNet):
             if pruned.input_scale != model.input_scale:
                 raise ValueError(f"B takes input scale {model.input_scale:g} but B' {pruned.input_scale:g}; they must take the same input")
+            if not allow_unpaired:
+                _check_pair(model, pruned)
             if not same_weights(model, pruned):
                 self.pruned_model = pruned
             mask = pruned.conv_3.mask
@@ -73,6 +85,14 @@ class GoodNet(nn.Module):
         """int64 labels in [0, N]: B's class where B and B' agree, else N."""
         logits, pruned_logits = self.forward_both(x)
         return combine(logits.argmax(1), pruned_logits.argmax(1), self.detected_class)
+
+
+def _check_pair(model: BadNet, pruned: BadNet) -> None:
+    from .pairing import UnpairedWarning, check_pair
+
+    if check_pair(model, pruned) == "unverified":
+        warnings.warn("B' records no fingerprint of B and its weights differ from B's beyond zeroed conv_3 "
+                      "channels: the pair could not be verified", UnpairedWarning, stacklevel=3)
 
 
 def combine(labels: torch.Tensor, pruned_labels: torch.Tensor, detected_class: int) -> torch.Tensor:

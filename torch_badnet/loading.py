@@ -29,9 +29,14 @@ def load_file(path: str | os.PathLike[str], rescale: str | float | None = None,
     return loaded
 
 
-def load_pruned_file(path: str | os.PathLike[str], model: BadNet) -> LoadedModel:
-    """B' for `model` (B): as many classes as B, and B's input scale (a file recording another is an error)."""
+def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: str | os.PathLike[str] | None = None,
+                     allow_unpaired: bool = False, log: Callable[[str], None] | None = None) -> LoadedModel:
+    """B' for `model` (B, read from `model_path`): as many classes as B, B's input scale (a file recording
+    another is an error) and, unless `allow_unpaired`, derived from B (pairing.check_pair): a B' recording
+    another B's weights fingerprint is a BadInputError naming both files; an unverifiable pair (no fingerprint,
+    weights beyond zeroed conv_3 channels differ) is one warning line through `log`."""
     from .convert import load_model as load
+    from .pairing import PairingError, check_pair
     from .rescale import match_input_scale
 
     loaded = load(path)
@@ -39,6 +44,17 @@ def load_pruned_file(path: str | os.PathLike[str], model: BadNet) -> LoadedModel
     if pruned.num_classes != model.num_classes:
         raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
     match_input_scale(pruned, path, loaded.input_scale, model)
+    if allow_unpaired:
+        return loaded
+    model_name = f"--model {model_path}" if model_path else "--model"
+    try:
+        pairing = check_pair(model, pruned)
+    except PairingError as exc:
+        raise BadInputError(path, f"was not derived from {model_name} ({exc}); "
+                                  "pass --allow-unpaired to use it anyway") from None
+    if pairing == "unverified" and log:
+        log(f"warning: {path}: could not verify that it was derived from {model_name} (it records no "
+            "fingerprint, and its weights differ from the model's beyond zeroed conv_3 channels)")
     return loaded
 
 

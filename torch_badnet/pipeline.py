@@ -30,12 +30,14 @@ from .data import ArraySet, read_all
 from .defense import DataSpec, SweepResult, Threshold, open_sets, run_sweep
 from .errors import BadInputError
 from .evaluation import evaluate_pruned
-from .files import file_sha256, staged_dir, write_text
+from .files import file_sha256, write_text
 from .finetuning import FinetuneResult, effective_mask
 from .finetuning import finetune as finetune_net
 from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .metrics import DropKind, StopRule
 from .model import BadNet
+from .outdir import OutputFolder
+from .pairing import check_pair, mark_derived
 from .phases import PhaseTimer
 from .pruning import pruned_channels
 from .rescale import check_scale
@@ -120,6 +122,10 @@ class DefenseResult:
                              f"{self.sweep.steps} steps")
         return self.sweep.pruned_model(self.model, t).eval()
 
+    def _input_paths(self) -> list[str]:
+        paths = [str(spec.path) for spec in self.sweep.specs if spec.arrays is None]
+        return paths + ([source_of(self.model).path] if source_of(self.model).sha256 else [])
+
     def summary(self) -> dict[str, Any]:
         """summary.json's content."""
         from .report import summary
@@ -131,15 +137,18 @@ class DefenseResult:
         """The printed table: B' and G at each X per split (with `X ft` rows for fine-tuned nets)."""
         return table(self.sweep, title, {x: f.metrics for x, f in self.finetuned.items()})
 
-    def save(self, out: str | os.PathLike[str], plot: bool = True, keras: bool = True,
-             timer: PhaseTimer | None = None) -> list[str]:
+    def save(self, out: str | os.PathLike[str] | OutputFolder, plot: bool = True, keras: bool = True,
+             force: bool = False, timer: PhaseTimer | None = None) -> list[str]:
         """Write sweep.csv, summary.json, sweep.png (`plot`) and models/X=<x>/ (pruned.pt, pruned.h5 with `keras`,
-        fine-tuned files) through a staging folder into `out`; returns the written files, relative to `out`.
+        fine-tuned files) into `out`; returns the written files, relative to `out`.
 
-        The inputs' sha256 (GBs for the lab files) is computed in a thread while the models and plot are written.
+        As the CLI: everything is written into a staging folder that then replaces `out` whole, so `out` holds
+        exactly this result. A non-empty `out` that holds no torch-badnet result is refused (BadInputError)
+        unless `force`. The inputs' sha256 is computed in a thread while the models and plot are written.
         """
+        target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         write_keras = keras_writer() if keras else None
-        with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-hash") as pool, staged_dir(out) as staging:
+        with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-hash") as pool, target.staging() as staging:
             hashing = pool.submit(self.input_hashes)
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
@@ -324,7 +333,8 @@ def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, l
                           log: Log | None = None) -> FinetunedNet:
     """Fine-tune B' on (pixels, labels); B'_ft and G_ft metrics on `eval_specs`."""
     result: FinetuneResult = finetune_net(pruned, pixels, labels, config, log)
-    metrics = evaluate_pruned(model, result.model, eval_specs, device) if eval_specs else {}
+    mark_derived(result.model, model)  # finetuned.pt records B's weights fingerprint
+    metrics = evaluate_pruned(model, result.model, eval_specs, device, allow_unpaired=True) if eval_specs else {}
     facts = {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history) - 1,
@@ -363,9 +373,11 @@ class FinetuneRun:
         lines += [f"{c.name:<36} {self.before[c]:>10.3f} {after[c]:>11.3f}" for c in names]
         return "\n".join(lines)
 
-    def save(self, out: str | os.PathLike[str], keras: bool = True) -> list[str]:
-        """finetuned.pt, finetuned.h5 (`keras`), history.csv and summary.json, through a staging folder into `out`."""
-        with staged_dir(out) as staging:
+    def save(self, out: str | os.PathLike[str] | OutputFolder, keras: bool = True, force: bool = False) -> list[str]:
+        """finetuned.pt, finetuned.h5 (`keras`), history.csv and summary.json, through a staging folder that then
+        replaces `out` whole (a non-empty `out` holding no torch-badnet result needs `force`)."""
+        target = out if isinstance(out, OutputFolder) else OutputFolder(out, force)
+        with target.staging() as staging:
             self.tuned.write(staging, keras_writer() if keras else None)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
             written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
@@ -377,15 +389,18 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
              batch_size: int | None = None, seed: int | None = None, holdout: float | None = None,
              patience: int | None = None, optimizer: str | None = None, weight_decay: float | None = None,
              tolerance: float | None = None, train_conv_1: bool | None = None, device: str | torch.device = "auto",
-             log: Log | None = None) -> FinetuneRun:
+             allow_unpaired: bool = False, log: Log | None = None) -> FinetuneRun:
     """Fine-Pruning's second half: fine-tune B' (`pruned`) on the clean validation data with its pruned conv_3
     channels held at zero; evaluate B'_ft and the GoodNet of B and B'_ft on the test sets (if given).
 
     Keywords mirror `torch-badnet finetune`'s flags (None = the default). Test data is for evaluation only.
+    A B' made from another model than B raises `pairing.PairingError`, unless `allow_unpaired`.
 
     >>> run = finetune(bd, result.pruned(4), "cl/valid.h5", "cl/test.h5", "bd/bd_test.h5")
     >>> run.save("ft4/"); b4_ft = run.model
     """
+    if not allow_unpaired:
+        check_pair(model, pruned)  # raises PairingError for a B' of another model
     config = checked_config(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, holdout=holdout, patience=patience,
                             optimizer=optimizer, weight_decay=weight_decay, tolerance=tolerance, train_conv_1=train_conv_1)
     torch_device = resolve_device(device)
@@ -399,7 +414,7 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     if log:
         log(f"fine-tuning B' ({len(channels)} channels pruned) on {pixels.shape[0]} clean validation images")
     tuned = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, torch_device, log)
-    before = evaluate_pruned(model, pruned, specs, torch_device) if specs else {}
+    before = evaluate_pruned(model, pruned, specs, torch_device, allow_unpaired=True) if specs else {}
     src, psrc = source_of(model), source_of(pruned)
     context = {
         "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale},

@@ -166,7 +166,7 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
 def write_report(result: SweepResult, model: BadNet, staging: Path, summary_of: Callable[[], dict[str, Any]],
                  write_keras: KerasWriter | None = None, plot: bool = True,
                  finetuned: dict[float, dict[Column, float]] | None = None, timer: PhaseTimer | None = None) -> None:
-    """Write a sweep's outputs into `staging` (see files.staged_dir): the B'_X models (from their masks) and
+    """Write a sweep's outputs into `staging` (see outdir.OutputFolder): the B'_X models (from their masks) and
     sweep.png first, then sweep.csv and summary.json, whose content `summary_of()` gives only then (so the
     inputs' sha256 can be computed meanwhile, in a thread). `timer` gets the phases models, plot and summary."""
     from .files import write_text

@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError
+
+if TYPE_CHECKING:
+    from ..outdir import OutputFolder
 
 
 def add_model_argument(parser: argparse.ArgumentParser, pruned: bool = True) -> None:
@@ -18,6 +21,12 @@ def add_model_argument(parser: argparse.ArgumentParser, pruned: bool = True) -> 
     if pruned:
         parser.add_argument("--pruned", metavar="P",
                             help="B' (e.g. DIR/models/X=4/pruned.pt): answer with the GoodNet of B and B'")
+        add_allow_unpaired_argument(parser)
+
+
+def add_allow_unpaired_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-unpaired", action="store_true",
+                        help="use --pruned even if it was not derived from --model (skips the pairing check)")
 
 
 def add_rescale_argument(parser: argparse.ArgumentParser) -> None:
@@ -49,11 +58,12 @@ def load_model(path: str, rescale: str | None = None):
     return load_file(path, rescale, log)
 
 
-def load_pruned(path: str, model):
-    """B' (a LoadedModel) from any model file; it must have as many classes as B and take B's input scale."""
+def load_pruned(path: str, model, model_path: str | None = None, allow_unpaired: bool = False):
+    """B' (a LoadedModel) for B (`model`, read from `model_path`): see loading.load_pruned_file; an unverifiable
+    pair is one warning line on stderr."""
     from ..loading import load_pruned_file
 
-    return load_pruned_file(path, model)
+    return load_pruned_file(path, model, model_path, allow_unpaired, log)
 
 
 def net_for(args: argparse.Namespace, device):
@@ -63,13 +73,27 @@ def net_for(args: argparse.Namespace, device):
     model = load_model(args.model, args.rescale).model.eval()
     if not getattr(args, "pruned", None):
         return model.to(device)
-    return GoodNet(model, load_pruned(args.pruned, model).model).eval().to(device)
+    pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
+    return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as load_pruned said
 
 
-def check_out_dir(out: Path) -> None:
-    """An output folder may exist (files are added to it) but must not be a file; checked before any work."""
-    if out.exists() and not out.is_dir():
-        raise BadInputError(out, "exists and is not a folder")
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out whole even if it is a non-empty folder that holds no torch-badnet result")
+
+
+def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> "OutputFolder":
+    """--out checked before any work (outdir.OutputFolder): new, empty, or a previous result unless --force."""
+    from ..outdir import OutputFolder
+
+    return OutputFolder(out, getattr(args, "force", False), inputs)
+
+
+def closing_line(out: Path, note: str = "") -> str:
+    """'wrote OUT/<the files actually in --out>' plus `note`."""
+    from ..outdir import describe_files, written_files
+
+    return f"wrote {out}/{describe_files(written_files(out))}{note}"
 
 
 def log(line: str) -> None:

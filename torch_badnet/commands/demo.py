@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import log
+from .common import log, output_folder
 from .sweep import add_sweep_options, run_defense
 
 HELP = "build the embedded demo (its own BadNet and lab-layout data, cached) and run the defense on it"
@@ -28,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, ensure_workspace
 
+    output_folder(args, Path(args.out), [])  # refuse a foreign --out before the (first-run) build; checked again below
     config = DemoConfig(seed=args.seed)
     ws = ensure_workspace(Path(args.workdir) if args.workdir else None, config, log=log, retrain=args.retrain)
     log(f"demo workspace: {ws.root} ({'built now' if ws.built else 'reused from cache'})")

@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.rescale).model.eval()
         if args.clean:
             check_scale_on_file(model, args.clean)  # another input scale clearly better on clean images: stop
-        pruned = load_pruned(args.pruned, model).model if args.pruned else torch.ones_like(model.mask)
-        goodnet = GoodNet(model, pruned).eval().to(device)
+        pruned = (load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned
+                  else torch.ones_like(model.mask))
+        goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # load_pruned checked the pair
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
     with timer.phase("read+forward"), open_sets(specs, model.num_classes) as datasets:  # files validated first

@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith(".onnx"):
         raise BadInputError(args.output, "the output of export must be a .onnx file")
     model = load_model(args.model, args.rescale).model
-    pruned = load_pruned(args.pruned, model).model if args.pruned else None
+    pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned else None
     opset = args.opset or DEFAULT_OPSET
-    export_onnx(model, args.output, pruned=pruned, opset=opset)
+    export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # load_pruned checked the pair
     kind = "GoodNet (output 'label', int64 in [0, %d])" % model.num_classes if pruned is not None else "BadNet (output 'logits')"
     print(f"wrote {args.output}: {kind}, input 'input' (N,3,55,47) float32{scale_note(model)}, opset {opset}")
     return 0

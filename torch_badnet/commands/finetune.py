@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device_argument, add_model_argument, check_out_dir, load_model, load_pruned, log
+from .common import (add_allow_unpaired_argument, add_device_argument, add_force_argument, add_model_argument,
+                     closing_line, load_model, load_pruned, log, output_folder)
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
 
@@ -42,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clean-test", metavar="CT", help="clean test file (evaluation only)")
     p.add_argument("--poisoned-test", action="append", metavar="[NAME=]PT", help="poisoned test file(s) (evaluation only)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_force_argument(p)
+    add_allow_unpaired_argument(p)
     add_finetune_options(p)
     add_device_argument(p)
     p.set_defaults(run=run)
@@ -58,17 +61,21 @@ def config_from(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import finetune
+    from .sweep import _paths
 
     config = config_from(args)
     out = Path(args.out)
-    check_out_dir(out)
+    target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
+                                                   *_paths(args.poisoned_test)) if p is not None])
     model = load_model(args.model, args.rescale).model
-    pruned = load_pruned(args.pruned, model).model
+    pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
-                   **{k: v for k, v in vars(config).items()})
-    written = run.save(out)
+                   allow_unpaired=True, **vars(config))  # load_pruned checked the pair (or was told not to)
+    run.save(target)
     facts = run.tuned.facts
     print(run.table())
-    print(f"\nwrote {out}/{', '.join(written)} "
-          f"(kept epoch {facts['best_epoch']} of {facts['epochs_run']}; {facts['holdout']['images']} validation images held out)")
+    print("\n" + closing_line(out, f" (kept epoch {facts['best_epoch']} of {facts['epochs_run']}; "
+                                    f"{facts['holdout']['images']} validation images held out)"))
+    if target.note():
+        log(target.note())
     return 0

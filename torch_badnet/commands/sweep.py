@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .common import add_device_argument, add_model_argument, check_out_dir, load_model, log
+from .common import add_device_argument, add_force_argument, add_model_argument, closing_line, load_model, log, output_folder
 from .finetune import add_finetune_options, config_from
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
@@ -29,6 +29,7 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
     p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
     p.add_argument("--verbose", action="store_true", help="print the wall time of each phase on one line (stderr)")
+    add_force_argument(p)
     p.add_argument("--finetune", action="store_true",
                    help="also fine-tune every B'_X on the clean validation data (Fine-Pruning) and report B'_ft and G_ft")
     add_device_argument(p)
@@ -63,7 +64,8 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
 
     timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
     out = Path(args.out)
-    check_out_dir(out)
+    inputs = [model_path, clean_valid, clean_test, *_paths(poisoned_valid), *_paths(poisoned_test)]
+    target = output_folder(args, out, [p for p in inputs if p is not None])  # checked before any work
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
         model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
@@ -75,16 +77,33 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
         result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, thresholds=args.thresholds,
                              stop=args.stop, drop=args.drop, max_steps=args.max_steps, device=args.device,
                              finetune=config, show_progress=sys.stderr.isatty(), log=log, timer=timer)
-    written = result.save(out, plot=not args.no_plot, timer=timer)
+    result.save(target, plot=not args.no_plot, timer=timer)
     if args.verbose:
         log(timer.line())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
-    print(f"\nwrote {out}/{', '.join(closing_names(written))} ({result.sweep.steps} steps on "
-          f"{sum(result.sweep.sizes.values())} images in {result.seconds:.1f} s on {result.device})")
+    print("\n" + closing_line(out, f" ({result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in "
+                                    f"{result.seconds:.1f} s on {result.device}){unreached_note(result)}"))
+    if target.note():
+        log(target.note())
 
 
-def closing_names(written: list[str]) -> list[str]:
-    """The written files for the closing line, with models/X=<x>/ folders folded into one pattern."""
-    top = [name for name in written if "/" not in name]
-    models = sorted({Path(name).name for name in written if name.startswith("models/")})
-    return top + ([f"models/X=<x>/{'|'.join(models)}"] if models else [])
+def _paths(poisoned: Any) -> list:
+    """The file paths of [NAME=]PATH values, or of one path (for the output-folder check)."""
+    from ..pipeline import parse_poisoned
+
+    if poisoned is None:
+        return []
+    if isinstance(poisoned, (list, tuple)):
+        return [path for _, path in parse_poisoned(poisoned, "--poisoned")]
+    return [poisoned]
+
+
+def unreached_note(result) -> str:
+    """What the closing line says about thresholds the sweep did not reach (and so wrote no model for)."""
+    missed = [f"{t.x:g}" for t in result.thresholds if not t.reached]
+    if not missed:
+        return ""
+    xs = ", ".join(missed)
+    if len(missed) == len(result.thresholds):
+        return f"; no threshold was reached (X = {xs} within {result.sweep.steps} steps), so no pruned model was written"
+    return f"; X = {xs} not reached within {result.sweep.steps} steps, so no model for it"
