@@ -6,7 +6,7 @@ Dense layers fed by a Flatten see Keras' (H, W, C) order, so their input rows ar
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

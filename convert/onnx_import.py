@@ -90,7 +90,8 @@ def _constants(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> dict[str
     constants = {}
     for tensor in graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise BadInputError(path, f"initializer '{tensor.name}' is stored in an external file; only self-contained ONNX files are supported")
+            raise BadInputError(path, f"initializer '{tensor.name}' is stored in an external file; "
+                                      "only self-contained ONNX files are supported")
         constants[tensor.name] = numpy_helper.to_array(tensor)
     return constants
 

@@ -9,8 +9,9 @@ tf2onnx graphs of the Keras model (NHWC input, Transposes, MatMul + Add, Reshape
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx

@@ -31,5 +31,6 @@ def verify_against_keras(source_model: BadNet, src: Path, converted: Path) -> st
     diff = float(np.abs(expected - got).max())
     same = int((expected.argmax(1) == got.argmax(1)).sum())
     if same != VERIFY_INPUTS:
-        raise BadInputError(converted, f"differs from Keras: {VERIFY_INPUTS - same} of {VERIFY_INPUTS} classes differ (max |softmax difference| {diff:.2e})")
+        raise BadInputError(converted, f"differs from Keras: {VERIFY_INPUTS - same} of {VERIFY_INPUTS} classes differ "
+                                       f"(max |softmax difference| {diff:.2e})")
     return f"verified against Keras on {VERIFY_INPUTS} random inputs: classes identical, max |softmax difference| {diff:.2e}"

@@ -7,13 +7,12 @@ from the demo workspace's sets, else uniform noise; real faces matter because po
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-
 from real_faces import REAL_DIR, augment_indexed, face_files, face_label  # the tests' real material and augmentation
 
 from torch_badnet.model import BadNet

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +95,7 @@ def time_keras_reference(model: BadNet, sets: Sets, order: Sequence[int], steps:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import tensorflow as tf
+
         from torch_badnet.convert.keras_model import to_keras
     except ImportError:
         return None

@@ -32,8 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and tests/real_f
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench_inputs import load_inputs  # noqa: E402
-from bench_measure import (forward_all, goodnet_throughput, run_cli, sweep_in_memory, time_keras_reference,  # noqa: E402
-                           time_torch_reference, timed)
+from bench_measure import forward_all, goodnet_throughput, run_cli, sweep_in_memory, time_keras_reference, time_torch_reference, timed  # noqa: E402
 
 from torch_badnet.files import write_text  # noqa: E402
 from torch_badnet.precision import exact_float32  # noqa: E402

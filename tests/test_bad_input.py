@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import sweep_args
+
 from torch_badnet.data import write_lab_h5
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from real_faces import face_kind, face_label
 
 
@@ -18,7 +17,7 @@ def test_convert_to_checkpoint_with_verify(cli, lab3_path, tmp_path, lab3_model)
     out = tmp_path / "bd_net.pt"
     code, stdout, err = cli("convert", lab3_path, "-o", out, "--verify")
     assert code == 0, err
-    line = next(l for l in stdout.splitlines() if l.startswith("verified against Keras"))
+    line = next(row for row in stdout.splitlines() if row.startswith("verified against Keras"))
     assert float(line.rsplit(" ", 1)[1]) <= 1e-5
     loaded = load_checkpoint(out)
     assert loaded.metadata["source_format"].startswith("keras2.3.1")
@@ -53,19 +52,19 @@ def test_convert_keras_to_onnx_and_use_it_as_model(cli, lab3_path, tmp_path, fac
 
 
 def test_classify_text_and_goodnet_flags(cli, lab3_path, tmp_path, face_paths):
-    from torch_badnet.pruning import prune
     from torch_badnet.checkpoint import save_checkpoint
     from torch_badnet.convert import load_model
+    from torch_badnet.pruning import prune
 
     code, stdout, _ = cli("classify", "--model", lab3_path, *face_paths)
     assert code == 0
-    assert [l.split("\t") for l in stdout.splitlines()] == [[str(p), str(l)] for p, l in
+    assert [row.split("\t") for row in stdout.splitlines()] == [[str(p), str(label)] for p, label in
                                                              zip(face_paths, _labels(lab3_path, face_paths))]
     pruned = prune(load_model(lab3_path).model, list(range(50)))
     save_checkpoint(pruned, tmp_path / "p.pt")
     code, stdout, _ = cli("classify", "--model", lab3_path, "--pruned", tmp_path / "p.pt", "--json", *face_paths)
     labels = [r["label"] for r in json.loads(stdout)]
-    assert code == 0 and all(0 <= l <= 1283 for l in labels) and 1283 in labels
+    assert code == 0 and all(0 <= label <= 1283 for label in labels) and 1283 in labels
     code, stdout, _ = cli("classify", "--model", lab3_path, "--pruned", tmp_path / "p.pt", *face_paths)
     assert "(backdoor detected)" in stdout
 
@@ -93,8 +92,8 @@ def test_eval_text_and_json(cli, lab3_path, lab_files):
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_export_goodnet_onnx(cli, lab3_path, tmp_path, batch):
-    from torch_badnet.convert import load_model
     from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.convert import load_model
     from torch_badnet.goodnet import GoodNet
     from torch_badnet.pruning import prune
 

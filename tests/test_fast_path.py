@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from real_faces import augment, face_kind, face_label
+
 from torch_badnet.data import LabDataset, load_images
 from torch_badnet.evaluation import b_and_pruned_labels
 from torch_badnet.goodnet import GoodNet, combine
@@ -127,6 +127,7 @@ def test_classify_and_eval_commands_unchanged(cli, lab3_path, lab3_model, face_p
 def test_onnx_export_keeps_one_maxpool_per_pool(lab3_model, tmp_path):
     """Tracing takes F.max_pool2d even under no_grad (the exporter's mode): three MaxPool nodes, no Max."""
     import onnx
+
     from torch_badnet.convert.onnx_export import export_onnx
 
     export_onnx(lab3_model, tmp_path / "b.onnx")

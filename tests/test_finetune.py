@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import read_csv
 from real_faces import augment, augment_indexed, face_kind, face_label
+
 from torch_badnet.data import write_lab_h5
 from torch_badnet.finetuning import FinetuneConfig, effective_mask, finetune, holdout_split
 from torch_badnet.pruning import prune

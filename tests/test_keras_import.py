@@ -10,15 +10,16 @@ import contextlib
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 import pytest
 import torch
-
 from real_faces import face_kind, face_label
+
 from torch_badnet.convert import load_model
 from torch_badnet.convert.keras_h5 import read_keras_file, write_keras_weights
 from torch_badnet.convert.keras_model import build_keras_badnet, import_keras, load_into_keras

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from real_faces import augment, face_kind, face_label
+
 from torch_badnet.convert import load_model
 from torch_badnet.convert.keras_model import import_keras, load_into_keras
 from torch_badnet.data import load_image, load_images
@@ -142,8 +142,8 @@ def test_every_command_path_gives_the_keras_labels(keras_run: dict[str, Any], la
     """The inference path of eval/classify/fine-tuning/the demo (`predict.labels_in_batches`) and the GoodNet
     give the Keras procedure's labels for B' at every step, and G's at a few."""
     from torch_badnet.goodnet import GoodNet
-    from torch_badnet.pruning import mask_for
     from torch_badnet.predict import labels_in_batches
+    from torch_badnet.pruning import mask_for
 
     model = load_model(lab3_path).model.eval()  # not prepare_model's: weights in their own layout
     order = keras_run["order"]

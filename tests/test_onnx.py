@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-
 from real_faces import augment
+
 from torch_badnet.convert import load_model
 from torch_badnet.convert.keras_model import import_keras, load_into_keras
 from torch_badnet.convert.onnx_export import DEFAULT_OPSET, export_onnx, keras_to_onnx

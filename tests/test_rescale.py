@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import sweep_args
-
 from real_faces import face_kind, face_label
+
 from torch_badnet.checkpoint import load_checkpoint
 from torch_badnet.convert import load_model
 from torch_badnet.errors import BadInputError

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import read_csv, sweep_args
+
 from torch_badnet.data import LabDataset
 from torch_badnet.metrics import step_counts
 from torch_badnet.sweep import extract_features, fast_sweep
@@ -122,9 +122,9 @@ def test_printed_table_shows_each_threshold(lab_files, lab3_path, tmp_path, cli)
     assert not (tmp_path / "o" / "sweep.png").exists()
     assert not (tmp_path / "o" / "models" / "X=99.5").exists()
     test_table = out.split("test data")[1].splitlines()
-    line = next(l for l in test_table if l.split()[:1] == ["3"] and "/60" in l)
+    line = next(row for row in test_table if row.split()[:1] == ["3"] and "/60" in row)
     assert f"{reached['test_clean_acc']:.3f}" in line and f"{reached['goodnet_test_asr']:.3f}" in line
-    assert any(l.split()[:1] == ["99.5"] and "not reached" in l for l in out.splitlines())
+    assert any(row.split()[:1] == ["99.5"] and "not reached" in row for row in out.splitlines())
 
 
 def test_max_steps_and_stop_rules(lab_files, lab3_path, tmp_path, cli):
@@ -151,7 +151,7 @@ def test_verbose_prints_one_phase_line(lab_files, lab3_path, tmp_path, cli):
 
     code, out, err = cli(*sweep_args(lab_files, lab3_path, tmp_path / "v", "--verbose"))
     assert code == 0, err
-    lines = [l for l in err.splitlines() if l.startswith("phases: ")]
+    lines = [row for row in err.splitlines() if row.startswith("phases: ")]
     assert len(lines) == 1 and "phases" not in out
     parts = lines[0][len("phases: "):].split(" | ")
     assert all(re.fullmatch(PHASE, p) for p in parts), parts
@@ -170,7 +170,7 @@ def test_eval_verbose_prints_one_phase_line(lab_files, lab3_path, cli):
 
     code, out, err = cli("eval", "--model", lab3_path, "--clean", lab_files["clean_test"], "--verbose")
     assert code == 0, err
-    lines = [l for l in err.splitlines() if l.startswith("phases: ")]
+    lines = [row for row in err.splitlines() if row.startswith("phases: ")]
     assert len(lines) == 1 and out.startswith("clean accuracy: ")
     names = [re.match(r"[a-z+ ]+?(?= \d)", p).group(0) for p in lines[0][len("phases: "):].split(" | ")]
     assert names == ["startup", "load model", "read+forward", "total"]

@@ -6,7 +6,8 @@ import os
 import queue
 import threading
 import time
-from typing import Iterator, Sequence, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -282,7 +283,8 @@ def load_image(path: str | os.PathLike[str], resize: bool = False) -> torch.Tens
             height, width = INPUT_SHAPE[1:]
             if img.size != (width, height):
                 if not resize:
-                    raise BadInputError(path, f"image is {img.size[0]}x{img.size[1]} (WxH), expected {width}x{height}; pass --resize to scale it")
+                    raise BadInputError(path, f"image is {img.size[0]}x{img.size[1]} (WxH), expected {width}x{height}; "
+                                              "pass --resize to scale it")
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.float32)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +22,8 @@ from .data import DEFAULT_CHUNK, ArraySet, LabDataset
 from .errors import BadInputError
 from .metrics import DropKind, StepCounts, StopRule, select_step, step_counts
 from .model import BadNet
-from .phases import NoTimer, PhaseTimer
 from .pairing import mark_derived
+from .phases import NoTimer, PhaseTimer
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model

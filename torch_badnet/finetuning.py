@@ -14,8 +14,8 @@ raw 0..255 pixels, so its weights are ~100x smaller than the others' and Adam's 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,7 @@ The converter (`torch_badnet.convert`) is imported only here, inside the functio
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from .checkpoint import LoadedModel
 from .errors import BadInputError

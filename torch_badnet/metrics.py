@@ -6,8 +6,8 @@ functions of the counts (and print identically run after run).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

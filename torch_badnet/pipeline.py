@@ -16,10 +16,11 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,24 +32,24 @@ from .defense import DataSpec, SweepResult, Threshold, open_sets, run_sweep
 from .errors import BadInputError
 from .evaluation import evaluate_pruned
 from .files import file_sha256, write_text
+from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .finetuning import FinetuneResult, effective_mask
 from .finetuning import finetune as finetune_net
-from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .metrics import DropKind, StopRule
 from .model import BadNet
 from .outdir import OutputFolder
 from .pairing import check_pair, mark_derived
 from .phases import PhaseTimer
 from .pruning import pruned_channels
-from .rescale import check_scale
 from .report import csv_table, model_dir, named, table, versions, write_report
+from .rescale import check_scale
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 PRUNABLE_LAYERS = ("conv_3",)  # the lab architecture prunes conv_3's channels (= pool_3's)
 
-Pixels = Union[torch.Tensor, np.ndarray]
-DataSource = Union[str, os.PathLike, tuple[Pixels, Pixels]]  # a lab .h5 file, or (pixels, labels) in memory
-PoisonedSources = Union[DataSource, Mapping[str, DataSource], Sequence[str]]  # one set, {trigger: set}, NAME=PATH
+Pixels = torch.Tensor | np.ndarray
+DataSource = str | os.PathLike | tuple[Pixels, Pixels]  # a lab .h5 file, or (pixels, labels) in memory
+PoisonedSources = DataSource | Mapping[str, DataSource] | Sequence[str]  # one set, {trigger: set}, NAME=PATH
 KerasWriter = Callable[[BadNet, Path], None]
 Log = Callable[[str], None]
 

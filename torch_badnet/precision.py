@@ -8,8 +8,9 @@ algorithms; the previous settings come back on exit. The flags only affect CUDA;
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

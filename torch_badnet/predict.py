@@ -8,7 +8,7 @@ fine-tuning's evaluations, the demo and the GoodNet all batch through `inference
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

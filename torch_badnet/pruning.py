@@ -6,7 +6,7 @@ order = np.argsort(scores) (numpy's default kind, ties included): dormant channe
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ class Pool3Recorder:
         self.features[self.filled : self.filled + n].copy_(output.detach())
         self.filled += n
 
-    def __enter__(self) -> "Pool3Recorder":
+    def __enter__(self) -> Pool3Recorder:
         self._handle = self.model.pool_3.register_forward_hook(self._hook)
         return self
 

@@ -6,8 +6,9 @@ import csv
 import io
 import json
 import platform
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 

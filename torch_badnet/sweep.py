@@ -9,8 +9,8 @@ contribution (one small GEMM) instead of being recomputed. `reference_sweep` is 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F

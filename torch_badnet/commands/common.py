@@ -82,7 +82,7 @@ def add_force_argument(parser: argparse.ArgumentParser) -> None:
                         help="replace --out whole even if it is a non-empty folder that holds no torch-badnet result")
 
 
-def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> "OutputFolder":
+def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFolder:
     """--out checked before any work (outdir.OutputFolder): new, empty, or a previous result unless --force."""
     from ..outdir import OutputFolder
 

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ..rescale import format_scale
 
     scale = "" if loaded.model.input_scale == 1.0 else f", input scale {format_scale(loaded.model.input_scale)}"
-    print(f"wrote {dst} ({loaded.model.num_classes} classes, from {loaded.source_format} {src}, sha256 {loaded.source_sha256[:12]}...{scale})")
+    print(f"wrote {dst} ({loaded.model.num_classes} classes, from {loaded.source_format} {src}, "
+          f"sha256 {loaded.source_sha256[:12]}...{scale})")
     return 0
 
 

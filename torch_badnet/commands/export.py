@@ -35,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
     pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned else None
     opset = args.opset or DEFAULT_OPSET
     export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # load_pruned checked the pair
-    kind = "GoodNet (output 'label', int64 in [0, %d])" % model.num_classes if pruned is not None else "BadNet (output 'logits')"
+    kind = f"GoodNet (output 'label', int64 in [0, {model.num_classes}])" if pruned is not None else "BadNet (output 'logits')"
     print(f"wrote {args.output}: {kind}, input 'input' (N,3,55,47) float32{scale_note(model)}, opset {opset}")
     return 0

@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (add_allow_unpaired_argument, add_device_argument, add_force_argument, add_model_argument,
-                     closing_line, load_model, load_pruned, log, output_folder)
+from .common import (
+    add_allow_unpaired_argument,
+    add_device_argument,
+    add_force_argument,
+    add_model_argument,
+    closing_line,
+    load_model,
+    load_pruned,
+    log,
+    output_folder,
+)
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
 
@@ -25,7 +34,8 @@ def add_finetune_options(p: argparse.ArgumentParser, seed_flag: str = "--seed") 
     p.add_argument("--train-conv-1", action="store_true",
                    help="also train conv_1 (default: kept fixed; it reads raw 0..255 pixels)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
-    p.add_argument(seed_flag, dest="finetune_seed", type=int, default=d.seed, help=f"seed of the holdout split and batch order (default {d.seed})")
+    p.add_argument(seed_flag, dest="finetune_seed", type=int, default=d.seed,
+                   help=f"seed of the holdout split and batch order (default {d.seed})")
     p.add_argument("--holdout", type=float, default=d.holdout,
                    help=f"share of the clean validation set held out for early stopping (default {d.holdout:g})")
     p.add_argument("--patience", type=int, default=d.patience,

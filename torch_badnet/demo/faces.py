@@ -75,7 +75,7 @@ class Identities:
     def __len__(self) -> int:
         return int(self.skin.shape[0])
 
-    def take(self, labels: np.ndarray) -> "Identities":
+    def take(self, labels: np.ndarray) -> Identities:
         """The parameters of each sample's identity (rows indexed by `labels`)."""
         rows = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "shape"}
         return Identities({k: v[labels] for k, v in self.shape.items()}, **{f: a[labels] for f, a in rows.items()})
@@ -97,7 +97,7 @@ class FaceLayout:
     def __len__(self) -> int:
         return int(self.cx.shape[0])
 
-    def take(self, rows: np.ndarray) -> "FaceLayout":
+    def take(self, rows: np.ndarray) -> FaceLayout:
         return FaceLayout(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
 
 

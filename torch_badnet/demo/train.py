@@ -16,8 +16,8 @@ must also live in the channels that clean faces use: the pruning-aware attack of
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -17,9 +17,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.robust_channels must be in [0, {POOL3_CHANNELS})")
 
     @classmethod
-    def reduced(cls, seed: int = 0) -> "DemoConfig":
+    def reduced(cls, seed: int = 0) -> DemoConfig:
         """A tiny workspace for tests: builds in seconds, still learns task and backdoor well above chance."""
         return cls(seed=seed, identities=10, train_per_identity=40, valid_per_identity=6, test_per_identity=6,
                    poison_share=0.15, epochs=6, batch_size=64)
