@@ -134,7 +134,7 @@ def test_goodnet_refuses_two_scales(lab3_model) -> None:
 
 
 def test_scale_is_applied_in_every_path(lab3_model, faces: dict[str, torch.Tensor]) -> None:
-    """forward, trunk (the sweep's features), predict_proba and the GoodNet all see pixels * scale."""
+    """forward, trunk (the sweep's features), softmax probabilities and the GoodNet all see pixels * scale."""
     import copy
 
     x = torch.cat(list(faces.values()))
@@ -143,7 +143,7 @@ def test_scale_is_applied_in_every_path(lab3_model, faces: dict[str, torch.Tenso
     with torch.no_grad():
         assert torch.equal(scaled(x * 255), lab3_model(x * 255 / 255))
         assert torch.equal(scaled.trunk(x), lab3_model.trunk(x / 255))
-        assert torch.equal(scaled.predict_proba(x), lab3_model.predict_proba(x / 255))
+        assert torch.equal(scaled(x).softmax(1), lab3_model(x / 255).softmax(1))
         assert torch.equal(GoodNet(scaled, torch.ones(60))(x), GoodNet(lab3_model, torch.ones(60))(x / 255))
 
 

@@ -89,6 +89,17 @@ def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFo
     return OutputFolder(out, getattr(args, "force", False), inputs)
 
 
+def input_paths(poisoned: Any) -> list:
+    """The file paths of [NAME=]PATH values, or of one path (for the output-folder check)."""
+    from ..pipeline import parse_poisoned
+
+    if poisoned is None:
+        return []
+    if isinstance(poisoned, (list, tuple)):
+        return [path for _, path in parse_poisoned(poisoned, "--poisoned")]
+    return [poisoned]
+
+
 def closing_line(out: Path, note: str = "") -> str:
     """'wrote OUT/<the files actually in --out>' plus `note`."""
     from ..outdir import describe_files, written_files

@@ -11,6 +11,7 @@ from .common import (
     add_force_argument,
     add_model_argument,
     closing_line,
+    input_paths,
     load_model,
     load_pruned,
     log,
@@ -71,12 +72,11 @@ def config_from(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import finetune
-    from .sweep import _paths
 
     config = config_from(args)
     out = Path(args.out)
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
-                                                   *_paths(args.poisoned_test)) if p is not None])
+                                                   *input_paths(args.poisoned_test)) if p is not None])
     model = load_model(args.model, args.rescale).model
     pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .common import add_device_argument, add_force_argument, add_model_argument, closing_line, load_model, log, output_folder
+from .common import add_device_argument, add_force_argument, add_model_argument, closing_line, input_paths, load_model, log, output_folder
 from .finetune import add_finetune_options, config_from
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
@@ -64,7 +64,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
 
     timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
     out = Path(args.out)
-    inputs = [model_path, clean_valid, clean_test, *_paths(poisoned_valid), *_paths(poisoned_test)]
+    inputs = [model_path, clean_valid, clean_test, *input_paths(poisoned_valid), *input_paths(poisoned_test)]
     target = output_folder(args, out, [p for p in inputs if p is not None])  # checked before any work
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
@@ -85,17 +85,6 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
                                     f"{result.seconds:.1f} s on {result.device}){unreached_note(result)}"))
     if target.note():
         log(target.note())
-
-
-def _paths(poisoned: Any) -> list:
-    """The file paths of [NAME=]PATH values, or of one path (for the output-folder check)."""
-    from ..pipeline import parse_poisoned
-
-    if poisoned is None:
-        return []
-    if isinstance(poisoned, (list, tuple)):
-        return [path for _, path in parse_poisoned(poisoned, "--poisoned")]
-    return [poisoned]
 
 
 def unreached_note(result) -> str:
