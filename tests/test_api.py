@@ -92,6 +92,11 @@ def test_prune_sweep_save_writes_what_the_cli_writes(swept: tb.DefenseResult, la
         assert api_text == cli_text, name
 
 
+def test_prune_sweep_leaves_the_callers_model_as_it_was(swept: tb.DefenseResult, bd: tb.BadNet):
+    assert swept.model is bd and bd.conv_2.weight.is_contiguous()  # not switched to channels_last
+    assert not bd.conv_2.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_pruned_gives_b_prime_and_goodnet_matches_the_sweep(swept: tb.DefenseResult, bd: tb.BadNet, lab_files):
     t4 = swept.threshold(4)
     assert t4.reached

@@ -51,6 +51,19 @@ def test_mask_survives_and_runs_repeat(pruned_and_data):
     assert first.holdout_images == 24 and first.train_images == 96
 
 
+def test_weight_memory_format_does_not_change_fine_tuning(pruned_and_data):
+    """B' from the sweep (once channels_last) and B' from pruned.pt (contiguous) fine-tune to the same weights."""
+    import copy
+
+    pruned, x, y = pruned_and_data
+    config = FinetuneConfig(epochs=2, lr=1e-3, batch_size=32, seed=5, patience=5)
+    channels_last = copy.deepcopy(pruned).to(memory_format=torch.channels_last)
+    assert channels_last.conv_2.weight.is_contiguous(memory_format=torch.channels_last)
+    plain, other = finetune(pruned, x, y, config).model, finetune(channels_last, x, y, config).model
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, other.state_dict()[name]), name
+
+
 def test_effective_mask_reads_baked_pruning(lab3_model):
     import copy
 

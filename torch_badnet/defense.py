@@ -170,7 +170,7 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
     """
     timer = timer or NoTimer()
     check_specs(specs)
-    model = prepare_model(model, device)
+    model = prepare_model(copy.deepcopy(model), device)  # the caller's B keeps its device and memory format
     if bool((model.conv_3.mask == 0).any()):
         raise BadInputError("--model", "the model already has pruned channels; sweep an unpruned BadNet")
     with timer.phase("read+trunk"), open_sets(specs, model.num_classes) as datasets:

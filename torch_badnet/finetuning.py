@@ -81,7 +81,9 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
     The conv_3 mask stays fixed and the pruned channels' conv_3 weights are kept exactly zero, so the saved
     weights of B'_ft are pruned in every format.
     """
-    model = copy.deepcopy(pruned).cpu().float()
+    # A plain (contiguous) copy: weights in another memory format (e.g. channels_last) round differently in
+    # training, so the same B' would fine-tune differently depending on where it came from.
+    model = copy.deepcopy(pruned).cpu().float().to(memory_format=torch.contiguous_format)
     mask = effective_mask(model)
     model.conv_3.mask.copy_(mask)
     _zero_pruned(model)
