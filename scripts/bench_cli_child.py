@@ -1,4 +1,4 @@
-"""Run `python -m torch_badnet ARGS...` in this process and write its peak RSS (MiB) to a file.
+"""Run the `torch-badnet ARGS...` command in this process and write its peak RSS (MiB) to a file.
 
     python scripts/bench_cli_child.py PEAK_FILE ARGS...
 
@@ -8,8 +8,8 @@ parent's resident-set high-water mark across exec. VmHWM of the exec'd process c
 
 from __future__ import annotations
 
+import os
 import resource
-import runpy
 import sys
 from pathlib import Path
 
@@ -28,12 +28,18 @@ def peak_rss_mib() -> float:
 
 
 def main() -> None:
+    """As `torch_badnet.cli.entry` (run, flush, leave without teardown), with the peak RSS written before leaving."""
+    from torch_badnet.cli import main as run
+
     peak_file, args = Path(sys.argv[1]), sys.argv[2:]
     sys.argv = ["torch_badnet", *args]
     try:
-        runpy.run_module("torch_badnet", run_name="__main__", alter_sys=True)
+        code = run(args)
     finally:
         peak_file.write_text(f"{peak_rss_mib():.1f}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """`python -m torch_badnet` = the `torch-badnet` command."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
                 clean_test: Any = None, poisoned_test: Any = None, title: str | None = None) -> None:
     """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table."""
+    from ..files import prefetch_sha256
     from ..phases import NoTimer, PhaseTimer
     from ..pipeline import prune_sweep
 
@@ -66,6 +67,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     out = Path(args.out)
     inputs = [model_path, clean_valid, clean_test, *input_paths(poisoned_valid), *input_paths(poisoned_test)]
     target = output_folder(args, out, [p for p in inputs if p is not None])  # checked before any work
+    prefetch_sha256(p for p in inputs if p is not None)  # summary.json's sha256s, hashed in idle cycles meanwhile
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
         model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
