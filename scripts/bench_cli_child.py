@@ -8,7 +8,6 @@ parent's resident-set high-water mark across exec. VmHWM of the exec'd process c
 
 from __future__ import annotations
 
-import os
 import resource
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ def peak_rss_mib() -> float:
 
 def main() -> None:
     """As `torch_badnet.cli.entry` (run, flush, leave without teardown), with the peak RSS written before leaving."""
+    from torch_badnet.cli import leave
     from torch_badnet.cli import main as run
 
     peak_file, args = Path(sys.argv[1]), sys.argv[2:]
@@ -37,9 +37,7 @@ def main() -> None:
         code = run(args)
     finally:
         peak_file.write_text(f"{peak_rss_mib():.1f}\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    leave(code)
 
 
 if __name__ == "__main__":

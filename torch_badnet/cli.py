@@ -59,9 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `torch-badnet` program: run `main`, flush, and leave without Python's teardown (freeing torch and the
-    sweep's large tensors takes about half a second; every output is already written and closed)."""
-    code = main()
+    """The `torch-badnet` program: run `main`, then `leave`."""
+    leave(main())
+
+
+def leave(code: int) -> None:
+    """Flush and exit without Python's teardown (freeing torch and the sweep's large tensors takes about half a
+    second); only once every output is written and closed."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import BadInputError
+from .files import current_umask
 
 MARKER = "summary.json"  # every result (sweep, demo, finetune) writes it, with versions.torch_badnet
 
@@ -61,7 +62,7 @@ class OutputFolder:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
         try:
             yield staging
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the usual permissions
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700 folders; give the usual permissions
             self._swap_in(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -90,12 +91,6 @@ class OutputFolder:
         if self.replaced == "folder":
             return f"replaced {self.path} (--force: its previous content was removed)"
         return None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def written_files(folder: Path) -> list[str]:
