@@ -376,8 +376,10 @@ class FinetuneRun:
 
     def save(self, out: str | os.PathLike[str] | OutputFolder, keras: bool = True, force: bool = False) -> list[str]:
         """finetuned.pt, finetuned.h5 (`keras`), history.csv and summary.json, through a staging folder that then
-        replaces `out` whole (a non-empty `out` holding no torch-badnet result needs `force`)."""
-        target = out if isinstance(out, OutputFolder) else OutputFolder(out, force)
+        replaces `out` whole (a non-empty `out` holding no torch-badnet result needs `force`; one holding an input
+        of the run is refused)."""
+        inputs = [entry["path"] for entry in self.context.values() if not entry["path"].startswith("<")]
+        target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
         with target.staging() as staging:
             self.tuned.write(staging, keras_writer() if keras else None)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
