@@ -99,9 +99,8 @@ class LabDataset(_Set):
             data.read_direct(raw, np.s_[start:stop], np.s_[0 : stop - start])
             with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
                 pixels = torch.from_numpy(raw[: stop - start].astype(np.float32))  # a fresh array per chunk
-            if floating and not _all_finite(pixels):
-                bad = start + int((~torch.isfinite(pixels)).flatten(1).any(1).nonzero()[0])
-                raise BadInputError(self.path, f"image {bad} holds non-finite pixels (NaN or inf)")
+            if floating:
+                check_finite(pixels, self.path, start)
             seen.update(pixels)
             if stop == len(self):
                 seen.check(self.path)
@@ -136,19 +135,16 @@ class ArraySet(_Set):
     def __init__(self, pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, name: str,
                  num_classes: int | None = None) -> None:
         self.path = name
-        pixels = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != INPUT_SHAPE:
-            raise BadInputError(name, f"pixels have shape {tuple(pixels.shape)}, expected (N, 3, 55, 47)")
-        if pixels.shape[0] == 0:
+        self.pixels = _float_pixels(pixels)
+        if self.pixels.ndim != 4 or tuple(self.pixels.shape[1:]) != INPUT_SHAPE:
+            raise BadInputError(name, f"pixels have shape {tuple(self.pixels.shape)}, expected (N, 3, 55, 47)")
+        if self.pixels.shape[0] == 0:
             raise BadInputError(name, "the set is empty (0 images)")
-        self.pixels = pixels.detach().cpu().float()
-        if not _all_finite(self.pixels):
-            bad = int((~torch.isfinite(self.pixels)).flatten(1).any(1).nonzero()[0])
-            raise BadInputError(name, f"image {bad} holds non-finite pixels (NaN or inf)")
+        check_finite(self.pixels, name)
         seen = PixelRange()
         seen.update(self.pixels)
         seen.check(name)
-        raw = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        raw = _label_array(labels)
         if raw.shape != (self.pixels.shape[0],):
             raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")
         self.labels = check_labels(raw, num_classes, name)
@@ -158,13 +154,25 @@ class ArraySet(_Set):
         for start in range(0, len(self), chunk_size):
             yield self.pixels[start : start + chunk_size], torch.from_numpy(self.labels[start : start + chunk_size])
 
-    def sha256(self) -> str:
-        """sha256 of the float32 pixels and int64 labels, for the report."""
-        import hashlib
 
-        digest = hashlib.sha256(self.pixels.contiguous().numpy().tobytes())
-        digest.update(self.labels.tobytes())
-        return digest.hexdigest()
+
+def arrays_sha256(pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> str:
+    """sha256 of in-memory data as ArraySet holds it (float32 pixels, int64 labels), for the report."""
+    import hashlib
+
+    digest = hashlib.sha256(_float_pixels(pixels).contiguous().numpy().tobytes())
+    digest.update(_label_array(labels).astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _float_pixels(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """In-memory pixels as a float32 CPU tensor."""
+    pixels = pixels if isinstance(pixels, torch.Tensor) else torch.as_tensor(np.asarray(pixels))
+    return pixels.detach().cpu().float()
+
+
+def _label_array(labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    return labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
 
 
 def read_all(dataset: LabDataset | ArraySet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,6 +260,13 @@ class PixelRange:
             raise BadInputError(path, f"every pixel lies in [{self.low:g}, {self.high:g}], but lab files hold 0..255: "
                                       "multiply the data by 255 (a model that wants 0..1 pixels takes 0..255 files "
                                       "with --rescale)")
+
+
+def check_finite(pixels: torch.Tensor, where: str | os.PathLike[str], first_index: int = 0) -> None:
+    """A BadInputError naming the first image (counted from `first_index`) that holds a NaN or inf pixel."""
+    if not _all_finite(pixels):
+        bad = first_index + int((~torch.isfinite(pixels)).flatten(1).any(1).nonzero()[0])
+        raise BadInputError(where, f"image {bad} holds non-finite pixels (NaN or inf)")
 
 
 def _all_finite(pixels: torch.Tensor) -> bool:

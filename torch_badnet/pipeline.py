@@ -17,7 +17,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,17 @@ import torch
 
 from .checkpoint import save_checkpoint, source_of
 from .columns import Column
-from .data import ArraySet, read_all
+from .data import arrays_sha256, read_all
 from .defense import DataSpec, SweepResult, Threshold, open_sets, run_sweep
 from .errors import BadInputError
 from .evaluation import evaluate_pruned
-from .files import file_sha256, write_text
+from .files import file_sha256, prefetch_sha256, write_text
 from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .finetuning import FinetuneResult, effective_mask
 from .finetuning import finetune as finetune_net
 from .metrics import DropKind, StopRule
 from .model import BadNet
-from .outdir import OutputFolder
+from .outdir import OutputFolder, written_files
 from .pairing import check_pair, mark_derived
 from .phases import PhaseTimer
 from .pruning import pruned_channels
@@ -145,18 +144,18 @@ class DefenseResult:
 
         As the CLI: everything is written into a staging folder that then replaces `out` whole, so `out` holds
         exactly this result. A non-empty `out` that holds no torch-badnet result is refused (BadInputError)
-        unless `force`. The inputs' sha256 is computed in a thread while the models and plot are written.
+        unless `force`. The input files' sha256 is computed in background threads (`files.prefetch_sha256`)
+        while the models and plot are written.
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
+        prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.arrays is None)
         write_keras = keras_writer() if keras else None
-        with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-hash") as pool, target.staging() as staging:
-            hashing = pool.submit(self.input_hashes)
+        with target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
-            write_report(self.sweep, self.model, staging, lambda: (hashing.result(), self.summary())[1], write_keras,
-                         plot=plot, finetuned={x: f.metrics for x, f in self.finetuned.items()}, timer=timer)
-            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        return written
+            write_report(self.sweep, self.model, staging, self.summary, write_keras, plot=plot,
+                         finetuned={x: f.metrics for x, f in self.finetuned.items()}, timer=timer)
+            return written_files(staging)
 
 
 def keras_writer() -> KerasWriter:
@@ -310,7 +309,7 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
 def input_sha256(spec: DataSpec) -> str:
     if spec.arrays is None:
         return file_sha256(spec.path)
-    return ArraySet(*spec.arrays, str(spec.path)).sha256()
+    return arrays_sha256(*spec.arrays)
 
 
 def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: FinetuneConfig, device: torch.device,
@@ -383,8 +382,7 @@ class FinetuneRun:
         with target.staging() as staging:
             self.tuned.write(staging, keras_writer() if keras else None)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
-            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        return written
+            return written_files(staging)
 
 
 def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test: DataSource | None = None,

@@ -121,12 +121,3 @@ def _hits(model: BadNet, x: torch.Tensor, y: torch.Tensor, scale: float) -> int:
         return int((labels_in_batches(model, x) == y).sum())
     finally:
         model.input_scale = saved
-
-
-def check_scale_on_file(model: BadNet, path: str | os.PathLike[str]) -> None:
-    """`check_scale` on the first GUARD_IMAGES images of a lab file (one small read)."""
-    from .data import LabDataset
-
-    with LabDataset(path, model.num_classes) as ds:
-        x, y = next(ds.chunks(GUARD_IMAGES))
-    check_scale(model, x, y, str(path))

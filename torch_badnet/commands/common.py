@@ -100,11 +100,11 @@ def input_paths(poisoned: Any) -> list:
     return [poisoned]
 
 
-def closing_line(out: Path, note: str = "") -> str:
-    """'wrote OUT/<the files actually in --out>' plus `note`."""
-    from ..outdir import describe_files, written_files
+def closing_line(out: Path, written: list[str], note: str = "") -> str:
+    """'wrote OUT/<the files written>' plus `note` (`written`: what `save` put into --out)."""
+    from ..outdir import describe_files
 
-    return f"wrote {out}/{describe_files(written_files(out))}{note}"
+    return f"wrote {out}/{describe_files(written)}{note}"
 
 
 def log(line: str) -> None:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..goodnet import GoodNet
     from ..metrics import step_counts
     from ..phases import NoTimer, PhaseTimer
-    from ..rescale import check_scale_on_file
+    from ..pipeline import check_input_scale
 
     if not args.clean and not args.poisoned:
         raise BadInputError("eval", "give --clean and/or --poisoned")
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     device = device_from(args)
     with timer.phase("load model"):
         model = load_model(args.model, args.rescale).model.eval()
-        if args.clean:
-            check_scale_on_file(model, args.clean)  # another input scale clearly better on clean images: stop
+        if args.clean:  # another input scale clearly better on the first clean images: stop
+            check_input_scale(model, DataSpec("eval", "clean", Path(args.clean)))
         pruned = (load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned
                   else torch.ones_like(model.mask))
         goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # load_pruned checked the pair

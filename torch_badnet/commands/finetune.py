@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
     pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
                    allow_unpaired=True, **vars(config))  # load_pruned checked the pair (or was told not to)
-    run.save(target)
+    written = run.save(target)
     facts = run.tuned.facts
     print(run.table())
-    print("\n" + closing_line(out, f" (kept epoch {facts['best_epoch']} of {facts['epochs_run']}; "
+    print("\n" + closing_line(out, written, f" (kept epoch {facts['best_epoch']} of {facts['epochs_run']}; "
                                     f"{facts['holdout']['images']} validation images held out)"))
     if target.note():
         log(target.note())

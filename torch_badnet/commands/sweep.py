@@ -79,11 +79,11 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
         result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, thresholds=args.thresholds,
                              stop=args.stop, drop=args.drop, max_steps=args.max_steps, device=args.device,
                              finetune=config, show_progress=sys.stderr.isatty(), log=log, timer=timer)
-    result.save(target, plot=not args.no_plot, timer=timer)
+    written = result.save(target, plot=not args.no_plot, timer=timer)
     if args.verbose:
         log(timer.line())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
-    print("\n" + closing_line(out, f" ({result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in "
+    print("\n" + closing_line(out, written, f" ({result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in "
                                     f"{result.seconds:.1f} s on {result.device}){unreached_note(result)}"))
     if target.note():
         log(target.note())
