@@ -105,8 +105,10 @@ def test_pruned_gives_b_prime_and_goodnet_matches_the_sweep(swept: tb.DefenseRes
     assert sorted(int(c) for c in (b4.mask == 0).nonzero().flatten()) == sorted(t4.pruned_channels)
     assert torch.equal(b4.conv_3.weight, bd.conv_3.weight)  # weights intact, mask off
     g = tb.GoodNet(bd, b4).eval()
-    with h5py.File(lab_files["clean_test"]) as f:
-        x, y = torch.from_numpy(f["data"][()].astype(np.float32)), torch.from_numpy(f["label"][()].astype(np.int64))
+    x, y = tb.load_lab_set(lab_files["clean_test"])
+    with h5py.File(lab_files["clean_test"]) as f:  # the whole file, validated, as float32 pixels and int64 labels
+        assert torch.equal(x, torch.from_numpy(f["data"][()].astype(np.float32))) and x.shape == (200, 3, 55, 47)
+        assert torch.equal(y, torch.from_numpy(f["label"][()].astype(np.int64)))
     with torch.no_grad():
         labels = g(x)
         b_labels = b4(x).argmax(1)
