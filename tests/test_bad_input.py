@@ -333,6 +333,19 @@ def test_pixels_scaled_to_0_1_are_refused(cli, tmp_path, lab3_path):
     assert f"[{data.min():g}, {data.max():g}]" in line
 
 
+def test_0_1_faces_get_the_range_advice_not_a_rescale(cli, tmp_path, sunglasses_path, lab_files):
+    """Real faces divided by 255, more of them than the scale guard reads: the refusal is the file's pixel range
+    (multiply by 255), not the guard's advice to pass another --rescale."""
+    with h5py.File(lab_files["clean_test"]) as f:
+        data, labels = f["data"][()], f["label"][()]
+    path = small_set(tmp_path / "faces01.h5", labels=np.concatenate([labels, labels]),
+                     data=np.concatenate([data, data]) / 255)
+    code, out, err = cli("eval", "--model", sunglasses_path, "--clean", path)
+    lines = err.strip().splitlines()  # the recognition line of the published model, then the one error line
+    assert code == 2 and out == "" and len(lines) == 2 and lines[0].startswith("recognized "), err
+    assert lines[1].startswith(f"error: {path}: every pixel lies in [0") and "multiply the data by 255" in lines[1]
+
+
 def test_dark_images_are_not_refused(cli, tmp_path, lab3_path):
     """Only a whole file within [0, 1] is refused: black images beside normal ones are fine."""
     data = np.random.default_rng(2).uniform(0, 255, size=(4, 3, 55, 47))

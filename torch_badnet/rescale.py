@@ -99,8 +99,14 @@ def match_input_scale(pruned: BadNet, path: str | os.PathLike[str], recorded: fl
 
 def check_scale(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, source: str) -> None:
     """Stop (BadInputError naming --rescale and both accuracies) when another candidate scale classifies the
-    first GUARD_IMAGES clean images clearly better than the model's own scale."""
+    first GUARD_IMAGES clean images clearly better than the model's own scale.
+
+    Images whose pixels all lie in [0, 1] are not compared: data on the wrong scale would make the guard advise a
+    --rescale, while the fix is the data (multiplied by 255); the file's own pixel-range check says so.
+    """
     x, y = pixels[:GUARD_IMAGES], labels[:GUARD_IMAGES]
+    if float(x.max()) <= 1:
+        return
     device = model.conv_1.weight.device
     x, y = x.to(device), y.to(device)
     chosen = model.input_scale
