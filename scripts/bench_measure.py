@@ -136,8 +136,9 @@ class InMemorySet:
         pass
 
 
-def sweep_in_memory(model: BadNet, sets: Sets, device: torch.device, max_steps: int | None = None):
-    """`torch_badnet.defense.run_sweep` on in-memory sets: trunk features, ranking, every step, B' and G metrics."""
+def sweep_in_memory(model: BadNet, sets: Sets, device: torch.device, max_steps: int | None = None, timer=None):
+    """`torch_badnet.defense.run_sweep` on in-memory sets: trunk features, ranking, every step, B' and G metrics
+    (`timer`: a `torch_badnet.phases.PhaseTimer` for the phase breakdown)."""
     from torch_badnet import defense
 
     specs = [defense.DataSpec(name.split("_")[1], name.split("_")[0], Path(name)) for name in sets]
@@ -145,7 +146,7 @@ def sweep_in_memory(model: BadNet, sets: Sets, device: torch.device, max_steps: 
     original = defense.LabDataset
     defense.LabDataset = InMemorySet
     try:
-        return defense.run_sweep(model, specs, [2.0, 4.0, 10.0], device=device, max_steps=max_steps)
+        return defense.run_sweep(model, specs, [2.0, 4.0, 10.0], device=device, max_steps=max_steps, timer=timer)
     finally:
         defense.LabDataset = original
 

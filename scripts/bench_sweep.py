@@ -35,6 +35,7 @@ from bench_inputs import load_inputs  # noqa: E402
 from bench_measure import forward_all, goodnet_throughput, run_cli, sweep_in_memory, time_keras_reference, time_torch_reference, timed  # noqa: E402
 
 from torch_badnet.files import write_text  # noqa: E402
+from torch_badnet.phases import PhaseTimer  # noqa: E402
 from torch_badnet.precision import exact_float32  # noqa: E402
 from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device  # noqa: E402
 
@@ -117,6 +118,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = outcome["result"]
     results.update(steps=result.steps, sweep_s=sweep.median, sweep=sweep.as_dict())
     log(f"sweep_s {sweep.median:.2f} {sweep.seconds}")
+    timer = PhaseTimer()
+    sweep_in_memory(model, sets, device, timer=timer)
+    results["sweep_phases_s"] = {name: round(s, 4) for name, s in timer.seconds.items() if name != "startup"}
+    log(f"sweep phases {results['sweep_phases_s']}")
 
     forward = timed(lambda: forward_all(model, sets, args.batch), args.repeats, device)
     results.update(forward_s=forward.median, forward=forward.as_dict(), forward_batch=args.batch)
@@ -184,7 +189,8 @@ def table(r: dict[str, Any]) -> str:
         ("seed_torch_s_per_step", f"{r['seed_torch_s_per_step']:.2f}"),
         ("seed_keras_s_per_step", "not measured" if r["seed_keras_s_per_step"] is None
          else f"{r['seed_keras_s_per_step']:.2f} (fastest {r['seed_keras_fastest_s']:.2f}; batch {r['keras_batch']})"),
-        ("sweep_s", f"{r['sweep_s']:.2f} (CPU {r['sweep']['cpu_median_s']:.2f})"),
+        ("sweep_s", f"{r['sweep_s']:.3f} (CPU {r['sweep']['cpu_median_s']:.2f}; runs {r['sweep']['runs_s']})"),
+        ("sweep phases", ", ".join(f"{k} {v:.3f} s" for k, v in r.get("sweep_phases_s", {}).items())),
         ("goodnet_images_per_s", f"{r['goodnet_images_per_s']:.0f}"),
     ]
     if r.get("peak_rss_mb") is not None:

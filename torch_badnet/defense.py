@@ -180,6 +180,8 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
             for spec in specs:
                 ds = datasets[spec.name]
                 sets.append(extract_features(model, spec.name, _counted(ds.chunks(chunk_size, read_ahead=True), bar), len(ds), device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the trunk's queued kernels belong to this phase
         reading = sum(getattr(ds, "read_seconds", 0.0) for ds in datasets.values())
         timer.note("read+trunk", f"reading {reading:.2f} s of it, in a background thread")
     with timer.phase("rank"):
