@@ -1,6 +1,8 @@
 """`torch-badnet sweep` end to end on small lab-layout files made from real faces, with the real lab3 model."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,8 +84,9 @@ def test_summary_thresholds_follow_the_lab_rule(swept):
         for column in ("test_clean_acc", "test_asr", "goodnet_test_clean_acc", "goodnet_test_asr",
                        "goodnet_test_detection_rate", "goodnet_test_false_alarm_rate", "valid_asr"):
             assert t[column] == float(rows[k][column])
-    for key in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test"):
-        assert len(summary["inputs"][key]["sha256"]) == 64
+    for key in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test"):  # hashed from the CLI's start
+        entry = summary["inputs"][key]
+        assert entry["sha256"] == hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest()
     assert summary["versions"]["torch"] == torch.__version__
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +17,16 @@ import torch
 from tqdm import tqdm
 
 from .columns import Column, csv_order, set_columns
-from .data import DEFAULT_CHUNK, ArraySet, LabDataset
+from .data import DEFAULT_CHUNK, ArraySet, LabDataset, read_ahead_pays
 from .errors import BadInputError
 from .metrics import DropKind, StepCounts, StopRule, select_step, step_counts
 from .model import BadNet
 from .pairing import mark_derived
-from .phases import NoTimer, PhaseTimer
+from .phases import NoTimer, PhaseTimer, reading_note
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
-TRIGGER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 VALID_CLEAN = Column("pruned", "valid", "clean_acc")  # the curve that defines every B'_X
 
 
@@ -166,24 +164,25 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
               timer: PhaseTimer | None = None) -> SweepResult:
     """Rank pool_3 channels on the clean validation set, sweep every step on every set, pick B'_X per X.
 
-    `timer` (optional) gets the phases read+trunk (files read ahead in a background thread), rank, prune, metrics.
+    `timer` (optional) gets the phases read+trunk (files read ahead in a background thread where that pays,
+    `data.read_ahead_pays`), rank, prune, metrics.
     """
     timer = timer or NoTimer()
     check_specs(specs)
     model = prepare_model(copy.deepcopy(model), device)  # the caller's B keeps its device and memory format
     if bool((model.conv_3.mask == 0).any()):
         raise BadInputError("--model", "the model already has pruned channels; sweep an unpruned BadNet")
+    read_ahead = read_ahead_pays(device)
     with timer.phase("read+trunk"), open_sets(specs, model.num_classes) as datasets:
         total = sum(len(ds) for ds in datasets.values())
         sets: list[FeatureSet] = []
         with tqdm(total=total, desc="trunk", unit="img", disable=not show_progress, leave=False) as bar:
             for spec in specs:
-                ds = datasets[spec.name]
-                sets.append(extract_features(model, spec.name, _counted(ds.chunks(chunk_size, read_ahead=True), bar), len(ds), device))
+                chunks = _counted(datasets[spec.name].chunks(chunk_size, read_ahead=read_ahead), bar)
+                sets.append(extract_features(model, spec.name, chunks, len(datasets[spec.name]), device))
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the trunk's queued kernels belong to this phase
-        reading = sum(getattr(ds, "read_seconds", 0.0) for ds in datasets.values())
-        timer.note("read+trunk", f"reading {reading:.2f} s of it, in a background thread")
+        timer.note("read+trunk", reading_note(sum(getattr(ds, "read_seconds", 0.0) for ds in datasets.values()), read_ahead))
     with timer.phase("rank"):
         clean_valid = next(s for s, spec in zip(sets, specs) if spec.is_clean_valid)
         scores = channel_scores(clean_valid.features)

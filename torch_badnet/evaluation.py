@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .columns import Column
-from .data import ArraySet, LabDataset
+from .data import ArraySet, LabDataset, read_ahead_pays
 from .defense import DataSpec, metric_curves, open_set
 from .goodnet import GoodNet
 from .metrics import step_counts
@@ -20,10 +20,10 @@ from .predict import inference_batches, top_class
 def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset | ArraySet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a set.
 
-    A file is read ahead in a background thread while the network runs (`LabDataset.chunks(read_ahead=True)`).
+    A file is read ahead in a background thread while the network runs, where that pays (`data.read_ahead_pays`).
     """
     rows, truth = [], []
-    for x, y in dataset.chunks(read_ahead=True):
+    for x, y in dataset.chunks(read_ahead=read_ahead_pays(device)):
         for part in inference_batches(x.to(device)):
             logits, pruned_logits = goodnet.forward_both(part)
             rows.append(torch.stack([top_class(logits), top_class(pruned_logits)]).cpu())

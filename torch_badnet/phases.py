@@ -43,6 +43,11 @@ class PhaseTimer:
         return "phases: " + " | ".join(parts + [f"total {self.total():.2f} s"])
 
 
+def reading_note(seconds: float, read_ahead: bool) -> str:
+    """The note on a read+compute phase: how much of it went to reading files."""
+    return f"reading {seconds:.2f} s of it" + (", in a background thread" if read_ahead else "")
+
+
 def seconds_since_process_start() -> float | None:
     """Wall seconds since this process started (interpreter start and imports), from /proc; None elsewhere."""
     try:

@@ -52,7 +52,11 @@ def record_pool3(model: BadNet, batches: Iterable[torch.Tensor], total: int, dev
 
 def channel_scores(features: torch.Tensor) -> np.ndarray:
     """Mean activation per channel over (N, H, W), computed as the reference does: numpy float32 on NHWC."""
-    nhwc = np.ascontiguousarray(features.detach().cpu().permute(0, 2, 3, 1).numpy(), dtype=np.float32)
+    nhwc = features.detach().float().permute(0, 2, 3, 1)
+    if nhwc.device.type == "cpu":
+        nhwc = np.ascontiguousarray(nhwc.numpy())
+    else:  # permuted on the GPU, where it is fast, then copied
+        nhwc = nhwc.contiguous().cpu().numpy()
     return np.mean(nhwc, axis=(0, 1, 2))
 
 

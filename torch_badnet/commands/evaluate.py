@@ -25,12 +25,13 @@ def run(args: argparse.Namespace) -> int:
     """B's rates, or with --pruned the GoodNet's, counted as the sweep counts them (metrics.step_counts)."""
     import torch
 
+    from ..data import read_ahead_pays
     from ..defense import DataSpec, open_sets
     from ..errors import BadInputError
     from ..evaluation import b_and_pruned_labels
     from ..goodnet import GoodNet
     from ..metrics import step_counts
-    from ..phases import NoTimer, PhaseTimer
+    from ..phases import NoTimer, PhaseTimer, reading_note
     from ..pipeline import check_input_scale
 
     if not args.clean and not args.poisoned:
@@ -56,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 result["clean_accuracy" if clean else "attack_success_rate"] = counts.rate(counts.hits)[0]
             result[f"{spec.kind}_images"] = counts.n
-        reading = sum(ds.read_seconds for ds in datasets.values())
-        timer.note("read+forward", f"reading {reading:.2f} s of it, in a background thread")
+        timer.note("read+forward", reading_note(sum(ds.read_seconds for ds in datasets.values()), read_ahead_pays(device)))
     if args.verbose:
         log(timer.line())
     if args.json:
