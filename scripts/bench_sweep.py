@@ -47,6 +47,7 @@ TARGET_CLI_SWEEP_KERAS_SPEEDUP = 60.0  # fastest Keras step * steps / cli_sweep_
 TARGET_CLI_EVAL_KERAS_SPEEDUP = 1.3  # fastest Keras step (one predict of the four sets) / cli_eval_s at least this
 TARGET_CLI_SWEEP_OVER_EVAL = 1.5  # cli_sweep_s / cli_eval_s at most this
 TARGET_CLI_SWEEP_OVER_ENGINE = 1.25  # cli_sweep_s / sweep_s at most this
+TARGET_GPU_SWEEP_S = 0.3  # on a GPU (issue 16: an H100): sweep_s at most this many seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,6 +169,8 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     if r.get("seed_keras_s_per_step"):
         check("keras_speedup", r["seed_keras_s_per_step"] * r["steps"] / r["sweep_s"], TARGET_KERAS_SPEEDUP, True)
     check("sweep_over_forward", r["sweep_s"] / r["forward_s"], TARGET_SWEEP_OVER_FORWARD, False)
+    if r["machine"]["device"].startswith("cuda"):
+        check("gpu_sweep_s", r["sweep_s"], TARGET_GPU_SWEEP_S, False)
     if r.get("peak_rss_mb") is not None:
         check("peak_rss_mb", r["peak_rss_mb"], TARGET_PEAK_RSS_MB, False)
     if r.get("cli_sweep_s") is not None:
