@@ -37,6 +37,7 @@ from bench_measure import forward_all, goodnet_throughput, run_cli, sweep_in_mem
 from torch_badnet.files import write_text  # noqa: E402
 from torch_badnet.phases import PhaseTimer  # noqa: E402
 from torch_badnet.precision import exact_float32  # noqa: E402
+from torch_badnet.predict import GPU_FORWARD_BATCH  # noqa: E402
 from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device  # noqa: E402
 
 ENV_KNOBS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "TF_NUM_INTRAOP_THREADS")
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-steps", type=int, default=3, metavar="K",
                    help="steps of the reference procedures to time (default 3)")
     p.add_argument("--batch", type=int, help="batch size of the plain forward passes (default: the engine's trunk "
-                                             f"batch on CPU, {CPU_TRUNK_BATCH}; 1024 on CUDA)")
+                                             f"batch on CPU, {CPU_TRUNK_BATCH}; on CUDA {GPU_FORWARD_BATCH}, the commands' own)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--keras-batch", type=int, help="Keras predict batch size (default: Keras' own, 32, as the lab)")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras reference")
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch is None:
-        args.batch = CPU_TRUNK_BATCH if device.type == "cpu" else 1024
+        args.batch = CPU_TRUNK_BATCH if device.type == "cpu" else GPU_FORWARD_BATCH
     inputs = load_inputs(args.scale, args.seed, log)
     sets = {name: (x.to(device), y.to(device)) for name, (x, y) in inputs.sets.items()}
     model = prepare_model(inputs.model, device)

@@ -182,29 +182,15 @@ def test_read_ahead_only_where_a_core_is_free(monkeypatch):
     assert read_ahead_pays(torch.device("cpu"))
 
 
-def test_prefetched_hash_waits_while_paused_and_is_right(tmp_path, monkeypatch):
-    import hashlib
-    import time
 
-    from torch_badnet import files
+def test_file_sha256_over_several_blocks(tmp_path):
+    import hashlib
+
+    from torch_badnet.files import HASH_BLOCK, file_sha256, prefetch_sha256
 
     path = tmp_path / "data.bin"
-    path.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: two blocks
-    monkeypatch.setattr(files, "_PREFETCHED", {})
-    with files.prefetch_paused():
-        files.prefetch_sha256([path, tmp_path / "missing.h5"])  # a missing file is skipped
-        pending = files._PREFETCHED[files._file_key(path)]
-        time.sleep(0.3)
-        assert not pending.done()  # held before its first block
-    assert files.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert len(files._PREFETCHED) == 1
-
-
-def test_sweep_hashes_its_input_files_from_the_start(tmp_path):
-    from torch_badnet.cli import build_parser
-
-    real = tmp_path / "bd.h5"
-    real.write_bytes(b"x")
-    args = build_parser().parse_args(["sweep", "--model", "m.h5", "--clean-valid", "cv.h5", "--poisoned-valid",
-                                      f"sun={real}", "--poisoned-valid", "eyebrows=e.h5", "--out", "o"])
-    assert [str(p) for p in args.files_to_hash(args)] == ["m.h5", "cv.h5", str(real), "e.h5"]
+    path.write_bytes(bytes(range(256)) * (HASH_BLOCK // 256 * 2 + 3))  # two full blocks and a partial one
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_sha256(path) == expected
+    prefetch_sha256([path, tmp_path / "missing.h5"])  # a missing file is skipped
+    assert file_sha256(path) == expected

@@ -38,10 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "files_to_hash", None) is not None:  # a command that reports its inputs' sha256 (sweep)
-        from .files import prefetch_sha256
-
-        prefetch_sha256(args.files_to_hash(args))  # hashing starts while torch is imported, on an idle core
     try:
         from .precision import exact_float32  # imports torch: only once a command runs, not for --help
 

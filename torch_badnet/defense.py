@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
+TRIGGER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 VALID_CLEAN = Column("pruned", "valid", "clean_acc")  # the curve that defines every B'_X
 
 

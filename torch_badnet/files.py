@@ -74,16 +74,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 HASH_BLOCK = 8 << 20  # bytes per read: large, so a hashing thread rarely waits for the GIL between blocks
 
 
-def _sha256_of(path: str | os.PathLike[str], before_block=None) -> str:
-    """sha256 of a file, `HASH_BLOCK` bytes at a time (hashlib releases the GIL while it hashes a block);
-    `before_block()`, if given, is called before each read."""
+def _sha256_of(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, `HASH_BLOCK` bytes at a time (hashlib releases the GIL while it hashes a block)."""
     digest = hashlib.sha256()
     buffer = bytearray(HASH_BLOCK)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
         while True:
-            if before_block is not None:
-                before_block()
             count = fh.readinto(buffer)
             if not count:
                 return digest.hexdigest()
@@ -92,40 +89,23 @@ def _sha256_of(path: str | os.PathLike[str], before_block=None) -> str:
 
 _PREFETCHED: dict[tuple[str, int, int], Future] = {}  # (real path, size, mtime_ns) -> its sha256, being computed
 _HASHERS = ThreadPoolExecutor(2, thread_name_prefix="torch-badnet-sha256")
-_HASHING_ALLOWED = threading.Event()  # cleared while `prefetch_paused` holds the background hashing
-_HASHING_ALLOWED.set()
 
 
 def prefetch_sha256(paths: Iterable[str | os.PathLike[str]]) -> None:
     """Start hashing these files in two background threads at the lowest CPU priority (Linux), so the hashes
-    (GBs for the lab's files) use cycles the program leaves idle (its imports, a GPU's work); `file_sha256`
-    then waits for them. Files that do not exist are skipped (the command reports them)."""
+    (GBs for the lab's files) use the cycles the network leaves idle; `file_sha256` then waits for them. Files
+    that do not exist are skipped (the command reports them)."""
     for path in paths:
         key = _file_key(path)
         if key is not None and key not in _PREFETCHED:
             _PREFETCHED[key] = _HASHERS.submit(_low_priority_sha256, path)
 
 
-@contextlib.contextmanager
-def prefetch_paused(pause: bool = True) -> Iterator[None]:
-    """Hold the background hashing of `prefetch_sha256` inside the block (between blocks of a file), e.g. while
-    the network computes on every CPU core: a hashing thread there, even at the lowest priority, stalls torch's
-    threads (measured on 2 cores: 2.3 s more for the sweep of the four lab files, against 0.5 s to hash after)."""
-    if not pause:
-        yield
-        return
-    _HASHING_ALLOWED.clear()
-    try:
-        yield
-    finally:
-        _HASHING_ALLOWED.set()
-
-
 def _low_priority_sha256(path: str | os.PathLike[str]) -> str:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):  # on Linux a thread's nice value is its own
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    return _sha256_of(path, before_block=_HASHING_ALLOWED.wait)
+    return _sha256_of(path)
 
 
 def _file_key(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:

@@ -214,10 +214,15 @@ def poisoned_specs(split: str, sources: PoisonedSources | None, option: str) -> 
 
 def parse_poisoned(values: Sequence[str], option: str) -> list[tuple[str, Path]]:
     """[NAME=]PATH values -> (trigger name or '', path); a plain PATH may be given once."""
-    from .defense import check_unique
-    from .rules import split_trigger
+    from .defense import TRIGGER_NAME, check_unique
 
-    parsed = [split_trigger(value) for value in values]
+    parsed: list[tuple[str, Path]] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and TRIGGER_NAME.match(name) and not Path(value).exists():
+            parsed.append((name, Path(path)))
+        else:
+            parsed.append(("", Path(value)))
     if len(parsed) > 1 and any(not n for n, _ in parsed):
         raise BadInputError(option, "several poisoned files need a NAME=PATH form each")
     check_unique([n for n, _ in parsed], option, "trigger name '{}' is given twice")

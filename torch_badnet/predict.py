@@ -16,7 +16,8 @@ from torch import nn
 from .goodnet import GoodNet
 
 FORWARD_BATCH = 128  # images per forward pass on CPU: small batches keep the conv activations in cache
-GPU_FORWARD_BATCH = 1024  # images per forward pass on a GPU: few, large kernels
+GPU_FORWARD_BATCH = 4096  # images per forward pass on a GPU: few, large kernels (~1 GB of activations; GoodNet on
+# an H100: 534k images/s at 1024, 629k at 4096, same labels: benchmarks/gpu-h100-options.json)
 
 
 def default_batch(device: torch.device) -> int:

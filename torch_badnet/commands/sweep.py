@@ -8,18 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..rules import split_trigger
-from .common import (
-    add_device_argument,
-    add_force_argument,
-    add_model_argument,
-    closing_line,
-    device_from,
-    input_paths,
-    load_model,
-    log,
-    output_folder,
-)
+from .common import add_device_argument, add_force_argument, add_model_argument, closing_line, input_paths, load_model, log, output_folder
 from .finetune import add_finetune_options, config_from
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
@@ -59,13 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="poisoned test file; repeat as NAME=PATH for several triggers")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_sweep_options(p)
-    p.set_defaults(run=run, files_to_hash=files_to_hash)
-
-
-def files_to_hash(args: argparse.Namespace) -> list[str | Path]:
-    """The files whose sha256 summary.json records (those that exist are hashed from the start: cli.main)."""
-    poisoned = [split_trigger(value)[1] for value in [*(args.poisoned_valid or []), *(args.poisoned_test or [])]]
-    return [p for p in (args.model, args.clean_valid, args.clean_test, *poisoned) if p is not None]
+    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
                 clean_test: Any = None, poisoned_test: Any = None, title: str | None = None) -> None:
     """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table."""
-    from ..files import prefetch_paused, prefetch_sha256
+    from ..files import prefetch_sha256
     from ..phases import NoTimer, PhaseTimer
     from ..pipeline import prune_sweep
 
@@ -88,8 +71,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
         model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
-    on_cpu = device_from(args).type == "cpu"  # then the hashing waits while the network uses every core
-    with prefetch_paused(on_cpu), ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
         if not args.no_plot:
             from ..plot import import_pyplot
 
