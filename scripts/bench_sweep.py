@@ -8,7 +8,8 @@ forward_s (one plain forward over all images), seed_torch_s_per_step / seed_kera
 procedure, k steps, per step; Keras also as the fastest step), sweep_s (the engine's whole run_sweep from
 in-memory pixels: trunk, ranking, every step, B' and G metrics) and what a user runs, each command a fresh
 process on float64 lab files on disk: cli_sweep_s (`torch-badnet sweep`), cli_eval_s (`torch-badnet eval` of
-the four sets: two commands) and peak_rss_mb; then the ratios of the issue-16 targets.
+the four sets: two commands) and peak_rss_mb; then the ratios of the issue-16 targets (on a GPU also its goal,
+sweep_s <= 0.3 s). sweep_phases_s: the engine's phases in one more run.
 Timings are medians; the 1-minute load average is recorded with each run (the machine may be shared: on a busy
 machine run with OMP_WAIT_POLICY=passive, see benchmarks/README.md; the setting is recorded under machine.env).
 """
