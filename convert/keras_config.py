@@ -21,6 +21,13 @@ def _layer(cls: str, name: str, inbound: list[str], **config: Any) -> dict[str, 
             "inbound_nodes": [[[n, 0, 0, {}] for n in inbound]] if inbound else []}
 
 
+def _input_layer(name: str, batch_input_shape: list[int | None]) -> dict[str, Any]:
+    """Keras 2's InputLayer config: no `trainable` (Keras 2's InputLayer takes no such argument and refuses it)."""
+    return {"name": name, "class_name": "InputLayer",
+            "config": {"batch_input_shape": batch_input_shape, "dtype": "float32", "sparse": False, "name": name},
+            "inbound_nodes": []}
+
+
 def _conv(name: str, inbound: str, filters: int, kernel: int) -> dict[str, Any]:
     return _layer("Conv2D", name, [inbound], filters=filters, kernel_size=[kernel, kernel], strides=[1, 1],
                   padding="valid", data_format="channels_last", dilation_rate=[1, 1], activation="relu",
@@ -39,7 +46,7 @@ def _dense(name: str, inbound: str, units: int, activation: str) -> dict[str, An
 def lab_model_config(num_classes: int) -> dict[str, Any]:
     """The lab's bd_net (architecture.py) as a Keras 2 functional model config, layer names included."""
     layers = [
-        _layer("InputLayer", "input", [], batch_input_shape=[None, 55, 47, 3], sparse=False),
+        _input_layer("input", [None, 55, 47, 3]),
         _conv("conv_1", "input", 20, 4),
         _pool("pool_1", "conv_1"),
         _conv("conv_2", "pool_1", 40, 3),

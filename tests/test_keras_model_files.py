@@ -1,6 +1,8 @@
 """pruned.h5, finetuned.h5 and `convert -o X.h5` are full Keras models: the lab's own eval.py loads them.
 
-The files are written with h5py only (Keras 2 legacy layout); here real Keras 3 reads them.
+The files are written with h5py only (Keras 2 legacy layout); here real Keras 3 reads them, and so does Keras 2
+(tf_keras, the Keras 2 of TensorFlow 2.16+, which refuses what the lab's Keras 2.3.1 refuses, such as an
+InputLayer config with `trainable`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from torch_badnet.predict import labels_of
 @pytest.fixture(scope="module")
 def keras() -> Any:
     return import_keras()
+
+
+@pytest.fixture(scope="module")
+def keras2() -> Any:
+    """Keras 2 (tf_keras; installed without dependencies beside tensorflow-cpu by the README's test command)."""
+    import_keras()  # quiet TensorFlow's start-up first
+    import tf_keras
+
+    return tf_keras
 
 
 def lab_eval(keras: Any, model_filename: Path, data_filename: Path, divide_by_255: bool) -> float:
@@ -55,8 +66,8 @@ def keras_labels(keras: Any, path: Path, x: torch.Tensor) -> np.ndarray:
     return np.argmax(model.predict(x.numpy().transpose(0, 2, 3, 1) / 255, verbose=0), axis=1)
 
 
-def test_converted_h5_is_a_full_keras_model(cli, keras: Any, sunglasses_path: Path, face_paths: list[Path],
-                                            tmp_path: Path) -> None:
+def test_converted_h5_is_a_full_keras_model(cli, keras: Any, keras2: Any, sunglasses_path: Path,
+                                            face_paths: list[Path], tmp_path: Path) -> None:
     path, pt = tmp_path / "sun.h5", tmp_path / "sun.pt"
     assert cli("convert", sunglasses_path, "-o", path)[0] == 0
     assert cli("convert", sunglasses_path, "-o", pt)[0] == 0
@@ -70,6 +81,7 @@ def test_converted_h5_is_a_full_keras_model(cli, keras: Any, sunglasses_path: Pa
     expected = torch_labels(pt, x)
     np.testing.assert_array_equal(torch_labels(path, x), expected)
     np.testing.assert_array_equal(keras_labels(keras, path, x), expected)
+    np.testing.assert_array_equal(keras_labels(keras2, path, x), expected)
     lab = build_keras_badnet()  # Keras load_weights into the lab architecture reads it too
     lab.load_weights(str(path))
     np.testing.assert_array_equal(np.argmax(lab.predict((x.numpy() / 255).transpose(0, 2, 3, 1), verbose=0), 1), expected)
@@ -87,10 +99,13 @@ def sweeps(lab_files: dict[str, Path], lab3_path: Path, sunglasses_path: Path,
     return out
 
 
+@pytest.mark.parametrize("keras_version", ["keras3", "keras2"])
 @pytest.mark.parametrize("name, divide_by_255", [("lab3", False), ("sunglasses", True)])
-def test_lab_eval_script_on_pruned_h5(keras: Any, sweeps: dict[str, Path], lab_files: dict[str, Path],
-                                      name: str, divide_by_255: bool) -> None:
-    """The lab's eval.py on models/X=<x>/pruned.h5 gives summary.json's clean accuracy and attack success."""
+def test_lab_eval_script_on_pruned_h5(keras: Any, keras2: Any, sweeps: dict[str, Path], lab_files: dict[str, Path],
+                                      name: str, divide_by_255: bool, keras_version: str) -> None:
+    """The lab's eval.py, under Keras 3 and Keras 2, on models/X=<x>/pruned.h5 gives summary.json's clean
+    accuracy and attack success."""
+    keras = keras2 if keras_version == "keras2" else keras
     summary = json.loads((sweeps[name] / "summary.json").read_text())
     assert summary["model"]["input_scale"] == (1 / 255 if divide_by_255 else 1.0)
     reached = [t for t in summary["thresholds"] if t["reached"]]
@@ -101,7 +116,7 @@ def test_lab_eval_script_on_pruned_h5(keras: Any, sweeps: dict[str, Path], lab_f
         assert lab_eval(keras, pruned, lab_files["poisoned_test"], divide_by_255) == pytest.approx(t["test_asr"], abs=1e-9)
 
 
-def test_finetuned_h5_loads_in_keras(cli, keras: Any, sweeps: dict[str, Path], sunglasses_path: Path,
+def test_finetuned_h5_loads_in_keras(cli, keras: Any, keras2: Any, sweeps: dict[str, Path], sunglasses_path: Path,
                                      lab_files: dict[str, Path], face_paths: list[Path], tmp_path: Path) -> None:
     pruned = next(sweeps["sunglasses"].glob("models/X=*/pruned.pt"))
     out = tmp_path / "ft"
@@ -113,3 +128,4 @@ def test_finetuned_h5_loads_in_keras(cli, keras: Any, sweeps: dict[str, Path], s
     expected = torch_labels(out / "finetuned.pt", x)
     np.testing.assert_array_equal(torch_labels(out / "finetuned.h5", x), expected)
     np.testing.assert_array_equal(keras_labels(keras, out / "finetuned.h5", x), expected)
+    np.testing.assert_array_equal(keras_labels(keras2, out / "finetuned.h5", x), expected)
