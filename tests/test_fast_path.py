@@ -194,3 +194,15 @@ def test_file_sha256_over_several_blocks(tmp_path):
     assert file_sha256(path) == expected
     prefetch_sha256([path, tmp_path / "missing.h5"])  # a missing file is skipped
     assert file_sha256(path) == expected
+
+
+def test_touched_rows_are_each_channels_non_zero_inputs():
+    from torch_badnet.sweep import touched_rows
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand((500, 60, 5, 4), generator=generator).sub_(0.97).clamp_(min=0)  # sparse, as after ReLU
+    features[:, 7] = 0  # a dormant channel
+    rows = touched_rows(features)
+    assert len(rows) == 60 and rows[7].numel() == 0
+    for channel, found in enumerate(rows):
+        assert torch.equal(found, features[:, channel].flatten(1).ne(0).any(1).nonzero().squeeze(1))
