@@ -8,6 +8,8 @@
 # 2. gpu_options.py: the engine's trunk, head and GoodNet settings timed, each checked against the defaults;
 # 3. bench_sweep.py: the full four-set sweep after load (sweep_s), GoodNet images/s, and the CLI on lab files.
 # Each writes its output to OUTDIR; a failing step does not stop the next. Exit status: 1 if any failed.
+# Needs the real lab material (../shared/real beside the checkout, or $TORCH_BADNET_REAL) and the package
+# installed (pip install --no-deps -e . where torch, h5py and numpy are already there).
 set -u -o pipefail
 out=${1:?usage: gpu_checks.sh OUTDIR [--no-cli]}
 shift
