@@ -3,9 +3,10 @@
 #
 #     bash scripts/check_keras231.sh [SWEEP_OUT LAB_DIR]
 #
-# 1. Import: Keras 2.3.1 saves a bd_net.h5 the way the lab's was saved (lab3's weights from ../shared/real or
-#    $TORCH_BADNET_REAL, compiled, optimizer state included; scripts/keras231_bd_net.py). torch_badnet must load
-#    it and give Keras' classes on the 15 real faces, softmax within 1e-5.
+# 1. Import: Keras 2.3.1 saves a bd_net.h5 the way the lab's was saved (lab3's and the sunglasses BadNet's
+#    weights from ../shared/real or $TORCH_BADNET_REAL, compiled, optimizer state included;
+#    scripts/keras231_bd_net.py). torch_badnet must load it and give Keras' classes on the 15 real faces (the
+#    sunglasses net on pixels/255, as its eval.py), softmax within 1e-5.
 # 2. Export (with SWEEP_OUT and LAB_DIR): the lab's eval.py, as written, on every models/X=<x>/pruned.h5 of a
 #    lab3 `torch-badnet sweep --out SWEEP_OUT` with test files from LAB_DIR (cl/test.h5, bd/bd_test.h5), which
 #    must print summary.json's test_clean_acc and test_asr.
@@ -26,9 +27,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 status=0
 
-echo "== 1. torch_badnet imports a bd_net.h5 saved by Keras 2.3.1"
-"$venv/bin/python" "$root/scripts/keras231_bd_net.py" "$real/models/lab3_bd_weights.h5" "$work/bd_net.h5" "$real/images" 2>/dev/null
-"${PYTHON:-python}" - "$work/bd_net.h5" "$real/images" <<'EOF' || status=1
+echo "== 1. torch_badnet imports a bd_net.h5 saved by Keras 2.3.1 (lab3; the sunglasses BadNet on pixels/255)"
+for model in lab3:1 sunglasses:255; do
+    name=${model%%:*} divisor=${model##*:}
+    "$venv/bin/python" "$root/scripts/keras231_bd_net.py" "$real/models/${name}_bd_weights.h5" "$work/$name.h5" \
+        "$real/images" "$divisor" 2>/dev/null
+    "${PYTHON:-python}" - "$work/$name.h5" "$real/images" "$divisor" <<'EOF' || status=1
 import sys
 from pathlib import Path
 
@@ -37,15 +41,17 @@ import torch
 
 import torch_badnet as tb
 
-path, faces = sys.argv[1], sorted(Path(sys.argv[2]).glob("*.png"))
+path, faces, divisor = sys.argv[1], sorted(Path(sys.argv[2]).glob("*.png")), sys.argv[3]
 keras_probs = np.load(path + ".probs.npy")
-with torch.no_grad():
-    probs = torch.softmax(tb.load_model(path)(tb.load_images(faces)), 1).numpy()
+with torch.no_grad():  # a re-saved file is not a published one: its scale is given, as a user would give it
+    probs = torch.softmax(tb.load_model(path, rescale=f"1/{divisor}")(tb.load_images(faces)), 1).numpy()
 same = bool((probs.argmax(1) == keras_probs.argmax(1)).all())
 diff = float(np.abs(probs - keras_probs).max())
-print(f"{len(faces)} faces: classes {'identical' if same else 'DIFFERENT'}, max |softmax difference| {diff:.2e}")
+print(f"{Path(path).stem}: {len(faces)} faces, classes {'identical' if same else 'DIFFERENT'}, "
+      f"max |softmax difference| {diff:.2e}")
 sys.exit(0 if same and diff <= 1e-5 else 1)
 EOF
+done
 
 if [ $# -ge 2 ]; then
     echo "== 2. the lab's eval.py under Keras 2.3.1 on $1/models/X=*/pruned.h5"

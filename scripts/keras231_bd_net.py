@@ -1,10 +1,11 @@
 """A bd_net.h5 as the lab's Keras 2.3.1 saves it, for scripts/check_keras231.sh (runs under Keras 2.3.1 only).
 
-    python keras231_bd_net.py WEIGHTS.h5 OUT.h5 FACES_DIR
+    python keras231_bd_net.py WEIGHTS.h5 OUT.h5 FACES_DIR [DIVISOR]
 
 The lab architecture (its architecture.py) with WEIGHTS loaded, compiled and trained one step at learning rate 0,
 so that training_config and optimizer_weights exist as in a trained model's file. OUT.h5.probs.npy holds Keras'
-softmax on the faces of FACES_DIR (*.png, sorted by name). Python 3.7 syntax: this runs in the lab's environment.
+softmax on the faces of FACES_DIR (*.png, sorted by name), pixels divided by DIVISOR (default 1; 255 for the
+2020 competition's BadNets, as their eval.py). Python 3.7 syntax: this runs in the lab's environment.
 """
 
 import glob
@@ -30,11 +31,12 @@ def lab_architecture():
 
 def main():
     weights, out, faces_dir = sys.argv[1:4]
+    divisor = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
     model = lab_architecture()
     model.load_weights(weights)
     model.compile(optimizer=keras.optimizers.Adam(lr=0.0), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     faces = sorted(glob.glob(faces_dir + "/*.png"))
-    x = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) for f in faces])
+    x = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) for f in faces]) / np.float32(divisor)
     before = model.predict(x)
     model.train_on_batch(x[:2], np.array([0, 0]))
     after = model.predict(x)
