@@ -255,6 +255,14 @@ def test_device_cuda_without_gpu(cli, lab3_path, face_paths):
         assert_one_line_error(result, "--device", "CUDA")
 
 
+def test_unknown_device_is_one_line_in_the_cli_and_the_api(cli, lab3_path, face_paths, lab_files):
+    assert_one_line_error(cli("classify", "--model", lab3_path, "--device", "gpu0", face_paths[5]), "--device", "gpu0")
+    import torch_badnet as tb
+
+    with pytest.raises(tb.BadInputError, match="--device"):
+        tb.prune_sweep(tb.load_model(lab3_path), lab_files["clean_valid"], lab_files["poisoned_valid"], device="gpu0")
+
+
 def test_usage_errors_are_one_line(cli, lab3_path):
     assert_one_line_error(cli("eval", "--model"), "--model")
     assert_one_line_error(cli("frobnicate"), "frobnicate")

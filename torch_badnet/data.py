@@ -155,7 +155,6 @@ class ArraySet(_Set):
             yield self.pixels[start : start + chunk_size], torch.from_numpy(self.labels[start : start + chunk_size])
 
 
-
 def arrays_sha256(pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> str:
     """sha256 of in-memory data as ArraySet holds it (float32 pixels, int64 labels), for the report."""
     import hashlib
@@ -193,10 +192,6 @@ def load_lab_set(path: str | os.PathLike[str], num_classes: int | None = None) -
         return read_all(dataset)
 
 
-Item = TypeVar("Item")
-_DONE = object()
-
-
 def read_ahead_pays(device: torch.device) -> bool:
     """Whether reading the next chunk in a background thread (`chunks(read_ahead=True)`) speeds up a pass of the
     network on `device`: yes on a GPU, or when torch's threads leave a CPU core free; no when they use every core,
@@ -208,6 +203,10 @@ def read_ahead_pays(device: torch.device) -> bool:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return cores > torch.get_num_threads()
+
+
+Item = TypeVar("Item")
+_DONE = object()
 
 
 def read_ahead_of(items: Iterator[Item], depth: int = 1) -> Iterator[Item]:

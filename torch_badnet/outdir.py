@@ -49,10 +49,11 @@ class OutputFolder:
             if Path(os.path.realpath(path)).is_relative_to(target):
                 raise BadInputError(out, f"holds {path}, an input of this run; write the result to another folder")
         self._existing = self.path.is_dir() and any(self.path.iterdir())
-        if self._existing and not is_result(self.path) and not force:
+        holds_result = self._existing and is_result(self.path)
+        if self._existing and not holds_result and not force:
             raise BadInputError(out, "is not empty and holds no torch-badnet result (no summary.json of ours); "
                                      "choose an empty or new folder, or pass --force to replace it whole")
-        self._kind = "result" if self._existing and is_result(self.path) else "folder"
+        self._kind = "result" if holds_result else "folder"
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:

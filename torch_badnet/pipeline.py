@@ -41,7 +41,7 @@ from .pairing import check_pair, mark_derived
 from .phases import PhaseTimer
 from .pruning import pruned_channels
 from .report import csv_table, model_dir, named, table, versions, write_report
-from .rescale import check_scale
+from .rescale import GUARD_IMAGES, check_scale
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 PRUNABLE_LAYERS = ("conv_3",)  # the lab architecture prunes conv_3's channels (= pool_3's)
@@ -168,8 +168,6 @@ def keras_writer() -> KerasWriter:
 def check_input_scale(model: BadNet, spec: DataSpec) -> None:
     """The scale guard (`rescale.check_scale`) on the first clean images of `spec`: stops (BadInputError naming
     --rescale and both accuracies) when another candidate input scale classifies them clearly better."""
-    from .rescale import GUARD_IMAGES, check_scale
-
     with open_sets([spec], model.num_classes) as sets:
         x, y = next(sets[spec.name].chunks(GUARD_IMAGES))
     check_scale(model, x, y, str(spec.path))
@@ -185,10 +183,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' (CUDA when available), 'cpu', 'cuda' or a torch.device; 'cuda' without a GPU is a BadInputError."""
     from .sweep import resolve_device as resolve
 
-    try:
-        return device if isinstance(device, torch.device) else resolve(device)
-    except (ValueError, RuntimeError) as exc:
-        raise BadInputError("--device", str(exc)) from None
+    return device if isinstance(device, torch.device) else resolve(device)
 
 
 def data_spec(split: str, kind: str, source: DataSource, trigger: str = "") -> DataSpec:

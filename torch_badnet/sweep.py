@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import BadInputError
 from .model import POOL3_CHANNELS, POOL3_SHAPE, BadNet
 from .predict import FORWARD_BATCH, inference_batches
 from .pruning import mask_for, record_pool3
@@ -36,12 +37,16 @@ class FeatureSet:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
+    """'auto' picks CUDA when available; 'cuda' without a GPU, or a name torch does not know, is a BadInputError
+    naming --device (the CLI's one-line error)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(name)
+        raise BadInputError("--device", "--device cuda was asked for but no CUDA GPU is available")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise BadInputError("--device", str(exc)) from None
 
 
 def prepare_model(model: BadNet, device: torch.device) -> BadNet:

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadInputError
-
 if TYPE_CHECKING:
     from ..outdir import OutputFolder
 
@@ -41,13 +39,10 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def device_from(args: argparse.Namespace):
-    """The torch device asked for; 'cuda' without a GPU is a one-line error."""
+    """The torch device asked for; 'cuda' without a GPU is a one-line error (`sweep.resolve_device`)."""
     from ..sweep import resolve_device
 
-    try:
-        return resolve_device(args.device)
-    except (ValueError, RuntimeError) as exc:
-        raise BadInputError("--device", str(exc)) from None
+    return resolve_device(args.device)
 
 
 def load_model(path: str, rescale: str | None = None):

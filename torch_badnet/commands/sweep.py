@@ -65,9 +65,10 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
 
     timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
     out = Path(args.out)
-    inputs = [model_path, clean_valid, clean_test, *input_paths(poisoned_valid), *input_paths(poisoned_test)]
-    target = output_folder(args, out, [p for p in inputs if p is not None])  # checked before any work
-    prefetch_sha256(p for p in inputs if p is not None)  # summary.json's sha256s, hashed in idle cycles meanwhile
+    inputs = [p for p in (model_path, clean_valid, clean_test, *input_paths(poisoned_valid), *input_paths(poisoned_test))
+              if p is not None]
+    target = output_folder(args, out, inputs)  # checked before any work
+    prefetch_sha256(inputs)  # summary.json's sha256s, hashed in idle cycles meanwhile
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
         model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
