@@ -186,7 +186,8 @@ def test_read_ahead_only_where_a_core_is_free(monkeypatch):
 def test_file_sha256_over_several_blocks(tmp_path):
     import hashlib
 
-    from torch_badnet.files import HASH_BLOCK, file_sha256, prefetch_sha256
+    from torch_badnet.files import file_sha256, prefetch_sha256
+    from torch_badnet.sha256_worker import HASH_BLOCK
 
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(range(256)) * (HASH_BLOCK // 256 * 2 + 3))  # two full blocks and a partial one

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        before_torch = getattr(args, "before_torch", None)
+        if before_torch is not None:
+            before_torch(args)  # work that overlaps torch's import (the sweep starts hashing its inputs)
         from .precision import exact_float32  # imports torch: only once a command runs, not for --help
 
         with exact_float32():

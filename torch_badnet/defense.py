@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ from .pairing import mark_derived
 from .phases import NoTimer, PhaseTimer, reading_note
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
+from .set_names import check_unique
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
-TRIGGER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 VALID_CLEAN = Column("pruned", "valid", "clean_acc")  # the curve that defines every B'_X
 
 
@@ -123,13 +122,6 @@ def metric_curves(spec: DataSpec, counts: StepCounts) -> dict[Column, list[float
     hits, goodnet_hits, flagged = set_columns(spec.split, spec.kind, spec.trigger)
     return {hits: counts.rate(counts.hits), goodnet_hits: counts.rate(counts.goodnet_hits),
             flagged: counts.rate(counts.flagged)}
-
-
-def check_unique(names: Sequence[str], where: str | None, problem: str) -> None:
-    """BadInputError(where or the name, problem.format(name)) for the first name given twice."""
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate is not None:
-        raise BadInputError(where or duplicate, problem.format(duplicate))
 
 
 def check_specs(specs: Sequence[DataSpec]) -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 from .errors import BadInputError
+from .sha256_worker import sha256_of
 
 
 @contextlib.contextmanager
@@ -68,44 +69,62 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     pending = _PREFETCHED.get(_file_key(path))
     if pending is not None:
         return pending.result()
-    return _sha256_of(path)
-
-
-HASH_BLOCK = 8 << 20  # bytes per read: large, so a hashing thread rarely waits for the GIL between blocks
-
-
-def _sha256_of(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, `HASH_BLOCK` bytes at a time (hashlib releases the GIL while it hashes a block)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_BLOCK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            count = fh.readinto(buffer)
-            if not count:
-                return digest.hexdigest()
-            digest.update(view[:count])
+    return sha256_of(path)
 
 
 _PREFETCHED: dict[tuple[str, int, int], Future] = {}  # (real path, size, mtime_ns) -> its sha256, being computed
-_HASHERS = ThreadPoolExecutor(2, thread_name_prefix="torch-badnet-sha256")
+WORKER = Path(__file__).with_name("sha256_worker.py")
+HASH_WORKERS = 4  # hashing child processes at most (and at most one per core)
 
 
 def prefetch_sha256(paths: Iterable[str | os.PathLike[str]]) -> None:
-    """Start hashing these files in two background threads at the lowest CPU priority (Linux), so the hashes
-    (GBs for the lab's files) use the cycles the network leaves idle; `file_sha256` then waits for them. Files
-    that do not exist are skipped (the command reports them)."""
+    """Start hashing these files in child processes at the lowest CPU priority (`sha256_worker`), so the hashes
+    (GBs for the lab's files) use the cycles the parent leaves idle (torch's import, the gaps between network
+    passes); `file_sha256` then waits for them. The files are shared among up to `HASH_WORKERS` children by size,
+    so what is left when the parent is done finishes on every core. Files that do not exist are skipped (the
+    command reports them); a file a child cannot hash is hashed in this process when asked for."""
+    jobs: dict[tuple[str, int, int], str] = {}
     for path in paths:
         key = _file_key(path)
-        if key is not None and key not in _PREFETCHED:
-            _PREFETCHED[key] = _HASHERS.submit(_low_priority_sha256, path)
+        if key is not None and key not in _PREFETCHED and key not in jobs:
+            jobs[key] = os.fspath(path)
+    workers = min(len(jobs), HASH_WORKERS, os.cpu_count() or 1)
+    shares: list[list[tuple[str, Future]]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    order = {key: place for place, key in enumerate(jobs)}
+    for key in sorted(jobs, key=lambda k: -k[1]):  # largest first, each to the least loaded child
+        lightest = loads.index(min(loads))
+        loads[lightest] += key[1]
+        shares[lightest].append(key)
+    for share in shares:  # each child hashes its files in the caller's order (a command names first what it needs first)
+        _start_worker([(jobs[key], _PREFETCHED.setdefault(key, Future())) for key in sorted(share, key=order.get)])
 
 
-def _low_priority_sha256(path: str | os.PathLike[str]) -> str:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):  # on Linux a thread's nice value is its own
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    return _sha256_of(path)
+
+def _start_worker(share: list[tuple[str, Future]]) -> None:
+    """One child hashing `share`'s files in order, and a thread handing its digests to their futures."""
+    try:
+        child = subprocess.Popen([sys.executable, "-I", "-S", str(WORKER), *(path for path, _ in share)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except (OSError, ValueError):  # no usable interpreter to start (an embedded Python): hash on demand
+        child = None
+    threading.Thread(target=_collect, args=(child, share), daemon=True, name="torch-badnet-sha256").start()
+
+
+def _collect(child: subprocess.Popen | None, share: list[tuple[str, Future]]) -> None:
+    """Hand each digest the child prints to its future; what the child could not hash is hashed here."""
+    for path, future in share:
+        line = child.stdout.readline().strip() if child is not None else ""
+        if len(line) == 64 and all(c in "0123456789abcdef" for c in line):
+            future.set_result(line)
+            continue
+        try:
+            future.set_result(sha256_of(path))
+        except BaseException as exc:  # raised where the digest is asked for
+            future.set_exception(exc)
+    if child is not None:
+        child.stdout.close()
+        child.wait()
 
 
 def _file_key(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:

@@ -42,6 +42,7 @@ from .phases import PhaseTimer
 from .pruning import pruned_channels
 from .report import csv_table, model_dir, named, table, versions, write_report
 from .rescale import GUARD_IMAGES, check_scale
+from .set_names import parse_poisoned
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 PRUNABLE_LAYERS = ("conv_3",)  # the lab architecture prunes conv_3's channels (= pool_3's)
@@ -205,23 +206,6 @@ def poisoned_specs(split: str, sources: PoisonedSources | None, option: str) -> 
     if isinstance(sources, (list, tuple)) and sources and all(isinstance(s, str) for s in sources):
         return [data_spec(split, "poisoned", path, name) for name, path in parse_poisoned(sources, option)]
     return [data_spec(split, "poisoned", sources)]
-
-
-def parse_poisoned(values: Sequence[str], option: str) -> list[tuple[str, Path]]:
-    """[NAME=]PATH values -> (trigger name or '', path); a plain PATH may be given once."""
-    from .defense import TRIGGER_NAME, check_unique
-
-    parsed: list[tuple[str, Path]] = []
-    for value in values:
-        name, sep, path = value.partition("=")
-        if sep and TRIGGER_NAME.match(name) and not Path(value).exists():
-            parsed.append((name, Path(path)))
-        else:
-            parsed.append(("", Path(value)))
-    if len(parsed) > 1 and any(not n for n, _ in parsed):
-        raise BadInputError(option, "several poisoned files need a NAME=PATH form each")
-    check_unique([n for n, _ in parsed], option, "trigger name '{}' is given twice")
-    return parsed
 
 
 def sweep_specs(clean_valid: DataSource, poisoned_valid: PoisonedSources, clean_test: DataSource | None = None,

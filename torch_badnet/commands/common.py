@@ -86,7 +86,7 @@ def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFo
 
 def input_paths(poisoned: Any) -> list:
     """The file paths of [NAME=]PATH values, or of one path (for the output-folder check)."""
-    from ..pipeline import parse_poisoned
+    from ..set_names import parse_poisoned
 
     if poisoned is None:
         return []

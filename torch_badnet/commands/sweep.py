@@ -48,12 +48,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="poisoned test file; repeat as NAME=PATH for several triggers")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_sweep_options(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, before_torch=start_hashing)
+
+
+def start_hashing(args: argparse.Namespace) -> None:
+    """Start hashing the input files (summary.json's sha256s) before torch is imported: the hashing child
+    process then has the core the import leaves idle."""
+    from ..files import prefetch_sha256
+
+    prefetch_sha256(input_files(args.model, args.clean_valid, args.poisoned_valid, args.clean_test, args.poisoned_test))
 
 
 def run(args: argparse.Namespace) -> int:
     run_defense(args, args.model, args.clean_valid, args.poisoned_valid, args.clean_test, args.poisoned_test)
     return 0
+
+
+def input_files(model_path: str | Path, clean_valid: Any, poisoned_valid: Any, clean_test: Any = None,
+                poisoned_test: Any = None) -> list:
+    """The model and data files of one run."""
+    return [p for p in (model_path, clean_valid, clean_test, *input_paths(poisoned_valid), *input_paths(poisoned_test))
+            if p is not None]
 
 
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
@@ -65,10 +80,9 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
 
     timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
     out = Path(args.out)
-    inputs = [p for p in (model_path, clean_valid, clean_test, *input_paths(poisoned_valid), *input_paths(poisoned_test))
-              if p is not None]
+    inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
     target = output_folder(args, out, inputs)  # checked before any work
-    prefetch_sha256(inputs)  # summary.json's sha256s, hashed in idle cycles meanwhile
+    prefetch_sha256(inputs)  # summary.json's sha256s, hashed in idle cycles meanwhile (if not started yet)
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
         model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
