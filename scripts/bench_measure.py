@@ -86,35 +86,44 @@ def time_torch_reference(model: BadNet, sets: Sets, order: Sequence[int], steps:
     return timing
 
 
-def time_keras_reference(model: BadNet, sets: Sets, order: Sequence[int], steps: int,
-                         batch: int | None) -> tuple[Timing, str] | None:
-    """The lab's procedure in Keras, one Timing entry per step: zero conv_3's kernel/bias channels, predict all sets.
+class KerasReference:
+    """The lab's procedure in Keras, timed one step at a time: zero conv_3's kernel/bias channels of the first k
+    channels of `order`, then predict every set (`batch` None = Keras' own predict default, 32, the lab's call)."""
 
-    None when TensorFlow is not installed. `batch` None = Keras' own predict default (32, the lab's call).
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
+    def __init__(self, model: BadNet, sets: Sets, order: Sequence[int], batch: int | None) -> None:
         import tensorflow as tf
 
         from torch_badnet.convert.keras_model import to_keras
-    except ImportError:
-        return None
-    keras_model = to_keras(model.cpu())
-    nhwc = [np.ascontiguousarray(x.cpu().numpy().transpose(0, 2, 3, 1)) for x, _ in sets.values()]
-    kernel, bias = keras_model.get_layer("conv_3").get_weights()
-    keras_model.predict(nhwc[0][:64], verbose=0)  # build the graph outside the timing
-    kwargs = {} if batch is None else {"batch_size": batch}
-    timing = Timing()
-    for k in range(1, steps + 1):
-        def step(k: int = k) -> None:
-            pruned_kernel, pruned_bias = kernel.copy(), bias.copy()
-            pruned_kernel[..., list(order[:k])] = 0
-            pruned_bias[list(order[:k])] = 0
-            keras_model.get_layer("conv_3").set_weights([pruned_kernel, pruned_bias])
-            for x in nhwc:
-                np.argmax(keras_model.predict(x, verbose=0, **kwargs), axis=1)
-        timed(step, 1, torch.device("cpu"), timing)
-    return timing, f"tensorflow {tf.__version__}"
+
+        self.version = f"tensorflow {tf.__version__}"
+        self.order = list(order)
+        self.keras_model = to_keras(model.cpu())
+        self.nhwc = [np.ascontiguousarray(x.cpu().numpy().transpose(0, 2, 3, 1)) for x, _ in sets.values()]
+        self.kernel, self.bias = self.keras_model.get_layer("conv_3").get_weights()
+        self.keras_model.predict(self.nhwc[0][:64], verbose=0)  # build the graph outside the timing
+        self.kwargs = {} if batch is None else {"batch_size": batch}
+        self.timing = Timing()
+
+    @classmethod
+    def build(cls, model: BadNet, sets: Sets, order: Sequence[int], batch: int | None) -> KerasReference | None:
+        """None when TensorFlow is not installed."""
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        try:
+            return cls(model, sets, order, batch)
+        except ImportError:
+            return None
+
+    def step(self, k: int) -> float:
+        """Time step k (k channels pruned) into `timing`; returns its wall seconds."""
+        def run() -> None:
+            pruned_kernel, pruned_bias = self.kernel.copy(), self.bias.copy()
+            pruned_kernel[..., self.order[:k]] = 0
+            pruned_bias[self.order[:k]] = 0
+            self.keras_model.get_layer("conv_3").set_weights([pruned_kernel, pruned_bias])
+            for x in self.nhwc:
+                np.argmax(self.keras_model.predict(x, verbose=0, **self.kwargs), axis=1)
+        timed(run, 1, torch.device("cpu"), self.timing)
+        return self.timing.seconds[-1]
 
 
 class InMemorySet:
@@ -163,50 +172,62 @@ def goodnet_throughput(model: BadNet, sets: Sets, pruned: Sequence[int], batch: 
     return images / timing.median
 
 
-def run_cli(model_path: Path, sets: Sets, device: str, repeats: int = 1,
-            log: Callable[[str], None] = print) -> dict[str, object]:
+class CliRunner:
     """What a user runs, on float64 lab files on disk, each command in a fresh process (imports included):
-    `torch-badnet sweep` over the four files, and `torch-badnet eval` over them (two commands: the valid
-    pair, the test pair). Wall times (medians of `repeats`), peak RSS of every child, the sweep's --verbose phases.
-    """
-    from torch_badnet.data import write_lab_h5
+    `torch-badnet sweep` over the four files, and `torch-badnet eval` over them (two commands: the valid pair, the
+    test pair). One `run_round` runs both; `results` gives the medians, every run, the peak RSS of every child and
+    the sweep's --verbose phases. Use as a context manager: the files live in a temporary folder until exit."""
 
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        root = Path(tmp)
+    def __init__(self, model_path: Path, sets: Sets, device: str, log: Callable[[str], None] = print) -> None:
+        from torch_badnet.data import write_lab_h5
+
+        self.folder = tempfile.TemporaryDirectory(prefix="bench-sweep-")
+        self.root = root = Path(self.folder.name)
         paths = {}
         for name, (x, y) in sets.items():
             paths[name] = root / f"{name}.h5"
             write_lab_h5(paths[name], x.cpu().numpy().astype(np.float64), y.cpu().numpy().astype(np.float64))
-        sizes_mb = {name: round(p.stat().st_size / 2**20, 1) for name, p in paths.items()}
-        log(f"lab files written ({sizes_mb} MiB); running the CLI")
+        self.sizes_mb = {name: round(p.stat().st_size / 2**20, 1) for name, p in paths.items()}
+        log(f"lab files written ({self.sizes_mb} MiB)")
         model = ["--model", str(model_path), "--device", device]
-        sweep_args = ["sweep", *model, "--clean-valid", str(paths["clean_valid"]),
-                      "--poisoned-valid", str(paths["poisoned_valid"]), "--clean-test", str(paths["clean_test"]),
-                      "--poisoned-test", str(paths["poisoned_test"]), "--out", str(root / "out"), "--verbose"]
-        evals = [["eval", *model, "--clean", str(paths[f"clean_{split}"]), "--poisoned", str(paths[f"poisoned_{split}"])]
-                 for split in ("valid", "test")]
-        sweep, evaluation = Timing(), Timing()
-        peaks: dict[str, float] = {}
-        for _ in range(repeats):
-            wall, peak, text = _run_child(root, sweep_args)
-            sweep.seconds.append(wall)
-            sweep.load.append(round(os.getloadavg()[0], 2))
-            peaks["sweep"] = max(peaks.get("sweep", 0.0), peak)
-            phases = next((line for line in text.splitlines() if line.startswith("phases: ")), "")
-            last_line = text.strip().splitlines()[-1]
-            eval_wall = 0.0
-            for args in evals:
-                wall, peak, _ = _run_child(root, args)
-                eval_wall += wall
-                peaks["eval"] = max(peaks.get("eval", 0.0), peak)
-            evaluation.seconds.append(eval_wall)
-            evaluation.load.append(round(os.getloadavg()[0], 2))
-            log(f"cli sweep {sweep.seconds[-1]:.2f} s, eval of the four sets {eval_wall:.2f} s")
-        return {"cli_sweep_s": sweep.median, "cli_sweep_runs_s": [round(s, 3) for s in sweep.seconds],
-                "cli_eval_s": evaluation.median, "cli_eval_runs_s": [round(s, 3) for s in evaluation.seconds],
-                "cli_load_1min": sweep.load + evaluation.load, "peak_rss_mb": max(peaks.values()),
-                "peak_rss_mb_by_command": peaks, "file_sizes_mib": sizes_mb, "cli_sweep_phases": phases,
-                "cli_last_line": last_line}
+        self.sweep_args = ["sweep", *model, "--clean-valid", str(paths["clean_valid"]),
+                           "--poisoned-valid", str(paths["poisoned_valid"]), "--clean-test", str(paths["clean_test"]),
+                           "--poisoned-test", str(paths["poisoned_test"]), "--out", str(root / "out"), "--verbose"]
+        self.evals = [["eval", *model, "--clean", str(paths[f"clean_{split}"]), "--poisoned", str(paths[f"poisoned_{split}"])]
+                      for split in ("valid", "test")]
+        self.sweep, self.evaluation = Timing(), Timing()
+        self.peaks: dict[str, float] = {}
+        self.phases = self.last_line = ""
+
+    def __enter__(self) -> CliRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.folder.cleanup()
+
+    def run_round(self) -> tuple[float, float]:
+        """One `sweep` and the two `eval` commands: (sweep wall seconds, eval wall seconds of both commands)."""
+        wall, peak, text = _run_child(self.root, self.sweep_args)
+        self.sweep.seconds.append(wall)
+        self.sweep.load.append(round(os.getloadavg()[0], 2))
+        self.peaks["sweep"] = max(self.peaks.get("sweep", 0.0), peak)
+        self.phases = next((line for line in text.splitlines() if line.startswith("phases: ")), "")
+        self.last_line = text.strip().splitlines()[-1]
+        eval_wall = 0.0
+        for args in self.evals:
+            wall, peak, _ = _run_child(self.root, args)
+            eval_wall += wall
+            self.peaks["eval"] = max(self.peaks.get("eval", 0.0), peak)
+        self.evaluation.seconds.append(eval_wall)
+        self.evaluation.load.append(round(os.getloadavg()[0], 2))
+        return self.sweep.seconds[-1], eval_wall
+
+    def results(self) -> dict[str, object]:
+        return {"cli_sweep_s": self.sweep.median, "cli_sweep_runs_s": [round(s, 3) for s in self.sweep.seconds],
+                "cli_eval_s": self.evaluation.median, "cli_eval_runs_s": [round(s, 3) for s in self.evaluation.seconds],
+                "cli_load_1min": self.sweep.load + self.evaluation.load, "peak_rss_mb": max(self.peaks.values()),
+                "peak_rss_mb_by_command": self.peaks, "file_sizes_mib": self.sizes_mb, "cli_sweep_phases": self.phases,
+                "cli_last_line": self.last_line}
 
 
 def _run_child(root: Path, args: list[str]) -> tuple[float, float, str]:

@@ -9,7 +9,9 @@ procedure, k steps, per step; Keras also as the fastest step), sweep_s (the engi
 in-memory pixels: trunk, ranking, every step, B' and G metrics) and what a user runs, each command a fresh
 process on float64 lab files on disk: cli_sweep_s (`torch-badnet sweep`), cli_eval_s (`torch-badnet eval` of
 the four sets: two commands) and peak_rss_mb; then the ratios of the issue-16 targets (on a GPU also its goal,
-sweep_s <= 0.3 s). sweep_phases_s: the engine's phases in one more run.
+sweep_s <= 0.3 s). sweep_phases_s: the engine's phases in a first run. The engine sweep, the Keras steps and the
+CLI commands run interleaved, in --repeats rounds (`rounds` in the results), so each target compares runs made
+within minutes of each other: this machine's speed drifts by 10-20% over tens of minutes.
 Timings are medians; the 1-minute load average is recorded with each run (the machine may be shared: on a busy
 machine run with OMP_WAIT_POLICY=passive, see benchmarks/README.md; the setting is recorded under machine.env).
 """
@@ -17,6 +19,7 @@ machine run with OMP_WAIT_POLICY=passive, see benchmarks/README.md; the setting 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -33,9 +36,20 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and tests/real_f
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench_inputs import load_inputs  # noqa: E402
-from bench_measure import forward_all, goodnet_throughput, run_cli, sweep_in_memory, time_keras_reference, time_torch_reference, timed  # noqa: E402
+from bench_measure import (  # noqa: E402  # noqa: E402
+    CliRunner,
+    KerasReference,
+    Sets,
+    Timing,
+    forward_all,
+    goodnet_throughput,
+    sweep_in_memory,
+    time_torch_reference,
+    timed,
+)
 
 from torch_badnet.files import write_text  # noqa: E402
+from torch_badnet.model import BadNet  # noqa: E402
 from torch_badnet.phases import PhaseTimer  # noqa: E402
 from torch_badnet.precision import exact_float32  # noqa: E402
 from torch_badnet.predict import GPU_FORWARD_BATCH  # noqa: E402
@@ -116,13 +130,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     log(f"{inputs.images} images ({inputs.pixel_source}), model {inputs.model_source}, device {device}")
 
-    outcome: dict[str, Any] = {}
-    sweep = timed(lambda: outcome.update(result=sweep_in_memory(model, sets, device)), args.repeats, device)
-    result = outcome["result"]
-    results.update(steps=result.steps, sweep_s=sweep.median, sweep=sweep.as_dict())
-    log(f"sweep_s {sweep.median:.2f} {sweep.seconds}")
-    timer = PhaseTimer()
-    sweep_in_memory(model, sets, device, timer=timer)
+    timer = PhaseTimer()  # a first engine run: its phases, and the order the references prune in
+    result = sweep_in_memory(model, sets, device, timer=timer)
+    results.update(steps=result.steps)
     results["sweep_phases_s"] = {name: round(s, 4) for name, s in timer.seconds.items() if name != "startup"}
     log(f"sweep phases {results['sweep_phases_s']}")
 
@@ -139,18 +149,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results.update(goodnet_images_per_s=rate)
     log(f"goodnet {rate:.0f} images/s")
 
-    keras = None if args.no_keras else time_keras_reference(model, sets, result.order, args.reference_steps, args.keras_batch)
+    keras = None if args.no_keras else KerasReference.build(model, sets, result.order, args.keras_batch)
     model = prepare_model(model, device)  # to_keras moved it to the CPU
+    cli = None if args.no_cli else CliRunner(inputs.model_path, sets, "cuda" if device.type == "cuda" else "cpu", log)
+    with cli or contextlib.nullcontext():
+        results.update(side_by_side(args, model, sets, device, keras, cli))
     if keras is not None:
-        timing, version = keras
-        results.update(seed_keras_s_per_step=timing.median, seed_keras_fastest_s=min(timing.seconds),
-                       seed_keras=timing.as_dict(), keras=version, keras_batch=args.keras_batch or 32)
-        log(f"seed_keras_s_per_step {timing.median:.2f} {timing.seconds}")
+        results.update(seed_keras_s_per_step=keras.timing.median, seed_keras_fastest_s=min(keras.timing.seconds),
+                       seed_keras=keras.timing.as_dict(), keras=keras.version, keras_batch=args.keras_batch or 32)
     else:
         results["seed_keras_s_per_step"] = results["seed_keras_fastest_s"] = None
-
-    if not args.no_cli:
-        results.update(run_cli(inputs.model_path, sets, "cuda" if device.type == "cuda" else "cpu", args.repeats, log))
+    if cli is not None:
+        results.update(cli.results())
         log(f"cli sweep {results['cli_sweep_s']:.2f} s, eval {results['cli_eval_s']:.2f} s, "
             f"peak RSS {results['peak_rss_mb']:.0f} MiB; {results['cli_sweep_phases']}")
     else:
@@ -158,6 +168,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["load_after"] = [round(v, 2) for v in os.getloadavg()]
     results["targets"] = targets(results)
     return results
+
+
+def side_by_side(args: argparse.Namespace, model: BadNet, sets: Sets, device: torch.device,
+                 keras: KerasReference | None, cli: CliRunner | None) -> dict[str, Any]:
+    """The timings the targets compare, interleaved: each round runs the engine sweep, its share of the Keras
+    steps and the CLI commands, so every ratio compares runs made within minutes of each other (this machine's
+    speed drifts by 10-20% over tens of minutes). sweep_s is the median of the rounds' engine runs."""
+    sweep = Timing()
+    rounds: list[dict[str, Any]] = []
+    keras_steps = [len(range(r, args.reference_steps, args.repeats)) for r in range(args.repeats)]  # round-robin
+    k = 0
+    for r in range(args.repeats):
+        timed(lambda: sweep_in_memory(model, sets, device), 1, device, sweep)
+        row: dict[str, Any] = {"sweep_s": round(sweep.seconds[-1], 3)}
+        if keras is not None:
+            row["keras_steps_s"] = []
+            for _ in range(keras_steps[r]):
+                k += 1
+                row["keras_steps_s"].append(round(keras.step(k), 3))
+        if cli is not None:
+            row["cli_sweep_s"], row["cli_eval_s"] = (round(t, 3) for t in cli.run_round())
+        rounds.append(row)
+        log(f"round {r + 1}: {row}")
+    return {"sweep_s": sweep.median, "sweep": sweep.as_dict(), "rounds": rounds}
 
 
 def targets(r: dict[str, Any]) -> dict[str, Any]:
