@@ -135,10 +135,11 @@ class MappedRows:
     from the file's pages (a private, read-only-in-practice memory map of just those rows).
 
     No copy into a buffer first: for the lab's float64 files this reads in about half the time of
-    `CopiedRows`, with the same values. (numpy converts: as fast as torch here, which is bound by memory, and
-    its fresh arrays kept eval's peak resident memory at CopiedRows' level, where torch's added ~100-300 MB.) Only the rows being converted are mapped, so the resident memory
-    stays one chunk. Used only where `fits` (HDF5 reports the data's offset, the file holds all its bytes,
-    and the first and last images read back equal to HDF5's own read).
+    `CopiedRows`, with the same values. numpy converts: as fast as torch here (the work is bound by memory),
+    and its fresh arrays keep eval's peak resident memory at CopiedRows' level, where torch's added 100-300 MB.
+    Only the rows being converted are mapped, so the resident memory stays one chunk. Used only where `fits`
+    (HDF5 reports the data's offset, the file holds all its bytes, and the first and last images read back
+    equal to HDF5's own read).
     """
 
     def __init__(self, path: Path, data: h5py.Dataset) -> None:
