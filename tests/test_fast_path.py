@@ -207,3 +207,20 @@ def test_touched_rows_are_each_channels_non_zero_inputs():
     assert len(rows) == 60 and rows[7].numel() == 0
     for channel, found in enumerate(rows):
         assert torch.equal(found, features[:, channel].flatten(1).ne(0).any(1).nonzero().squeeze(1))
+
+
+def test_top_class_is_argmax_with_its_tie_and_nan_rules():
+    from torch_badnet.predict import top_class
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn((600, 1283), generator=generator).mul_(20).round_()  # rounded: many tied maxima
+    logits[0, :] = 0.0
+    logits[1, [5, 900]] = float("nan")
+    logits[2, [3, 700]] = float("inf")
+    logits[3, :] = float("-inf")
+    logits[4, [0, 1]] = torch.tensor([-0.0, 0.0]).sub_(1e3).add_(1e3)  # -0.0 and 0.0 after the same arithmetic
+    expected = logits.argmax(1)
+    assert torch.equal(top_class(logits), expected)
+    assert top_class(logits).dtype == torch.int64
+    assert torch.equal(top_class(logits.double()), expected)  # other dtypes: torch's own
+    assert torch.equal(top_class(logits[:, :7].t()), logits[:, :7].t().argmax(1))  # a non-contiguous view
