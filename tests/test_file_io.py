@@ -143,3 +143,17 @@ cli.main(["sweep", "--model", {str(lab3_path)!r}, "--clean-valid", {str(lab_file
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert lines[0] == "torch not loaded"
     assert lines[1:] == [str(lab3_path), *(str(lab_files[k]) for k in ("clean_valid", "clean_test", "poisoned_valid", "poisoned_test"))]
+
+
+def test_a_file_cut_short_while_read_is_one_clear_error(tmp_path):
+    import os
+
+    from torch_badnet.errors import BadInputError
+
+    path = write_set(tmp_path / "set.h5", random_pixels(40, np.float64))
+    with LabDataset(path) as ds:
+        chunks = ds.chunks(10)
+        next(chunks)
+        os.truncate(path, path.stat().st_size // 2)  # another program overwrites the file meanwhile
+        with pytest.raises(BadInputError, match="became shorter"):
+            list(chunks)

@@ -143,7 +143,7 @@ class MappedRows:
     """
 
     def __init__(self, path: Path, data: h5py.Dataset) -> None:
-        self.dtype, self.shape = data.dtype, data.shape[1:]
+        self.path, self.dtype, self.shape = path, data.dtype, data.shape[1:]
         self.offset = int(data.id.get_offset())
         self.row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.fh = open(path, "rb")
@@ -164,6 +164,8 @@ class MappedRows:
     def raw(self, start: int, stop: int) -> np.ndarray:
         """Images [start, stop) in the file's dtype, as a view of a fresh private mapping."""
         first, end = self.offset + start * self.row_bytes, self.offset + stop * self.row_bytes
+        if os.fstat(self.fh.fileno()).st_size < end:  # touching mapped bytes past the end would kill the process
+            raise BadInputError(self.path, "the file became shorter while it was being read")
         base = first - first % mmap.ALLOCATIONGRANULARITY
         mapped = mmap.mmap(self.fh.fileno(), end - base, access=mmap.ACCESS_COPY, offset=base)
         return np.frombuffer(mapped, self.dtype, (stop - start) * int(np.prod(self.shape)), first - base).reshape(-1, *self.shape)
