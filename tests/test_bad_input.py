@@ -223,6 +223,14 @@ def test_poisoned_file_missing(cli, lab_files, lab3_path, tmp_path):
     assert_nothing_written(out)
 
 
+@pytest.mark.parametrize("option", ["--poisoned-valid", "--poisoned-test"])
+def test_several_unnamed_poisoned_files_name_their_option(cli, lab_files, lab3_path, tmp_path, option):
+    out = tmp_path / "out"
+    extra = (option, "sun=" + str(lab_files["poisoned_valid"]), option, str(lab_files["poisoned_test"]))
+    assert_one_line_error(sweep(cli, lab_files, lab3_path, out, extra), option, "several poisoned files need a NAME=PATH form")
+    assert_nothing_written(out)
+
+
 def test_model_of_another_architecture(cli, lab_files, tmp_path, weights_copy):
     path = weights_copy()
     with h5py.File(path, "r+") as f:  # a conv_3 with 64 filters: not the lab's 60-channel pool_3

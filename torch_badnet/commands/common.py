@@ -84,14 +84,14 @@ def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFo
     return OutputFolder(out, getattr(args, "force", False), inputs)
 
 
-def input_paths(poisoned: Any) -> list:
-    """The file paths of [NAME=]PATH values, or of one path (for the output-folder check)."""
+def input_paths(poisoned: Any, option: str) -> list:
+    """The file paths of [NAME=]PATH values (given to `option`), or of one path (for the output-folder check)."""
     from ..set_names import parse_poisoned
 
     if poisoned is None:
         return []
     if isinstance(poisoned, (list, tuple)):
-        return [path for _, path in parse_poisoned(poisoned, "--poisoned")]
+        return [path for _, path in parse_poisoned(poisoned, option)]
     return [poisoned]
 
 

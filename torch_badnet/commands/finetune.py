@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     out = Path(args.out)
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
-                                                   *input_paths(args.poisoned_test)) if p is not None])
+                                                   *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
     model = load_model(args.model, args.rescale).model
     pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 def input_files(model_path: str | Path, clean_valid: Any, poisoned_valid: Any, clean_test: Any = None,
                 poisoned_test: Any = None) -> list:
     """The model and data files of one run."""
-    return [p for p in (model_path, clean_valid, clean_test, *input_paths(poisoned_valid), *input_paths(poisoned_test))
-            if p is not None]
+    poisoned = [*input_paths(poisoned_valid, "--poisoned-valid"), *input_paths(poisoned_test, "--poisoned-test")]
+    return [p for p in (model_path, clean_valid, clean_test, *poisoned) if p is not None]
 
 
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
