@@ -88,9 +88,14 @@ def time_torch_reference(model: BadNet, sets: Sets, order: Sequence[int], steps:
 
 class KerasReference:
     """The lab's procedure in Keras, timed one step at a time: zero conv_3's kernel/bias channels of the first k
-    channels of `order`, then predict every set (`batch` None = Keras' own predict default, 32, the lab's call)."""
+    channels of `order`, then predict every set (`batch` None = Keras' own predict default, 32, the lab's call).
 
-    def __init__(self, model: BadNet, sets: Sets, order: Sequence[int], batch: int | None) -> None:
+    `timing`: predict on contiguous float32 NHWC arrays (the targets' reference). `lab_form_timing` (with
+    `lab_form`): predict on what the lab's eval.py passes, the file's float64 data as a transposed NCHW view
+    (`np.array(data['data']).transpose((0, 2, 3, 1))`), which Keras converts on every call.
+    """
+
+    def __init__(self, model: BadNet, sets: Sets, order: Sequence[int], batch: int | None, lab_form: bool = False) -> None:
         import tensorflow as tf
 
         from torch_badnet.convert.keras_model import to_keras
@@ -99,33 +104,42 @@ class KerasReference:
         self.order = list(order)
         self.keras_model = to_keras(model.cpu())
         self.nhwc = [np.ascontiguousarray(x.cpu().numpy().transpose(0, 2, 3, 1)) for x, _ in sets.values()]
+        self.lab_form = [x.cpu().numpy().astype(np.float64).transpose(0, 2, 3, 1) for x, _ in sets.values()] if lab_form else []
         self.kernel, self.bias = self.keras_model.get_layer("conv_3").get_weights()
         self.kwargs = {} if batch is None else {"batch_size": batch}
-        self.run(0)  # one untimed step (nothing pruned): Keras' first full predicts ran 17.8-23.5 s, later ones 12.5-14
-        self.timing = Timing()
+        self.run(0, self.nhwc)  # one untimed step (nothing pruned): Keras' first full predicts ran 17.8-23.5 s, later 12.5-14
+        if lab_form:
+            self.run(0, self.lab_form)
+        self.timing, self.lab_form_timing = Timing(), Timing()
 
     @classmethod
-    def build(cls, model: BadNet, sets: Sets, order: Sequence[int], batch: int | None) -> KerasReference | None:
+    def build(cls, model: BadNet, sets: Sets, order: Sequence[int], batch: int | None,
+              lab_form: bool = False) -> KerasReference | None:
         """None when TensorFlow is not installed."""
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         try:
-            return cls(model, sets, order, batch)
+            return cls(model, sets, order, batch, lab_form)
         except ImportError:
             return None
 
-    def run(self, k: int) -> None:
+    def run(self, k: int, inputs: list[np.ndarray]) -> None:
         """Step k: zero the first k channels of `order` in conv_3's kernel and bias, predict every set."""
         pruned_kernel, pruned_bias = self.kernel.copy(), self.bias.copy()
         pruned_kernel[..., self.order[:k]] = 0
         pruned_bias[self.order[:k]] = 0
         self.keras_model.get_layer("conv_3").set_weights([pruned_kernel, pruned_bias])
-        for x in self.nhwc:
+        for x in inputs:
             np.argmax(self.keras_model.predict(x, verbose=0, **self.kwargs), axis=1)
 
     def step(self, k: int) -> float:
-        """Time step k into `timing`; returns its wall seconds."""
-        timed(lambda: self.run(k), 1, torch.device("cpu"), self.timing)
+        """Time step k on the float32 arrays into `timing`; returns its wall seconds."""
+        timed(lambda: self.run(k, self.nhwc), 1, torch.device("cpu"), self.timing)
         return self.timing.seconds[-1]
+
+    def step_lab_form(self, k: int) -> float:
+        """Time step k on the lab's float64 views into `lab_form_timing`; returns its wall seconds."""
+        timed(lambda: self.run(k, self.lab_form), 1, torch.device("cpu"), self.lab_form_timing)
+        return self.lab_form_timing.seconds[-1]
 
 
 class InMemorySet:

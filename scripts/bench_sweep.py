@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--keras-batch", type=int, help="Keras predict batch size (default: Keras' own, 32, as the lab)")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras reference")
+    p.add_argument("--keras-lab-form", action="store_true",
+                   help="also time each Keras step on what the lab's eval.py passes to predict (float64, a transposed "
+                        "view; ~6 GB more memory at scale 1): seed_keras_lab_form_*, for information, not a target")
     p.add_argument("--no-cli", action="store_true", help="skip the CLI run on lab files (peak RSS)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results.update(goodnet_images_per_s=rate)
     log(f"goodnet {rate:.0f} images/s")
 
-    keras = None if args.no_keras else KerasReference.build(model, sets, result.order, args.keras_batch)
+    keras = None if args.no_keras else KerasReference.build(model, sets, result.order, args.keras_batch, args.keras_lab_form)
     model = prepare_model(model, device)  # to_keras moved it to the CPU
     cli = None if args.no_cli else CliRunner(inputs.model_path, sets, "cuda" if device.type == "cuda" else "cpu", log)
     with cli or contextlib.nullcontext():
@@ -157,6 +160,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if keras is not None:
         results.update(seed_keras_s_per_step=keras.timing.median, seed_keras_fastest_s=min(keras.timing.seconds),
                        seed_keras=keras.timing.as_dict(), keras=keras.version, keras_batch=args.keras_batch or 32)
+        if keras.lab_form_timing.seconds:
+            results.update(seed_keras_lab_form_fastest_s=min(keras.lab_form_timing.seconds),
+                           seed_keras_lab_form=keras.lab_form_timing.as_dict())
     else:
         results["seed_keras_s_per_step"] = results["seed_keras_fastest_s"] = None
     if cli is not None:
@@ -167,6 +173,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["peak_rss_mb"] = None
     results["load_after"] = [round(v, 2) for v in os.getloadavg()]
     results["targets"] = targets(results)
+    if results.get("seed_keras_lab_form_fastest_s") and results.get("cli_sweep_s"):
+        fastest = results["seed_keras_lab_form_fastest_s"]  # information beside the targets, which use seed_keras_fastest_s
+        results["against_keras_lab_form"] = {"cli_sweep_keras_speedup": fastest * results["steps"] / results["cli_sweep_s"],
+                                             "cli_eval_keras_speedup": fastest / results["cli_eval_s"]}
     return results
 
 
@@ -187,6 +197,8 @@ def side_by_side(args: argparse.Namespace, model: BadNet, sets: Sets, device: to
             for _ in range(keras_steps[r]):
                 k += 1
                 row["keras_steps_s"].append(round(keras.step(k), 3))
+                if keras.lab_form:
+                    row.setdefault("keras_lab_form_steps_s", []).append(round(keras.step_lab_form(k), 3))
         if cli is not None:
             row["cli_sweep_s"], row["cli_eval_s"] = (round(t, 3) for t in cli.run_round())
         rounds.append(row)
@@ -228,6 +240,8 @@ def table(r: dict[str, Any]) -> str:
         ("seed_torch_s_per_step", f"{r['seed_torch_s_per_step']:.2f}"),
         ("seed_keras_s_per_step", "not measured" if r["seed_keras_s_per_step"] is None
          else f"{r['seed_keras_s_per_step']:.2f} (fastest {r['seed_keras_fastest_s']:.2f}; batch {r['keras_batch']})"),
+        *([("seed_keras_lab_form", f"fastest {r['seed_keras_lab_form_fastest_s']:.2f} (runs {r['seed_keras_lab_form']['runs_s']}; "
+            f"the lab's float64 view; not a target)")] if r.get("seed_keras_lab_form_fastest_s") else []),
         ("sweep_s", f"{r['sweep_s']:.3f} (CPU {r['sweep']['cpu_median_s']:.2f}; runs {r['sweep']['runs_s']})"),
         ("sweep phases", ", ".join(f"{k} {v:.3f} s" for k, v in r.get("sweep_phases_s", {}).items())),
         ("goodnet_images_per_s", f"{r['goodnet_images_per_s']:.0f}"),
@@ -240,6 +254,7 @@ def table(r: dict[str, Any]) -> str:
     scale_note = "" if r["scale"] == 1 else " (the targets are set for scale 1)"
     rows += [(f"target {name}", f"{t['value']:.2f} ({t['target']}): {'met' if t['met'] else 'NOT met'}{scale_note}")
              for name, t in r["targets"].items()]
+    rows += [(f"vs lab-form Keras: {name}", f"{value:.2f} (information)") for name, value in r.get("against_keras_lab_form", {}).items()]
     rows.append(("load average", f"{r['load_before']} -> {r['load_after']}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
