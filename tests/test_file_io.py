@@ -45,11 +45,13 @@ def test_mapped_rows_give_hdf5s_values(tmp_path, monkeypatch, dtype):
     data[5, 0, 0, 0] = 300 if dtype != np.uint8 else 255  # pixels as stored, whatever their range
     path = write_set(tmp_path / "set.h5", data)
     with h5py.File(path) as f:
-        assert MappedRows.fits(path, f["data"])
+        rows = MappedRows.open(path, f["data"])
+        assert rows is not None
+        rows.fh.close()
     mapped = read_chunks(path)
     assert [x.shape[0] for x in mapped] == [10, 10, 10, 7]
     assert torch.equal(torch.cat(mapped), torch.from_numpy(data.astype(np.float32)))
-    monkeypatch.setattr(MappedRows, "fits", staticmethod(lambda path, data: False))
+    monkeypatch.setattr(MappedRows, "open", classmethod(lambda cls, path, data: None))
     assert all(torch.equal(a, b) for a, b in zip(read_chunks(path), mapped))  # HDF5's read: the same chunks
 
 
@@ -59,7 +61,7 @@ def test_layouts_that_cannot_be_mapped_are_read_by_hdf5(tmp_path, options):
     data = random_pixels(9, np.float64)
     path = write_set(tmp_path / "set.h5", data, **options)
     with h5py.File(path) as f:
-        assert not MappedRows.fits(path, f["data"])
+        assert MappedRows.open(path, f["data"]) is None
     assert torch.equal(torch.cat(read_chunks(path, 4)), torch.from_numpy(data.astype(np.float32)))
 
 

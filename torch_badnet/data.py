@@ -92,7 +92,7 @@ class LabDataset(_Set):
 
     def _read_chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         floating = np.issubdtype(self._data.dtype, np.floating)
-        read = MappedRows(self.path, self._data) if MappedRows.fits(self.path, self._data) else CopiedRows(self._data, chunk_size)
+        read = MappedRows.open(self.path, self._data) or CopiedRows(self._data, chunk_size)
         seen = PixelRange()
         with read:
             for start in range(0, len(self), chunk_size):
@@ -137,9 +137,9 @@ class MappedRows:
     No copy into a buffer first: for the lab's float64 files this reads in about half the time of
     `CopiedRows`, with the same values. numpy converts: as fast as torch here (the work is bound by memory),
     and its fresh arrays keep eval's peak resident memory at CopiedRows' level, where torch's added 100-300 MB.
-    Only the rows being converted are mapped, so the resident memory stays one chunk. Used only where `fits`
-    (HDF5 reports the data's offset, the file holds all its bytes, and the first and last images read back
-    equal to HDF5's own read).
+    Only the rows being converted are mapped, so the resident memory stays one chunk. Made only by `open`,
+    where HDF5 reports the data's offset, the file holds all its bytes, and the first and last images read back
+    equal to HDF5's own read.
     """
 
     def __init__(self, path: Path, data: h5py.Dataset) -> None:
@@ -148,18 +148,20 @@ class MappedRows:
         self.row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.fh = open(path, "rb")
 
-    @staticmethod
-    def fits(path: Path, data: h5py.Dataset) -> bool:
-        """Whether `data` can be mapped: contiguous, no filters, external files or foreign byte order, and its
-        bytes where HDF5 says (checked on its first and last image)."""
+    @classmethod
+    def open(cls, path: Path, data: h5py.Dataset) -> MappedRows | None:
+        """A reader of `data` where it can be mapped (contiguous, no filters, external files or foreign byte
+        order, and its bytes where HDF5 says, checked on its first and last image), else None."""
         if data.chunks is not None or data.external or not data.dtype.isnative or data.dtype.hasobject:
-            return False
+            return None
         offset = data.id.get_offset()
         if offset is None or offset + data.nbytes > path.stat().st_size:
-            return False
-        n = data.shape[0]
-        with MappedRows(path, data) as rows:
-            return all(rows.raw(i, i + 1).tobytes() == data[i : i + 1].tobytes() for i in {0, n - 1})
+            return None
+        rows = cls(path, data)
+        if all(rows.raw(i, i + 1).tobytes() == data[i : i + 1].tobytes() for i in {0, data.shape[0] - 1}):
+            return rows
+        rows.fh.close()
+        return None
 
     def raw(self, start: int, stop: int) -> np.ndarray:
         """Images [start, stop) in the file's dtype, as a view of a fresh private mapping."""

@@ -100,7 +100,6 @@ def prefetch_sha256(paths: Iterable[str | os.PathLike[str]]) -> None:
         _start_worker([(jobs[key], _PREFETCHED.setdefault(key, Future())) for key in sorted(share, key=order.get)])
 
 
-
 def _start_worker(share: list[tuple[str, Future]]) -> None:
     """One child hashing `share`'s files in order, and a thread handing its digests to their futures."""
     try:

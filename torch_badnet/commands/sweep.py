@@ -74,7 +74,6 @@ def input_files(model_path: str | Path, clean_valid: Any, poisoned_valid: Any, c
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
                 clean_test: Any = None, poisoned_test: Any = None, title: str | None = None) -> None:
     """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table."""
-    from ..files import prefetch_sha256
     from ..phases import NoTimer, PhaseTimer
     from ..pipeline import prune_sweep
 
@@ -82,7 +81,6 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     out = Path(args.out)
     inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
     target = output_folder(args, out, inputs)  # checked before any work
-    prefetch_sha256(inputs)  # summary.json's sha256s, hashed in idle cycles meanwhile (if not started yet)
     config = config_from(args) if args.finetune else False
     with timer.phase("load model"):
         model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
