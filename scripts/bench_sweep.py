@@ -9,7 +9,8 @@ procedure, k steps, per step; Keras also as the fastest step), sweep_s (the engi
 in-memory pixels: trunk, ranking, every step, B' and G metrics) and what a user runs, each command a fresh
 process on float64 lab files on disk: cli_sweep_s (`torch-badnet sweep`), cli_eval_s (`torch-badnet eval` of
 the four sets: two commands) and peak_rss_mb; then the ratios of the issue-16 targets (on a GPU also its goal,
-sweep_s <= 0.3 s). sweep_phases_s: the engine's phases in a first run. The engine sweep, the Keras steps and the
+sweep_s <= 0.3 s). sweep_phases_s: the engine's phases in a first run (on a GPU it pays CUDA's warm-up); each
+round also records its run's phases. The engine sweep, the Keras steps and the
 CLI commands run interleaved, in --repeats rounds (`rounds` in the results), so each target compares runs made
 within minutes of each other: this machine's speed drifts by 10-20% over tens of minutes.
 Timings are medians; the 1-minute load average is recorded with each run (the machine may be shared: on a busy
@@ -190,8 +191,10 @@ def side_by_side(args: argparse.Namespace, model: BadNet, sets: Sets, device: to
     keras_steps = [len(range(r, args.reference_steps, args.repeats)) for r in range(args.repeats)]  # round-robin
     k = 0
     for r in range(args.repeats):
-        timed(lambda: sweep_in_memory(model, sets, device), 1, device, sweep)
-        row: dict[str, Any] = {"sweep_s": round(sweep.seconds[-1], 3)}
+        timer = PhaseTimer()
+        timed(lambda t=timer: sweep_in_memory(model, sets, device, timer=t), 1, device, sweep)
+        row: dict[str, Any] = {"sweep_s": round(sweep.seconds[-1], 3),
+                               "sweep_phases_s": {k: round(s, 4) for k, s in timer.seconds.items() if k != "startup"}}
         if keras is not None:
             row["keras_steps_s"] = []
             for _ in range(keras_steps[r]):
