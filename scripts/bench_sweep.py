@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and tests/real_f
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench_inputs import load_inputs  # noqa: E402
-from bench_measure import (  # noqa: E402  # noqa: E402
+from bench_measure import (  # noqa: E402
     CliRunner,
     KerasReference,
     Sets,
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timer = PhaseTimer()  # a first engine run: its phases, and the order the references prune in
     result = sweep_in_memory(model, sets, device, timer=timer)
     results.update(steps=result.steps)
-    results["sweep_phases_s"] = {name: round(s, 4) for name, s in timer.seconds.items() if name != "startup"}
+    results["sweep_phases_s"] = engine_phases(timer)
     log(f"sweep phases {results['sweep_phases_s']}")
 
     forward = timed(lambda: forward_all(model, sets, args.batch), args.repeats, device)
@@ -181,6 +181,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def engine_phases(timer: PhaseTimer) -> dict[str, float]:
+    """An in-memory engine run's phases in seconds (its timer's startup phase is the process's, not the run's)."""
+    return {name: round(seconds, 4) for name, seconds in timer.seconds.items() if name != "startup"}
+
+
 def side_by_side(args: argparse.Namespace, model: BadNet, sets: Sets, device: torch.device,
                  keras: KerasReference | None, cli: CliRunner | None) -> dict[str, Any]:
     """The timings the targets compare, interleaved: each round runs the engine sweep, its share of the Keras
@@ -193,8 +198,7 @@ def side_by_side(args: argparse.Namespace, model: BadNet, sets: Sets, device: to
     for r in range(args.repeats):
         timer = PhaseTimer()
         timed(lambda t=timer: sweep_in_memory(model, sets, device, timer=t), 1, device, sweep)
-        row: dict[str, Any] = {"sweep_s": round(sweep.seconds[-1], 3),
-                               "sweep_phases_s": {k: round(s, 4) for k, s in timer.seconds.items() if k != "startup"}}
+        row: dict[str, Any] = {"sweep_s": round(sweep.seconds[-1], 3), "sweep_phases_s": engine_phases(timer)}
         if keras is not None:
             row["keras_steps_s"] = []
             for _ in range(keras_steps[r]):

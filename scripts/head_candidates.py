@@ -11,7 +11,7 @@ and counts, over the rows each pruned channel touches:
   before, where a real skip would have to carry a growing bound across skipped steps;
 - the share of conv_4's 2x2 windows that see a non-zero of the pruned channel: the part of conv_4 and fc_2 a
   sparse update would still recompute;
-- the rows whose label a bfloat16 output GEMM (AVX-512 BF16: ~2.4x the float32 GEMM's speed here) would
+- the rows whose label a bfloat16 output GEMM (AVX-512 BF16: ~2.3x the float32 GEMM's speed here) would
   certify, so that only the others need the float32 GEMM: the top-1/top-2 margin of the bfloat16 logits exceeds
   both classes' error bounds (inputs rounded to bfloat16, the product's bfloat16 result, float32 accumulation,
   and the float32 reference's own rounding), with the per-class sum S_j = sum_i |h_i| |W_ji| bounded by
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
 
 from bench_inputs import load_inputs  # noqa: E402
+from bench_measure import timed  # noqa: E402
 
 from torch_badnet.pruning import channel_scores, pruning_order  # noqa: E402
 from torch_badnet.sweep import HeadUpdater, extract_features, prepare_model  # noqa: E402
@@ -69,13 +69,8 @@ def gemm_ms(h: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, repeats
     runs = {"float32": lambda: torch.addmm(bias, h, weight_t), "bfloat16": lambda: torch.mm(h_bf16, weight_bf16)}
     result = {}
     for name, run in runs.items():
-        run()
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - start)
-        result[name] = sorted(seconds)[repeats // 2] * 1e3
+        run()  # warm-up, untimed
+        result[name] = timed(run, repeats, torch.device("cpu")).median * 1e3
     return result
 
 
