@@ -182,21 +182,6 @@ def test_read_ahead_only_where_a_core_is_free(monkeypatch):
     assert read_ahead_pays(torch.device("cpu"))
 
 
-
-def test_file_sha256_over_several_blocks(tmp_path):
-    import hashlib
-
-    from torch_badnet.files import file_sha256, prefetch_sha256
-    from torch_badnet.sha256_worker import HASH_BLOCK
-
-    path = tmp_path / "data.bin"
-    path.write_bytes(bytes(range(256)) * (HASH_BLOCK // 256 * 2 + 3))  # two full blocks and a partial one
-    expected = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert file_sha256(path) == expected
-    prefetch_sha256([path, tmp_path / "missing.h5"])  # a missing file is skipped
-    assert file_sha256(path) == expected
-
-
 def test_touched_rows_are_each_channels_non_zero_inputs():
     from torch_badnet.sweep import touched_rows
 

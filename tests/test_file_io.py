@@ -16,7 +16,7 @@ import torch
 
 from torch_badnet import files
 from torch_badnet.data import LabDataset, MappedRows
-from torch_badnet.sha256_worker import sha256_of
+from torch_badnet.sha256_worker import HASH_BLOCK, sha256_of
 
 
 def write_set(path: Path, data: np.ndarray, **options: object) -> Path:
@@ -72,6 +72,15 @@ def test_only_the_rows_being_read_are_mapped(tmp_path):
         for x, _ in ds.chunks(10):
             assert x.shape[0] == 10 and not file_is_mapped(path)  # a chunk's mapping is gone once it is converted
     assert not file_is_mapped(path)
+
+
+def test_file_sha256_over_several_blocks(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * (HASH_BLOCK // 256 * 2 + 3))  # two full blocks and a partial one
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert files.file_sha256(path) == expected
+    files.prefetch_sha256([path, tmp_path / "missing.h5"])  # a missing file is skipped
+    assert files.file_sha256(path) == expected
 
 
 def test_prefetch_hashes_in_child_processes(tmp_path, monkeypatch):
