@@ -107,3 +107,4 @@ def test_sweep_labels_equal_the_dense_heads(lab3_sets, monkeypatch: pytest.Monke
     for name in dense:
         assert torch.equal(live[name], dense[name]), name
         assert (dense[name][1:] != dense[name][:-1]).any(), "pruning changes labels"
+

@@ -43,21 +43,23 @@ def addmm_live(bias: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor, grou
             out = torch.addmm(bias, part_x, part_w) if out is None else out.addmm_(part_x, part_w)
             start += count
     if out is None:  # no live column: the dense GEMM adds +0 to the bias
-        out = torch.zeros(x.shape[0], weight_t.shape[1], dtype=x.dtype).add_(bias)
+        out = torch.zeros(x.shape[0], weight_t.shape[1], dtype=x.dtype, device=x.device).add_(bias)
     return out
 
 
 @functools.cache
-def exact_group(rows: int, shapes: tuple[tuple[int, int], ...], threads: int) -> int | None:
+def exact_group(rows: int, shapes: tuple[tuple[int, int], ...], threads: int,
+                dtype: torch.dtype = torch.float32) -> int | None:
     """The candidate group for which `addmm_live` gives `torch.addmm`'s bits on every probe block of `rows` x
-    in_features (for each (in_features, out_features) in `shapes`), with `threads` intra-op threads (the
-    caller's `torch.get_num_threads()`, part of the cache key); None if no candidate does.
+    in_features (for each (in_features, out_features) in `shapes`) in `dtype`, with `threads` intra-op threads
+    (the caller's `torch.get_num_threads()`, part of the cache key); None if no candidate does.
 
     At most one candidate below in_features can pass: a group smaller than the BLAS's K block adds sums the BLAS
     does not, and a larger one hands the BLAS more live columns than its block, which it then splits elsewhere.
     """
     generator = torch.Generator().manual_seed(0)
-    probes = [probe_block(rows, inputs, outputs, keep, generator) for inputs, outputs in shapes for keep in PROBE_KEEP_SHARES]
+    probes = [probe_block(rows, inputs, outputs, keep, generator, dtype) for inputs, outputs in shapes
+              for keep in PROBE_KEEP_SHARES]
     with torch.inference_mode():
         dense = [torch.addmm(b, x, w) for b, x, w in probes]
         for group in GROUP_CANDIDATES:
@@ -66,10 +68,12 @@ def exact_group(rows: int, shapes: tuple[tuple[int, int], ...], threads: int) ->
     return None
 
 
-def probe_block(rows: int, inputs: int, outputs: int, keep: float, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+def probe_block(rows: int, inputs: int, outputs: int, keep: float, generator: torch.Generator,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """A bias, a ReLU-like (rows, inputs) block whose columns are live with probability `keep` (and 30% zeros
     inside live ones), and a (inputs, outputs) weight."""
-    x = torch.rand(rows, inputs, generator=generator)
+    x = torch.rand(rows, inputs, generator=generator, dtype=dtype)
     x[torch.rand(rows, inputs, generator=generator) < 0.3] = 0
     x[:, torch.rand(inputs, generator=generator) >= keep] = 0
-    return torch.randn(outputs, generator=generator), x, torch.randn(inputs, outputs, generator=generator)
+    bias = torch.randn(outputs, generator=generator, dtype=dtype)
+    return bias, x, torch.randn(inputs, outputs, generator=generator, dtype=dtype)

@@ -105,7 +105,7 @@ class HeadUpdater:
         self.group = None  # the live-column GEMMs' group (CPU, where the BLAS is proven to sum that way), else dense
         if fc_1.weight.device.type == "cpu":
             shapes = ((model.fc_2.in_features, model.fc_2.out_features), (model.output.in_features, model.output.out_features))
-            self.group = exact_group(ROW_BLOCK, shapes, torch.get_num_threads())
+            self.group = exact_group(ROW_BLOCK, shapes, torch.get_num_threads(), fc_1.weight.dtype)
 
     def initial(self, features: torch.Tensor) -> torch.Tensor:
         """pre for unpruned features, (N, 1120), from fc_1 and conv_4 themselves (5x fewer FLOPs than `M`)."""
