@@ -121,17 +121,18 @@ class HeadUpdater:
         out = torch.empty(pre.shape[0], dtype=torch.int64, device=pre.device)
         rows = ROW_BLOCK if pre.device.type == "cpu" else GPU_ROW_BLOCK
         for start in range(0, pre.shape[0], rows):
-            out[start : start + rows] = self._block_labels(pre[start : start + rows])
+            out[start : start + rows] = top_class(self.block_logits(pre[start : start + rows]))
         return out
 
-    def _block_labels(self, block: torch.Tensor) -> torch.Tensor:
-        """Labels of one row block. A full CPU block skips the zero columns of relu(conv_4) and of the hidden
-        layer (`addmm_live`, proven for exactly `ROW_BLOCK` rows); other blocks run the dense GEMMs."""
+    def block_logits(self, block: torch.Tensor) -> torch.Tensor:
+        """Logits of one row block of pre-activations. A full CPU block skips the zero columns of relu(conv_4)
+        and of the hidden layer (`addmm_live`, proven for exactly `ROW_BLOCK` rows); other blocks run the dense
+        GEMMs. Either way the dense GEMMs' bits."""
         full = self.group is not None and block.shape[0] == ROW_BLOCK
         linear = partial(addmm_live, group=self.group) if full else torch.addmm
         hidden = linear(self.fc_2_bias, block[:, self.split :].relu(), self.fc_2_weight_t)
         hidden.add_(block[:, : self.split]).relu_()
-        return top_class(linear(self.output_bias, hidden, self.output_weight_t))
+        return linear(self.output_bias, hidden, self.output_weight_t)
 
 
 @torch.inference_mode()
