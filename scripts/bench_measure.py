@@ -131,15 +131,12 @@ class KerasReference:
         for x in inputs:
             np.argmax(self.keras_model.predict(x, verbose=0, **self.kwargs), axis=1)
 
-    def step(self, k: int) -> float:
-        """Time step k on the float32 arrays into `timing`; returns its wall seconds."""
-        timed(lambda: self.run(k, self.nhwc), 1, torch.device("cpu"), self.timing)
-        return self.timing.seconds[-1]
-
-    def step_lab_form(self, k: int) -> float:
-        """Time step k on the lab's float64 views into `lab_form_timing`; returns its wall seconds."""
-        timed(lambda: self.run(k, self.lab_form), 1, torch.device("cpu"), self.lab_form_timing)
-        return self.lab_form_timing.seconds[-1]
+    def step(self, k: int, lab_form: bool = False) -> float:
+        """Time step k into `timing` on the float32 arrays, or into `lab_form_timing` on the lab's float64 views;
+        returns its wall seconds."""
+        inputs, timing = (self.lab_form, self.lab_form_timing) if lab_form else (self.nhwc, self.timing)
+        timed(lambda: self.run(k, inputs), 1, torch.device("cpu"), timing)
+        return timing.seconds[-1]
 
 
 class InMemorySet:

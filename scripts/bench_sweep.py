@@ -205,7 +205,7 @@ def side_by_side(args: argparse.Namespace, model: BadNet, sets: Sets, device: to
                 k += 1
                 row["keras_steps_s"].append(round(keras.step(k), 3))
                 if keras.lab_form:
-                    row.setdefault("keras_lab_form_steps_s", []).append(round(keras.step_lab_form(k), 3))
+                    row.setdefault("keras_lab_form_steps_s", []).append(round(keras.step(k, lab_form=True), 3))
         if cli is not None:
             row["cli_sweep_s"], row["cli_eval_s"] = (round(t, 3) for t in cli.run_round())
         rounds.append(row)
