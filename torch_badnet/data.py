@@ -142,9 +142,9 @@ class MappedRows:
     equal to HDF5's own read.
     """
 
-    def __init__(self, path: Path, data: h5py.Dataset) -> None:
+    def __init__(self, path: Path, data: h5py.Dataset, offset: int) -> None:
         self.path, self.dtype, self.shape = path, data.dtype, data.shape[1:]
-        self.offset = int(data.id.get_offset())
+        self.offset = offset
         self.row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.fh = open(path, "rb")
 
@@ -157,7 +157,7 @@ class MappedRows:
         offset = data.id.get_offset()
         if offset is None or offset + data.nbytes > path.stat().st_size:
             return None
-        rows = cls(path, data)
+        rows = cls(path, data, int(offset))
         if all(rows.raw(i, i + 1).tobytes() == data[i : i + 1].tobytes() for i in {0, data.shape[0] - 1}):
             return rows
         rows.fh.close()
