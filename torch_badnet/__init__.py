@@ -28,6 +28,7 @@ _EXPORTS = {
     "load_image": "data",
     "load_lab_set": "data",
     "prune_sweep": "pipeline",
+    "prune_batch": "batch",
     "finetune": "pipeline",
     "DefenseResult": "pipeline",
     "FinetuneRun": "pipeline",

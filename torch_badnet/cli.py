@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import classify, convert_cmd, demo, evaluate, export, finetune, sweep
+from .commands import batch, classify, convert_cmd, demo, evaluate, export, finetune, sweep
 from .errors import BadInputError
 
 EXIT_BAD_INPUT = 2
-COMMANDS = (demo, convert_cmd, evaluate, classify, sweep, finetune, export)
+COMMANDS = (demo, convert_cmd, evaluate, classify, sweep, batch, finetune, export)
 
 
 class OneLineParser(argparse.ArgumentParser):

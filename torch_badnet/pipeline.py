@@ -48,7 +48,19 @@ DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 PRUNABLE_LAYERS = ("conv_3",)  # the lab architecture prunes conv_3's channels (= pool_3's)
 
 Pixels = torch.Tensor | np.ndarray
-DataSource = str | os.PathLike | tuple[Pixels, Pixels]  # a lab .h5 file, or (pixels, labels) in memory
+
+
+@dataclass(frozen=True)
+class ReadFile:
+    """A lab file already read into memory (by `batch`, once for every model that uses it): reports name its
+    path, the sweep reads its pixels (float32 as LabDataset reads them) and labels."""
+
+    path: str
+    pixels: Pixels
+    labels: Pixels
+
+
+DataSource = str | os.PathLike | tuple[Pixels, Pixels] | ReadFile  # a lab .h5 file, (pixels, labels) in memory, or both
 PoisonedSources = DataSource | Mapping[str, DataSource] | Sequence[str]  # one set, {trigger: set}, NAME=PATH
 KerasWriter = Callable[[BadNet, Path], None]
 Log = Callable[[str], None]
@@ -100,6 +112,10 @@ class DefenseResult:
         if self._inputs is None:
             self._inputs = {spec.name: {"path": str(spec.path), "sha256": input_sha256(spec)} for spec in self.sweep.specs}
         return self._inputs
+
+    def known_inputs(self, inputs: dict[str, Any]) -> None:
+        """Set summary.json's `inputs` (for `ReadFile` sets: their files' paths and sha256, hashed by the caller)."""
+        self._inputs = inputs
 
     @property
     def thresholds(self) -> list[Threshold]:
@@ -191,6 +207,8 @@ def data_spec(split: str, kind: str, source: DataSource, trigger: str = "") -> D
     """A DataSpec for a file path or an in-memory (pixels, labels) pair."""
     if isinstance(source, (str, os.PathLike)):
         return DataSpec(split, kind, Path(source), trigger)
+    if isinstance(source, ReadFile):
+        return DataSpec(split, kind, Path(source.path), trigger, arrays=(source.pixels, source.labels))
     if isinstance(source, tuple) and len(source) == 2:
         name = f"<{kind}_{split}{'_' + trigger if trigger else ''}>"
         return DataSpec(split, kind, Path(name), trigger, arrays=source)
@@ -258,12 +276,7 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
         raise TypeError(f"prune_sweep needs a BadNet, got {type(model).__name__} (tb.load_model returns one)")
     if layer not in PRUNABLE_LAYERS:
         raise ValueError(f"layer {layer!r} cannot be pruned; the lab architecture prunes {PRUNABLE_LAYERS}")
-    xs = sorted({float(x) for x in thresholds})
-    bad = [x for x in xs if not 0 < x < 100]
-    if bad:
-        raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")
-    if max_steps is not None and max_steps < 1:
-        raise BadInputError("--max-steps", "must be at least 1")
+    xs = check_steps(thresholds, max_steps)
     config = (FinetuneConfig() if finetune is True else finetune) or None
     specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
     torch_device = resolve_device(device)
@@ -283,6 +296,17 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
         with timer.phase("finetune") if timer else contextlib.nullcontext():
             defense.finetuned = finetune_thresholds(defense, specs, config, torch_device, log)
     return defense
+
+
+def check_steps(thresholds: Sequence[float], max_steps: int | None) -> list[float]:
+    """The sorted, distinct thresholds, each in (0, 100), and a max_steps of at least 1 (else BadInputError)."""
+    xs = sorted({float(x) for x in thresholds})
+    bad = [x for x in xs if not 0 < x < 100]
+    if bad:
+        raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")
+    if max_steps is not None and max_steps < 1:
+        raise BadInputError("--max-steps", "must be at least 1")
+    return xs
 
 
 def input_sha256(spec: DataSpec) -> str:
@@ -404,6 +428,6 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     return FinetuneRun(tuned, before, context)
 
 
-__all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "checked_config", "finetune",
+__all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "ReadFile", "checked_config", "finetune",
            "prune_sweep", "sweep_specs"]
 

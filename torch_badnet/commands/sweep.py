@@ -81,7 +81,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     out = Path(args.out)
     inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
     target = output_folder(args, out, inputs)  # checked before any work
-    config = config_from(args) if args.finetune else False
+    keywords = sweep_keywords(args)
     with timer.phase("load model"):
         model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
     with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
@@ -89,9 +89,8 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
             from ..plot import import_pyplot
 
             pool.submit(import_pyplot)  # matplotlib's imports (~0.5 s) overlap the sweep
-        result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, thresholds=args.thresholds,
-                             stop=args.stop, drop=args.drop, max_steps=args.max_steps, device=args.device,
-                             finetune=config, show_progress=sys.stderr.isatty(), log=log, timer=timer)
+        result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, **keywords,
+                             show_progress=sys.stderr.isatty(), log=log, timer=timer)
     written = result.save(target, plot=not args.no_plot, timer=timer)
     if args.verbose:
         log(timer.line())
@@ -100,6 +99,12 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
                                     f"{result.seconds:.1f} s on {result.device}){unreached_note(result)}"))
     if target.note():
         log(target.note())
+
+
+def sweep_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """`prune_sweep`'s keywords from the sweep's flags (shared with `batch`, whose rows hold the same flags)."""
+    return {"thresholds": args.thresholds, "stop": args.stop, "drop": args.drop, "max_steps": args.max_steps,
+            "device": args.device, "finetune": config_from(args) if args.finetune else False}
 
 
 def unreached_note(result) -> str:
