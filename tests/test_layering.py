@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import torch_badnet
 
 PACKAGE_DIR = Path(torch_badnet.__file__).parent
-HEAVY = ("torch_badnet.convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "matplotlib")  # matplotlib: once a plot is drawn
+HEAVY = ("torch_badnet.convert", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "matplotlib",  # matplotlib: once a plot is drawn
+         "ray")  # ray: only for `batch --ray`
 
 
 def package_modules() -> dict[str, Path]:
@@ -105,11 +108,12 @@ def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_help_does_not_import_torch():
+@pytest.mark.parametrize("command", [[], ["batch"]])
+def test_help_does_not_import_torch(command):
     modules = loaded_after("import contextlib, io\nfrom torch_badnet.cli import build_parser\n"
                            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-                           "    build_parser().parse_args(['--help'])")
-    assert "torch" not in modules and "torch_badnet.convert" not in modules
+                           f"    build_parser().parse_args({command + ['--help']})")
+    assert "torch" not in modules and "torch_badnet.convert" not in modules and "ray" not in modules
 
 
 def test_no_top_level_convert_module_is_installed():

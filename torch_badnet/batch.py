@@ -29,7 +29,7 @@ from .batch_data import SharedData
 from .batch_report import model_row, plot_batch, progress_line, write_tables
 from .batch_task import FINGERPRINT, Task, init_worker, run_task
 from .errors import BadInputError, first_line
-from .manifest import DATA_COLUMNS, BatchItem, option_columns, option_parser, read_manifest
+from .manifest import DATA_COLUMNS, BatchItem, ManifestParseError, cell_argv, option_columns, option_parser, read_manifest
 from .outdir import MARKER, OutputFolder, is_result
 
 LOCK = ".batch.lock"  # in DIR: held (flock) while a batch writes there; its presence marks DIR as a batch's
@@ -83,7 +83,8 @@ def prune_batch(manifest: str | os.PathLike[str], out: str | os.PathLike[str], *
 
 def defaults(options: dict[str, Any]) -> dict[str, Any]:
     """prune_batch's keywords (column names) -> manifest defaults (argparse dests); unknown names: TypeError."""
-    columns = option_columns(option_parser())
+    parser = option_parser()
+    columns = option_columns(parser)
     result = {}
     for key, value in options.items():
         if key in DATA_COLUMNS:
@@ -93,10 +94,25 @@ def defaults(options: dict[str, Any]) -> dict[str, Any]:
             elif result[key] is not None:
                 result[key] = str(result[key])
         elif key in columns:
-            result[columns[key].dest] = value
+            if value is not None:  # as its flag would give it (2 -> 2.0, "1/255" stays text): one fingerprint per setting
+                result[columns[key].dest] = parsed_option(parser, key, columns[key], value)
         else:
             raise TypeError(f"prune_batch got an unknown option {key!r} (columns: {', '.join([*DATA_COLUMNS, *columns])})")
     return result
+
+
+def parsed_option(parser: argparse.ArgumentParser, column: str, action: argparse.Action, value: Any) -> Any:
+    """A keyword's value read by the sweep's parser, as a manifest cell holding it would be."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (list, tuple)):
+        text = " ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    try:
+        return getattr(parser.parse_args(cell_argv(column, action, text)), action.dest)
+    except ManifestParseError as exc:
+        raise BadInputError(column, str(exc)) from None
 
 
 def check_options(manifest: Path, item: BatchItem) -> None:
@@ -286,7 +302,7 @@ class Batch:
             threads = max(1, cores // count)
             pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
                                        initargs=(threads,))
-            broken = False
+            broken, futures = False, {}
             try:
                 futures = {pool.submit(run_task, t, str(self.out)): t for t in pending.values()}
                 for future in as_completed(futures):

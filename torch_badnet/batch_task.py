@@ -55,7 +55,12 @@ class FingerprintedFolder(OutputFolder):
 def init_worker(threads: int) -> None:
     """A pool worker: torch imported once, with its share of the cores; Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import threading
+
     import torch
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which a killed worker would leak
 
     torch.set_num_threads(threads)
 
