@@ -73,8 +73,8 @@ def _pair(row: dict[str, Any], prefix: str, split: str) -> str:
 def plot_batch(rows: list[dict[str, Any]], path: Path) -> None:
     """batch.png: per split, every model's B and B'_X as points (clean accuracy against ASR), one marker per X.
 
-    Readable for 10 or 150 models: models are not labelled one by one beyond 20; B and B'_X of one model are
-    joined by a faint line so each model's path from B to its B'_X stays visible."""
+    Readable for 10 or 150 models: up to 20 models are labelled by name, and up to 30 have their B and B'_X
+    joined by a faint line (each model's path from B to its B'_X); beyond that the markers alone show the spread."""
     from .plot import import_pyplot
 
     plt = import_pyplot()
@@ -88,7 +88,8 @@ def plot_batch(rows: list[dict[str, Any]], path: Path) -> None:
             points = [(r.get(f"b_{split}_asr"), r.get(f"b_{split}_clean_acc"))]
             points += [(r.get(f"x{x}_{split}_asr"), r.get(f"x{x}_{split}_clean_acc")) for x in xs]
             points = [p for p in points if None not in p]
-            ax.plot([p[0] for p in points], [p[1] for p in points], color="0.8", lw=0.6, zorder=1)
+            if len(done) <= 30:
+                ax.plot([p[0] for p in points], [p[1] for p in points], color="0.8", lw=0.6, zorder=1)
             if len(done) <= 20 and points:
                 ax.annotate(r["name"], points[0], fontsize=7, xytext=(3, 3), textcoords="offset points")
         alpha = 0.9 if len(done) <= 30 else 0.5
@@ -99,9 +100,9 @@ def plot_batch(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(f"clean accuracy, {split} (%)")
         ax.set_xlim(-3, 103)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     failed = len(rows) - len(done)
-    fig.suptitle(f"{len(done)} models" + (f" ({failed} failed, not shown)" if failed else "")
+    fig.suptitle(f"{len(rows)} models" + (f" ({failed} failed, not shown)" if failed else "")
                  + ": clean accuracy against attack success, B and each B'_X")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
