@@ -341,3 +341,14 @@ def test_ray_missing_is_one_line(tmp_path, lab_files, lab3_path, cli, monkeypatc
     manifest = write_manifest(tmp_path / "m.csv", [{"name": "a", "model": str(lab3_path)}])
     code, _, err = cli("batch", manifest, "--out", tmp_path / "out", "--ray", "auto", *data_flags(lab_files))
     assert code == 2 and err == "error: --ray: Ray is not installed: pip install 'torch-badnet[ray]'\n"
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--workers", "0"], "error: --workers: must be at least 1\n"),
+    (["--gpus-per-model", "0.5"], "error: --gpus-per-model: must be >= 0 and needs --ray (local workers share --device)\n"),
+])
+def test_bad_batch_flags_are_one_line(tmp_path, lab_files, lab3_path, cli, flags, line):
+    manifest = write_manifest(tmp_path / "m.csv", [{"name": "a", "model": str(lab3_path)}])
+    code, _, err = cli("batch", manifest, "--out", tmp_path / "out", *data_flags(lab_files), *flags)
+    assert code == 2 and err == line
+    assert not (tmp_path / "out").exists()

@@ -123,12 +123,29 @@ def check_options(manifest: Path, item: BatchItem) -> None:
 
     args = argparse.Namespace(**item.options)
     try:
+        check_passed_through(args)
         sweep_keywords(args)
         check_steps(args.thresholds, args.max_steps)
         parse_rescale(None if args.rescale is None else str(args.rescale))
     except BadInputError as exc:
         column = exc.path.lstrip("-").replace("-", "_") if exc.path.startswith("--") else "finetune settings"
         raise BadInputError(manifest, f"row {item.row}, column {column}: {exc.problem}") from None
+
+
+def check_passed_through(args: argparse.Namespace) -> None:
+    """A row's `layer` / `rank_on` must be something this version's prune_sweep takes."""
+    import inspect
+
+    from .batch_task import passed_through
+    from .pipeline import PRUNABLE_LAYERS, prune_sweep
+
+    takes = inspect.signature(prune_sweep).parameters
+    for key, value in passed_through(args).items():
+        flag = f"--{key.replace('_', '-')}"
+        if key not in takes:
+            raise BadInputError(flag, "this version's sweep has no such setting")
+        if key == "layer" and value not in PRUNABLE_LAYERS and "rank_on" not in takes:  # before generic models
+            raise BadInputError(flag, f"{value!r} cannot be pruned; the lab architecture prunes {', '.join(PRUNABLE_LAYERS)}")
 
 
 def connect_ray(address: str):

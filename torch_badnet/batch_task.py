@@ -102,7 +102,7 @@ def sweep_model(task: Task):
     from .set_names import parse_poisoned
 
     args = argparse.Namespace(**task.options)
-    keywords = sweep_keywords(args)  # checked (finetune settings) before the model loads, as the CLI
+    keywords = {**passed_through(args), **sweep_keywords(args)}  # checked (finetune settings) before the model loads
     model = load_file(task.model, args.rescale).model
 
     def read(path: str | None):
@@ -119,6 +119,11 @@ def sweep_model(task: Task):
     result = prune_sweep(model, *sets, **keywords, show_progress=False)
     result.known_inputs(task.inputs)
     return result, not args.no_plot
+
+
+def passed_through(args: argparse.Namespace) -> dict[str, Any]:
+    """`layer` / `rank_on` from a row, for a prune_sweep that takes them (`sweep_keywords` passes its own flags)."""
+    return {key: getattr(args, key) for key in ("layer", "rank_on") if getattr(args, key, None) is not None}
 
 
 def run_ray_task(task: Task) -> dict[str, Any]:

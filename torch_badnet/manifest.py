@@ -57,14 +57,24 @@ class BatchItem:
         return [p for p in paths if p is not None]
 
 
-def option_parser() -> argparse.ArgumentParser:
-    """The sweep's options (every flag of `torch-badnet sweep` but the batch-level ones), parsed cell by cell."""
-    from .commands.common import add_rescale_argument
-    from .commands.sweep import add_sweep_options
+PASSED_THROUGH = ("--layer", "--rank-on")  # prune_sweep keywords a row may set even where `sweep` has no such flag yet
 
+
+def option_parser() -> argparse.ArgumentParser:
+    """The sweep's options: every optional flag of `torch-badnet sweep` itself (so a flag added to sweep is a
+    column at once), parsed cell by cell; plus PASSED_THROUGH where sweep lacks them."""
+    from .commands import sweep
+
+    commands = argparse.ArgumentParser().add_subparsers()
+    sweep.add_parser(commands)
     parser = _CellParser(prog="sweep", add_help=False)
-    add_rescale_argument(parser)
-    add_sweep_options(parser)
+    for action in commands.choices["sweep"]._actions:
+        if action.option_strings and not action.required and action.dest != "help":
+            parser._add_action(action)
+    known = {flag for action in parser._actions for flag in action.option_strings}
+    for flag in PASSED_THROUGH:
+        if flag not in known:
+            parser.add_argument(flag, default=None)
     return parser
 
 
@@ -75,7 +85,7 @@ def option_columns(parser: argparse.ArgumentParser) -> dict[str, argparse.Action
         for flag in action.option_strings:
             if flag.startswith("--"):
                 column = flag[2:].replace("-", "_")
-                if column not in BATCH_LEVEL:
+                if column not in BATCH_LEVEL and column not in DATA_COLUMNS:
                     columns[column] = action
     return columns
 

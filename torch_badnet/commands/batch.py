@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..manifest import DATA_COLUMNS, option_columns, option_parser
 
     options = {column: getattr(args, column) for column in DATA_COLUMNS}
-    options.update({column: getattr(args, action.dest) for column, action in option_columns(option_parser()).items()})
+    options.update({column: getattr(args, action.dest, None) for column, action in option_columns(option_parser()).items()})
     try:
         result = prune_batch(args.manifest, args.out, workers=args.workers, ray=args.ray, gpus_per_model=args.gpus_per_model,
                              device=args.device, rerun=args.rerun, force=args.force, progress=sys.stderr.isatty(),
