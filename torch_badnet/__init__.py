@@ -7,6 +7,7 @@ The public API (names are imported lazily, so `torch-badnet --help` does not wai
     result = tb.prune_sweep(bd, clean_valid="cl/valid.h5", poisoned_valid="bd/bd_valid.h5",
                             clean_test="cl/test.h5", poisoned_test="bd/bd_test.h5", thresholds=(2, 4, 10))
     result.save("results/")                              # the files `torch-badnet sweep --out results/` writes
+    batch = tb.prune_batch("models.csv", "many/")        # every model of a manifest, as `torch-badnet batch`
     b4 = result.pruned(4)                                # B'_4 as a BadNet
     g = tb.GoodNet(bd, b4)                               # labels in [0, N]; N = backdoor detected
     x = tb.load_images(["face.png"])                     # (n, 3, 55, 47) float32 pixels 0..255

@@ -64,6 +64,10 @@ def prune_batch(manifest: str | os.PathLike[str], out: str | os.PathLike[str], *
     `ray`: "auto" or a cluster address to run on Ray instead (`gpus_per_model` GPUs per task). `rerun`: run
     models whose earlier result matches their fingerprint too. A failed model gets its error row; the others
     finish. Ctrl-C / SIGTERM stops the batch keeping every finished model (KeyboardInterrupt is raised).
+
+    >>> result = tb.prune_batch("models.csv", "results/", clean_valid="cl/valid.h5", poisoned_valid="bd/bd_valid.h5",
+    ...                         thresholds=[2, 4], workers=2)
+    >>> result.row("student7")["x4_test_asr"], result.failed
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     items = read_manifest(manifest, defaults(options))
