@@ -12,7 +12,8 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet.
+    """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet (the lab architecture) or,
+    for a Keras file of another architecture, a KerasGraphNet.
 
     `input_scale` of the result is the scale the file records (None: no record; see torch_badnet.rescale).
     """
@@ -24,7 +25,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         from .keras_h5 import load_keras
 
         model, source_format, scale = load_keras(path)
-        return LoadedModel(model, str(path), source_format, file_sha256(path), input_scale=scale)
+        mean, std = (getattr(model, "mean", None), getattr(model, "std", None))  # what the file records
+        return LoadedModel(model, str(path), source_format, file_sha256(path), input_scale=scale, mean=mean, std=std)
     if suffix == ".onnx":
         from .onnx_import import load_onnx
 

@@ -50,6 +50,8 @@ class LoadedModel:
     source_sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
     input_scale: float | None = None  # the scale the file records (None: it records none; see rescale.py)
+    mean: tuple[float, ...] | None = None  # per-channel normalisation the file records (Keras graph models)
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.model.source = ModelSource(self.path, self.source_sha256, self.source_format, self.metadata)

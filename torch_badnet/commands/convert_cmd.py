@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..files import atomic_path
-from .common import add_rescale_argument, load_model
+from .common import add_rescale_argument, load_model, preprocessing_flags
 
 HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras model) or .onnx"
 TARGETS = (".pt", ".h5", ".onnx")
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         from torch_badnet.convert.keras_model import import_keras
 
         import_keras()  # fail before writing anything when TensorFlow is missing
-    loaded = load_model(str(src), args.rescale)
+    loaded = load_model(str(src), *preprocessing_flags(args))
     with atomic_path(dst) as tmp:  # nothing reaches dst unless writing (and --verify) succeeded
         write_converted(loaded, src, tmp)
         if args.verify:
