@@ -50,6 +50,16 @@ def parse_graph(config: Any, where: str | os.PathLike[str]) -> Graph:
     raise BadInputError(where, f"model_config describes a '{cls}', not a Sequential or functional Keras model")
 
 
+def layer_classes(config: Any) -> list[tuple[str, str]]:
+    """(name, class) of every layer a config lists but its InputLayers, in order (checked before the wiring, so
+    an unsupported layer is named first)."""
+    inner = config.get("config") if isinstance(config, dict) else None
+    layers = inner if isinstance(inner, list) else inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list):
+        return []
+    return [(_name(x), str(x.get("class_name", "?"))) for x in layers if isinstance(x, dict) and x.get("class_name") != "InputLayer"]
+
+
 def _name(layer: dict[str, Any]) -> str:
     cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
     return str(cfg.get("name", layer.get("name", "?")))

@@ -23,7 +23,7 @@ from torch import nn
 from torch_badnet.errors import BadInputError, first_line
 from torch_badnet.model import scale_divisor
 
-from .config import parse_graph
+from .config import Node, layer_classes, parse_graph
 from .layers import LayerError, Shape, _keras_shape, converter_of
 
 
@@ -54,6 +54,8 @@ class KerasGraphNet(nn.Module):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         where = str(where)
+        for name, cls in layer_classes(keras_config):
+            converter_of(Node(name, cls, {}, ()), where)
         graph = parse_graph(keras_config, where)
         h, w, c = graph.input_hwc
         self.input_shape: tuple[int, int, int] = (c, h, w)
