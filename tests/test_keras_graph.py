@@ -376,3 +376,17 @@ def test_config_errors_name_the_layer() -> None:
     config["config"]["layers"][0]["config"]["batch_input_shape"] = [None, None, None, 1]
     with pytest.raises(BadInputError, match=r"input 'in' has shape \(None, None, None, 1\)"):
         KerasGraphNet(config)
+
+
+def test_export_f_to_onnx_same_labels(cli, f_path: Path, digits: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    import onnxruntime
+
+    out = tmp_path / "f.onnx"
+    code, stdout, err = cli("export", "--model", f_path, "-o", out)
+    assert code == 0, err
+    assert stdout.startswith(f"wrote {out}: BadNet (output 'logits'), input 'input' (N,1,28,28) float32 pixels 0..255 (scaled by 1/255")
+    x = digits[0][:, None].astype(np.float32)
+    logits = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ours = probs(tb.load_model(f_path), x)
+    np.testing.assert_array_equal(logits.argmax(1), ours.argmax(1))
+    assert float(np.abs(torch.softmax(torch.from_numpy(logits), 1).numpy() - ours).max()) <= TOL
