@@ -390,3 +390,35 @@ def test_export_f_to_onnx_same_labels(cli, f_path: Path, digits: tuple[np.ndarra
     ours = probs(tb.load_model(f_path), x)
     np.testing.assert_array_equal(logits.argmax(1), ours.argmax(1))
     assert float(np.abs(torch.softmax(torch.from_numpy(logits), 1).numpy() - ours).max()) <= TOL
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".h5", ".onnx"])
+def test_convert_f_round_trips(cli, f_path: Path, digits: tuple[np.ndarray, np.ndarray], tmp_path: Path, suffix: str) -> None:
+    """`convert` of a Keras graph model to .pt (architecture, weights and preprocessing recorded), .h5 (Keras 2
+    full model) and .onnx: read back, the same logits as F."""
+    out = tmp_path / f"f{suffix}"
+    code, stdout, err = cli("convert", f_path, "-o", out)
+    assert code == 0, err
+    x = torch.from_numpy(digits[0][:64, None].astype(np.float32))
+    original = tb.load_model(f_path)
+    if suffix == ".onnx":
+        import onnxruntime
+
+        got = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        assert float(np.abs(got - original(x).detach().numpy()).max()) < 1e-4
+        return
+    again = tb.load_model(out)
+    assert isinstance(again, KerasGraphNet) and again.input_scale == original.input_scale
+    assert torch.equal(again(x), original(x))
+
+
+def test_checkpoint_records_architecture_and_mean_std(tf_keras: Any, tmp_path: Path, probe: np.ndarray) -> None:
+    model = every_layer_model(tf_keras)
+    path = tmp_path / "every.h5"
+    model.save(str(path))
+    net = tb.load_model(path, mean=(1, 2, 3), std=(4, 5, 6))
+    tb.save_checkpoint(net, tmp_path / "every.pt")
+    again = tb.load_model(tmp_path / "every.pt")
+    assert isinstance(again, KerasGraphNet) and again.mean == (1, 2, 3) and again.std == (4, 5, 6)
+    x = torch.from_numpy(probe)
+    assert torch.equal(again(x), net(x))

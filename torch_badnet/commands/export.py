@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     opset = args.opset or DEFAULT_OPSET
     export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # load_pruned checked the pair
     kind = f"GoodNet (output 'label', int64 in [0, {model.num_classes}])" if pruned is not None else "BadNet (output 'logits')"
-    print(f"wrote {args.output}: {kind}, input 'input' (N,{','.join(map(str, getattr(model, 'input_shape', (3, 55, 47))))}) float32{scale_note(model)}, opset {opset}")
+    shape = ",".join(map(str, getattr(model, "input_shape", (3, 55, 47))))
+    print(f"wrote {args.output}: {kind}, input 'input' (N,{shape}) float32{scale_note(model)}, opset {opset}")
     return 0
