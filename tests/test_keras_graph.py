@@ -422,3 +422,17 @@ def test_checkpoint_records_architecture_and_mean_std(tf_keras: Any, tmp_path: P
     assert isinstance(again, KerasGraphNet) and again.mean == (1, 2, 3) and again.std == (4, 5, 6)
     x = torch.from_numpy(probe)
     assert torch.equal(again(x), net(x))
+
+
+def test_classify_greyscale_digits_with_f(cli, f_path: Path, digits: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    """classify reads images at the model's input size, greyscale for a 1-channel model: F's labels."""
+    from PIL import Image
+
+    paths = []
+    for i in range(10):
+        paths.append(tmp_path / f"digit_{i}.png")
+        Image.fromarray(digits[0][i]).save(paths[-1])
+    code, out, err = cli("classify", "--model", f_path, *paths, "--json")
+    assert code == 0, err
+    expected = probs(tb.load_model(f_path), digits[0][:10, None].astype(np.float32)).argmax(1)
+    assert [row["label"] for row in json.loads(out)] == expected.tolist()

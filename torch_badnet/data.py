@@ -400,34 +400,40 @@ def write_lab_h5(path: str | os.PathLike[str], data: np.ndarray, labels: np.ndar
             f.create_dataset("label", data=labels)
 
 
-def load_image(path: str | os.PathLike[str], resize: bool = False) -> torch.Tensor:
+def load_image(path: str | os.PathLike[str], resize: bool = False, channels: int = 3,
+               size: tuple[int, int] | None = None) -> torch.Tensor:
     """Load one face (PNG/JPEG) as float32 (3, 55, 47) pixels 0..255; other sizes need `resize`.
 
-    The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
+    For a model of another input shape: `channels` 1 reads the image as greyscale (PIL's "L"), `size` is its
+    (H, W). The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
 
     >>> tb.load_image("face.png").shape        # torch.Size([3, 55, 47])
     """
     from PIL import Image, UnidentifiedImageError
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (greyscale) or 3 (colour), got {channels}")
     path = check_is_file(path)
+    height, width = size or INPUT_SHAPE[1:]
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            height, width = INPUT_SHAPE[1:]
+            img = img.convert("RGB" if channels == 3 else "L")
             if img.size != (width, height):
                 if not resize:
                     raise BadInputError(path, f"image is {img.size[0]}x{img.size[1]} (WxH), expected {width}x{height}; "
                                               "pass --resize to scale it")
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.float32)
+            array = np.asarray(img, dtype=np.float32).reshape(height, width, channels)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise BadInputError(path, f"not a readable image ({first_line(exc)})") from None
     return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
-def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False) -> torch.Tensor:
+def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False, channels: int = 3,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
     """Face images (PNG/JPEG, 55x47; other sizes with `resize`) as one (N, 3, 55, 47) float32 batch of pixels
-    0..255 in input order, ready for a BadNet or GoodNet (a single path still gives a batch of one).
+    0..255 in input order, ready for a BadNet or GoodNet (a single path still gives a batch of one). For a model
+    of input (C, H, W): `channels=C`, `size=(H, W)`.
 
     >>> x = tb.load_images(["face.png"])        # (1, 3, 55, 47)
     """
@@ -435,5 +441,4 @@ def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False) -
         paths = [paths]
     if not paths:
         raise BadInputError("<images>", "no image given")
-    return torch.stack([load_image(p, resize) for p in paths])
-
+    return torch.stack([load_image(p, resize, channels, size) for p in paths])
