@@ -436,3 +436,17 @@ def test_classify_greyscale_digits_with_f(cli, f_path: Path, digits: tuple[np.nd
     assert code == 0, err
     expected = probs(tb.load_model(f_path), digits[0][:10, None].astype(np.float32)).argmax(1)
     assert [row["label"] for row in json.loads(out)] == expected.tolist()
+
+
+def test_published_weights_only_file_points_to_its_model(tf_keras: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A published weights-only file of another architecture (its blob id listed as F's bd_weights.h5 here)
+    cannot be built without a config: one line naming the full model file to load instead."""
+    from torch_badnet.rescale import git_blob_id
+
+    model = every_layer_model(tf_keras, sequential=True)
+    path = tmp_path / "bd_weights.h5"
+    model.save_weights(str(path))
+    monkeypatch.setitem(KNOWN_OTHER_MODELS, git_blob_id(path), ("models/F/bd_weights.h5", 1 / 255, None, None))
+    with pytest.raises(BadInputError, match=r"is models/F/bd_weights.h5 of CSAW-HackML-2020: weights only, .*"
+                                            r"\(its config is in models/F/bd_net.h5\)"):
+        tb.load_model(path)
