@@ -450,3 +450,24 @@ def test_published_weights_only_file_points_to_its_model(tf_keras: Any, tmp_path
     with pytest.raises(BadInputError, match=r"is models/F/bd_weights.h5 of CSAW-HackML-2020: weights only, .*"
                                             r"\(its config is in models/F/bd_net.h5\)"):
         tb.load_model(path)
+
+
+@pytest.mark.parametrize("form", ["batch_input_shape on the first layer", "a bare layer list"])
+def test_older_keras2_sequential_configs(tf_keras: Any, tmp_path: Path, probe: np.ndarray, form: str) -> None:
+    """Keras 2.3's Sequential (no InputLayer: the first layer carries batch_input_shape) and Keras 2.2's (the
+    config a bare list of layers) build the same net."""
+    model = every_layer_model(tf_keras, sequential=True)
+    path = tmp_path / "seq.h5"
+    model.save(str(path))
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        layers = config["config"]["layers"]
+        assert layers[0]["class_name"] == "InputLayer"
+        layers[1]["config"]["batch_input_shape"] = layers[0]["config"]["batch_input_shape"]
+        input_name = layers.pop(0)["config"]["name"]
+        assert input_name.encode() not in list(f["model_weights"].attrs["layer_names"])  # never a weights group
+        if form == "a bare layer list":
+            config["config"] = layers
+        f.attrs["model_config"] = json.dumps(config)
+    x = probe[:, :1]
+    assert_same(probs(tb.load_model(path), x), model.predict(nhwc(x), verbose=0))
