@@ -471,3 +471,26 @@ def test_older_keras2_sequential_configs(tf_keras: Any, tmp_path: Path, probe: n
         f.attrs["model_config"] = json.dumps(config)
     x = probe[:, :1]
     assert_same(probs(tb.load_model(path), x), model.predict(nhwc(x), verbose=0))
+
+
+def test_mean_std_flags(cli, tf_keras: Any, tmp_path: Path, probe: np.ndarray, lab3_path: Path, face_paths: list[Path]) -> None:
+    """--mean/--std reach the model (eval's rates follow them); a wrong count, a zero std, or the flags on the lab
+    BadNet are one line."""
+    model = every_layer_model(tf_keras)
+    path = tmp_path / "every.h5"
+    model.save(str(path))
+    mean, std = (125.307, 122.95, 113.865), (62.9932, 62.0887, 66.7048)
+    fed = (nhwc(probe) - np.float32(mean)) / np.float32(std)
+    labels = model.predict(fed, verbose=0).argmax(1)
+    data = tmp_path / "d.h5"
+    write_lab_h5(data, probe, labels)
+    flags = ["--mean", *map(str, mean), "--std", *map(str, std)]
+    code, out, err = cli("eval", "--model", path, "--clean", data, "--json", *flags)
+    assert code == 0, err
+    assert json.loads(out)["clean_accuracy"] == 100.0
+    code, out, _ = cli("eval", "--model", path, "--clean", data, "--json")
+    assert code == 0 and json.loads(out)["clean_accuracy"] < 100.0
+    one_line(cli("eval", "--model", path, "--clean", data, "--mean", "1", "2"), "error: --mean: gives 2 values but the model takes 3")
+    one_line(cli("eval", "--model", path, "--clean", data, "--std", "1", "0", "1"), "error: --std: 1 0 1 are not positive numbers")
+    one_line(cli("classify", "--model", lab3_path, face_paths[0], "--mean", "1", "2", "3"),
+             "error: --mean: the lab BadNet takes no per-channel normalisation")
