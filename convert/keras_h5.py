@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,6 @@ from torch_badnet.model import BadNet
 from .keras_config import lab_model_config
 from .keras_layout import KERAS_LAYER_ORDER, WEIGHTED_LAYERS, expected_keras_shapes, keras_to_state_dict, model_to_keras
 
-# Keras 3 stores a weighted layer under the snake-case name of its class, numbered per class in layer order.
-KERAS3_AUTO_KEYS = {"Conv2D": "conv2d", "Dense": "dense"}
 KERAS3_CLASS_OF_KIND = {"conv": "Conv2D", "dense": "Dense"}
 
 # Keras layer classes of the lab architecture, and the activation each named layer must use.
@@ -49,6 +48,8 @@ EXPECTED_SETTINGS: dict[str, dict[str, Any]] = {
 # Root attribute of the .h5 files this project writes: the input scale the model takes (see rescale.py).
 # Keras ignores it; the weights in the file are the original model's, which takes pixels * scale.
 INPUT_SCALE_ATTR = "torch_badnet_input_scale"
+MEAN_ATTR = "torch_badnet_mean"  # per-channel mean and std the model takes (written for Keras graphs only)
+STD_ATTR = "torch_badnet_std"
 MODEL_CONFIG_ATTR = "model_config"
 
 
@@ -60,6 +61,9 @@ class KerasWeights:
     config: dict[str, Any] | None
     source_format: str
     input_scale: float | None = None  # recorded by this project's writers; None when the file has no record
+    mean: tuple[float, ...] | None = None  # per-channel preprocessing recorded by this project's writers
+    std: tuple[float, ...] | None = None
+    other_configs: dict[str, Any] | None = None  # model_config attributes elsewhere in the file: {object name: config}
 
 
 def read_keras_file(path: str | os.PathLike[str]) -> KerasWeights:
@@ -84,35 +88,36 @@ def _read_keras_archive(path: Path) -> KerasWeights:
             blob = archive.read("model.weights.h5")
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(path, f"corrupt .keras archive ({first_line(exc)})") from None
-    if config is not None:
-        check_model_config(config, path)
     try:
         with h5py.File(io.BytesIO(blob), "r") as f:
-            _check_embedded_configs(f, path)
+            others = _embedded_configs(f, path)
             layers = _read_keras3_layers(f, path, config)
     except OSError as exc:
         raise BadInputError(path, f"model.weights.h5 inside the archive is unreadable ({first_line(exc)})") from None
-    return KerasWeights(layers, config, "keras3-archive")
+    return KerasWeights(layers, config, "keras3-archive", other_configs=others)
 
 
 def _read_h5_root(f: h5py.File, path: Path) -> KerasWeights:
-    configs = _check_embedded_configs(f, path)
+    configs = _embedded_configs(f, path)
     scale = _recorded_scale(f, path)
+    mean, std = (_recorded_values(f, path, attr) for attr in (MEAN_ATTR, STD_ATTR))
     if "layers" in f and isinstance(f["layers"], h5py.Group):
-        return KerasWeights(_read_keras3_layers(f, path), None, "keras3-weights", scale)
+        return KerasWeights(_read_keras3_layers(f, path), None, "keras3-weights", scale, other_configs=configs)
     version = _text(f.attrs.get("keras_version", b"?"))
     if "model_weights" in f:
         layers = _read_legacy_layers(f["model_weights"], path)
-        return KerasWeights(layers, configs.get("/"), f"keras{version}-model", scale)
+        config = configs.pop("/", None)
+        return KerasWeights(layers, config, f"keras{version}-model", scale, mean, std, configs)
     if "layer_names" in f.attrs:
-        return KerasWeights(_read_legacy_layers(f, path), None, f"keras{version}-weights", scale)
+        return KerasWeights(_read_legacy_layers(f, path), None, f"keras{version}-weights", scale, other_configs=configs)
     raise BadInputError(path, "HDF5 file is not a Keras model or weights file (no layer_names, model_weights or layers)")
 
 
-def _check_embedded_configs(f: h5py.File, path: Path) -> dict[str, Any]:
-    """Parse and check every `model_config` attribute in the file (root, groups, datasets): {object name: config}.
+def _embedded_configs(f: h5py.File, path: Path) -> dict[str, Any]:
+    """Parse every `model_config` attribute in the file (root, groups, datasets): {object name: config}.
 
-    Whatever object carries it, a config that is not the lab architecture (a Lambda, say) is refused.
+    The root's (of a full-model file) describes the model; the lab path refuses any other that is not the lab
+    architecture (a Lambda, say), wherever it sits.
     """
     holders = [f]
     f.visititems(lambda _name, obj: holders.append(obj) if MODEL_CONFIG_ATTR in obj.attrs else None)
@@ -125,7 +130,6 @@ def _check_embedded_configs(f: h5py.File, path: Path) -> dict[str, Any]:
             config = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadInputError(path, f"model_config is not valid JSON ({first_line(exc)})") from None
-        check_model_config(config, path)
         configs[obj.name] = config
     return configs
 
@@ -141,6 +145,16 @@ def _recorded_scale(f: h5py.File, path: Path) -> float | None:
     if not np.isfinite(scale) or scale <= 0:
         raise BadInputError(path, f"{INPUT_SCALE_ATTR} is not a positive number ({raw!r})")
     return scale
+
+
+def _recorded_values(f: h5py.File, path: Path, attr: str) -> tuple[float, ...] | None:
+    raw = f.attrs.get(attr)
+    if raw is None:
+        return None
+    values = np.asarray(raw, dtype=np.float64).reshape(-1)
+    if not values.size or not np.all(np.isfinite(values)):
+        raise BadInputError(path, f"{attr} is not a list of finite numbers ({raw!r})")
+    return tuple(float(v) for v in values)
 
 
 def _text(value: Any) -> str:
@@ -189,19 +203,24 @@ def _keras3_positional_names(config: Any) -> dict[str, str]:
     """{Keras 3 auto key (conv2d, conv2d_1, dense, ..): layer name}, in the config's layer order or the lab's."""
     layers = _config_layers(config) if config is not None else None
     if layers is not None:
-        entries = [(layer.get("class_name"), _config_layer_name(layer)) for layer in layers if isinstance(layer, dict)]
+        entries = [(str(layer.get("class_name")), _config_layer_name(layer)) for layer in layers if isinstance(layer, dict)]
     else:
         entries = [(KERAS3_CLASS_OF_KIND[kind], name) for name, (kind, _) in WEIGHTED_LAYERS.items()]
     names: dict[str, str] = {}
     seen: dict[str, int] = {}
     for cls, name in entries:
-        base = KERAS3_AUTO_KEYS.get(cls)
-        if base is None:
-            continue
+        base = snake_case(cls)
         count = seen.get(base, 0)
         seen[base] = count + 1
         names[base if count == 0 else f"{base}_{count}"] = name
     return names
+
+
+def snake_case(class_name: str) -> str:
+    """Keras 3's key for a layer of a class (its utils.to_snake_case): Conv2D -> conv2d, BatchNormalization ->
+    batch_normalization."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _config_layer_name(layer: dict[str, Any]) -> str:
@@ -278,10 +297,33 @@ def keras_weights_to_state_dict(weights: KerasWeights, path: str | os.PathLike[s
     return keras_to_state_dict(pairs, num_classes), num_classes
 
 
-def load_keras(path: str | os.PathLike[str]) -> tuple[BadNet, str, float | None]:
-    """Import a Keras file as an eval-mode BadNet; returns it, the source format and the input scale the file
-    records (None: no record; the model's input_scale is then 1)."""
+def is_lab_model(weights: KerasWeights) -> bool:
+    """Whether a file is the lab architecture (its proven BadNet path): no config (weights-only files are read
+    as the lab's), or a config the lab checks accept whose weighted layers are exactly the lab's."""
+    if weights.config is None:
+        return True
+    try:
+        check_model_config(weights.config, "<model_config>")
+    except BadInputError:
+        return False
+    return set(weights.layers) == set(WEIGHTED_LAYERS)
+
+
+def load_keras(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, str, float | None]:
+    """Import a Keras file as an eval-mode net; returns it, the source format and the input scale the file
+    records (None: no record; the model's input_scale is then 1).
+
+    The lab architecture becomes a `BadNet`; any other model whose config the layer registry builds becomes a
+    `KerasGraphNet` (convert.keras_graph). Every model_config attribute elsewhere in a lab file is checked.
+    """
     weights = read_keras_file(path)
+    if not is_lab_model(weights):
+        from .keras_graph import KerasGraphNet
+
+        net = KerasGraphNet(weights.config, weights.layers, path, weights.input_scale or 1.0, weights.mean, weights.std)
+        return net, weights.source_format, weights.input_scale
+    for config in ([weights.config] if weights.config is not None else []) + list((weights.other_configs or {}).values()):
+        check_model_config(config, path)
     state, num_classes = keras_weights_to_state_dict(weights, path)
     model = BadNet(num_classes, weights.input_scale or 1.0)
     model.load_state_dict(state)

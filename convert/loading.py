@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from torch_badnet.checkpoint import LoadedModel, load_checkpoint
 from torch_badnet.errors import BadInputError
@@ -12,7 +13,8 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet.
+    """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet (the lab architecture) or,
+    for a Keras file of another architecture, a KerasGraphNet.
 
     `input_scale` of the result is the scale the file records (None: no record; see torch_badnet.rescale).
     """
@@ -23,8 +25,13 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if suffix in KERAS_SUFFIXES:
         from .keras_h5 import load_keras
 
-        model, source_format, scale = load_keras(path)
-        return LoadedModel(model, str(path), source_format, file_sha256(path), input_scale=scale)
+        try:
+            model, source_format, scale = load_keras(path)
+        except BadInputError:
+            _weights_only_hint(path)
+            raise
+        mean, std = (getattr(model, "mean", None), getattr(model, "std", None))  # what the file records
+        return LoadedModel(model, str(path), source_format, file_sha256(path), input_scale=scale, mean=mean, std=std)
     if suffix == ".onnx":
         from .onnx_import import load_onnx
 
@@ -32,3 +39,16 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         scale = None if model.input_scale == 1.0 else model.input_scale
         return LoadedModel(model, str(path), "onnx", file_sha256(path), input_scale=scale)
     raise BadInputError(path, f"unknown model file type '{suffix}' (expected .h5, .keras, .pt or .onnx)")
+
+
+def _weights_only_hint(path: Path) -> None:
+    """A published weights-only file of another architecture (A, B, C, F's bd_weights.h5) cannot be built: say
+    so, and which file holds its model (one BadInputError)."""
+    from torch_badnet.known_models import KNOWN_OTHER_MODELS, REPOSITORY
+    from torch_badnet.rescale import git_blob_id
+
+    known = KNOWN_OTHER_MODELS.get(git_blob_id(path))
+    if known and "weights" in known[0]:
+        full = known[0].split(" ")[0].rsplit("/", 1)[0] + "/bd_net.h5"
+        raise BadInputError(path, f"is {known[0]} of {REPOSITORY}: weights only, of an architecture other than the lab's "
+                                  f"(its config is in {full}): load that full model instead") from None

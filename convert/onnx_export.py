@@ -36,11 +36,12 @@ def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor
     """Write B (output `logits`, float32 (N, classes)) or, given `pruned`, the GoodNet (output `label`, int64).
 
     The GoodNet is one graph whose trunk is shared by B and B'; its labels lie in [0, classes], `classes`
-    meaning "backdoor detected". The input `input` is (N, 3, 55, 47) float32 pixels with a dynamic N.
+    meaning "backdoor detected". The input `input` is (N, 3, 55, 47) float32 pixels with a dynamic N (a
+    KerasGraphNet's: (N, *net.input_shape), its preprocessing inside the graph).
     `allow_unpaired` is GoodNet's (a B' derived from another model raises ValueError without it).
     """
-    if not isinstance(model, BadNet):
-        raise TypeError(f"export_onnx needs a BadNet, got {type(model).__name__}")
+    if not isinstance(model, BadNet) and not (pruned is None and hasattr(model, "input_shape")):
+        raise TypeError(f"export_onnx needs a BadNet (or, without pruned, a KerasGraphNet), got {type(model).__name__}")
     module: torch.nn.Module = model if pruned is None else GoodNet(model, pruned, allow_unpaired=allow_unpaired)
     output_name = LOGITS_NAME if pruned is None else LABEL_NAME
     module = copy.deepcopy(module).cpu().float().eval()  # same bytes whatever device or mode the model is in
@@ -48,7 +49,7 @@ def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its successor
         torch.onnx.export(
-            module, (torch.zeros((1, *INPUT_SHAPE)),), buffer, opset_version=opset, **_TORCHSCRIPT_EXPORTER,
+            module, (torch.zeros((1, *getattr(model, "input_shape", INPUT_SHAPE))),), buffer, opset_version=opset, **_TORCHSCRIPT_EXPORTER,
             input_names=[INPUT_NAME], output_names=[output_name],
             dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, do_constant_folding=True,
         )

@@ -141,8 +141,8 @@ def test_prune_sweep_refuses_bad_arguments(bd: tb.BadNet, lab_files):
         tb.prune_sweep(bd, lab_files["clean_valid"], lab_files["poisoned_valid"], layer="conv_2")
     with pytest.raises(TypeError, match="BadNet"):
         tb.prune_sweep("bd_net.h5", lab_files["clean_valid"], lab_files["poisoned_valid"])
-    with pytest.raises(tb.BadInputError, match="shape"):
-        tb.prune_sweep(bd, (np.zeros((4, 55, 47, 3)), np.zeros(4)), lab_files["poisoned_valid"])
+    with pytest.raises(tb.BadInputError, match="shape"):  # (N, 55, 47, 3) would be read as channels last
+        tb.prune_sweep(bd, (np.zeros((4, 47, 55, 3)), np.zeros(4)), lab_files["poisoned_valid"])
 
 
 def test_finetune_api_keeps_the_mask_and_saves(swept: tb.DefenseResult, bd: tb.BadNet, lab_files, tmp_path: Path):

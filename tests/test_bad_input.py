@@ -136,9 +136,16 @@ def test_data_without_label(cli, tmp_path, lab3_path):
     assert_one_line_error(eval_clean(cli, lab3_path, path), path, "label")
 
 
-def test_data_channels_last(cli, tmp_path, lab3_path):
-    path = small_set(tmp_path / "nhwc.h5", shape=(55, 47, 3))
-    assert_one_line_error(eval_clean(cli, lab3_path, path), path, "channels last")
+def test_data_channels_last_is_read_as_channels_first(cli, tmp_path, lab3_path):
+    """Channels-last data (N, 55, 47, 3) is arranged for the model: the same rates as the same images stored
+    (N, 3, 55, 47); a shape that fits no input of the model is one line naming the shapes it takes."""
+    path = small_set(tmp_path / "nchw.h5", n=8, labels=np.arange(8))
+    data = np.asarray(h5py.File(path)["data"])
+    nhwc = small_set(tmp_path / "nhwc.h5", n=8, labels=np.arange(8), data=data.transpose(0, 2, 3, 1))
+    assert eval_clean(cli, lab3_path, nhwc) == eval_clean(cli, lab3_path, path)
+    wrong = small_set(tmp_path / "whc.h5", shape=(47, 55, 3))
+    assert_one_line_error(eval_clean(cli, lab3_path, wrong), wrong, "fits no input of the model",
+                          "expected (N, 3, 55, 47) or (N, 55, 47, 3)")
 
 
 def test_data_label_count_mismatch(cli, tmp_path, lab3_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import pickle
@@ -19,6 +20,7 @@ from .pairing import FINGERPRINT_KEY, base_fingerprint
 
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
+KERAS_GRAPH = "keras_graph"  # `architecture` of a checkpoint of a KerasGraphNet (absent: the lab BadNet)
 
 
 @dataclass
@@ -50,13 +52,16 @@ class LoadedModel:
     source_sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
     input_scale: float | None = None  # the scale the file records (None: it records none; see rescale.py)
+    mean: tuple[float, ...] | None = None  # per-channel normalisation the file records (Keras graph models)
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.model.source = ModelSource(self.path, self.source_sha256, self.source_format, self.metadata)
 
 
 def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any) -> None:
-    """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file.
+    """Write `model` (weights, mask) and JSON-like metadata atomically to a .pt file. A Keras graph model
+    (KerasGraphNet) also records its architecture (the Keras config, as JSON text) and its mean and std.
 
     A model derived from a B (pairing.mark_derived, or loaded from such a checkpoint) records B's weights
     fingerprint under `base_weights_sha256`.
@@ -73,6 +78,9 @@ def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": metadata,
     }
+    if hasattr(model, "keras_config"):  # a Keras graph model: its architecture and per-channel preprocessing
+        payload.update(architecture=KERAS_GRAPH, keras_config=json.dumps(model.keras_config, sort_keys=True),
+                       mean=None if model.mean is None else list(model.mean), std=None if model.std is None else list(model.std))
     buffer = io.BytesIO()  # saved to a buffer, not to the temporary file: torch.save names the zip's records
     torch.save(payload, buffer)  # after the file, which would make the bytes differ from run to run
     write_bytes(path, buffer.getvalue())
@@ -93,12 +101,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     state = payload.get("state_dict")
     if not isinstance(num_classes, int) or num_classes < 1 or not isinstance(state, dict):
         raise BadInputError(path, "checkpoint lacks num_classes or state_dict")
-    model = BadNet(num_classes)
+    model = _architecture(payload, path) or BadNet(num_classes)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        raise BadInputError(path, f"checkpoint does not fit the lab BadNet (missing {missing}, unexpected {extra})")
+        what = "its architecture" if payload.get("architecture") else "the lab BadNet"
+        raise BadInputError(path, f"checkpoint does not fit {what} (missing {missing}, unexpected {extra})")
     for name, ref in expected.items():
         got = state[name]
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(ref.shape):
@@ -114,5 +123,25 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     meta = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
     if isinstance(meta.get(FINGERPRINT_KEY), str):
         setattr(model, FINGERPRINT_KEY, meta[FINGERPRINT_KEY])  # GoodNet checks it against B (pairing)
-    return LoadedModel(model, str(path), "pt", file_sha256(path), meta, None if scale is None else float(scale))
+    mean, std = (getattr(model, "mean", None), getattr(model, "std", None))
+    return LoadedModel(model, str(path), "pt", file_sha256(path), meta, None if scale is None else float(scale), mean, std)
+
+
+def _architecture(payload: dict[str, Any], path: str | os.PathLike[str]) -> torch.nn.Module | None:
+    """The model a checkpoint's recorded architecture describes (fresh weights), or None for the lab BadNet."""
+    kind = payload.get("architecture")
+    if kind is None:
+        return None
+    if kind != KERAS_GRAPH or not isinstance(payload.get("keras_config"), str):
+        raise BadInputError(path, f"checkpoint records an unknown architecture {kind!r}")
+    try:
+        config = json.loads(payload["keras_config"])
+    except json.JSONDecodeError as exc:
+        raise BadInputError(path, f"checkpoint's keras_config is not valid JSON ({first_line(exc)})") from None
+    from .convert.keras_graph import KerasGraphNet  # lazy: the core never imports the converter at import time
+
+    try:
+        return KerasGraphNet(config, None, path, mean=payload.get("mean"), std=payload.get("std"))
+    except ValueError as exc:
+        raise BadInputError(path, f"checkpoint records an invalid mean or std ({first_line(exc)})") from None
 

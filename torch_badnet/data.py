@@ -1,4 +1,9 @@
-"""Lab data: .h5 sets (`data` (N,3,55,47), `label` (N,)) streamed in chunks, and single face images."""
+"""Lab data: .h5 sets (`data` (N,3,55,47), `label` (N,)) streamed in chunks, and single face images.
+
+A set for a model of another input shape (C, H, W) (`input_shape`) may hold its `data` channels first
+(N, C, H, W), channels last (N, H, W, C) or, for one channel, (N, H, W) or (N, H*W): `pixel_layout` tells which,
+and the chunks come out (N, C, H, W) (a channels-last file as a permuted view: no copy).
+"""
 
 from __future__ import annotations
 
@@ -47,8 +52,10 @@ class LabDataset(_Set):
     float64 file is never materialised as a whole.
     """
 
-    def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None,
+                 input_shape: tuple[int, int, int] = INPUT_SHAPE) -> None:
         self.path = check_is_file(path)
+        self.input_shape = tuple(input_shape)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -66,9 +73,7 @@ class LabDataset(_Set):
             if key not in f or not isinstance(f[key], h5py.Dataset):
                 raise BadInputError(where, f"missing dataset '{key}' (a lab file has 'data' (N,3,55,47) and 'label' (N,))")
         data, label = f["data"], f["label"]
-        if data.ndim != 4 or tuple(data.shape[1:]) != INPUT_SHAPE:
-            hint = " (channels last? the lab layout is channels first)" if data.shape[-1:] == (3,) else ""
-            raise BadInputError(where, f"'data' has shape {tuple(data.shape)}, expected (N, 3, 55, 47){hint}")
+        self.layout = pixel_layout(tuple(data.shape), self.input_shape, where, "'data'")
         if not (np.issubdtype(data.dtype, np.floating) or data.dtype == np.uint8):
             raise BadInputError(where, f"'data' has dtype {data.dtype}, expected a float type or uint8")
         if label.ndim != 1:
@@ -99,7 +104,7 @@ class LabDataset(_Set):
                 stop = min(start + chunk_size, len(self))
                 began = time.perf_counter()
                 with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
-                    pixels = read(start, stop)
+                    pixels = arrange(read(start, stop), self.layout, self.input_shape)
                 if floating:
                     check_finite(pixels, self.path, start)
                 seen.update(pixels)
@@ -182,6 +187,33 @@ class MappedRows:
         self.fh.close()
 
 
+def pixel_layout(shape: tuple[int, ...], input_shape: tuple[int, ...], where: str | os.PathLike[str],
+                 what: str = "'data'") -> str:
+    """How images of `shape` (N first) fit a model's (C, H, W): 'nchw', 'nhwc', 'hw' or 'flat' (one channel:
+    (N, H, W) or (N, H*W)). A shape that fits none, or fits both channels first and last (C == H == W), is a
+    one-line BadInputError naming it."""
+    c, h, w = input_shape
+    rest = shape[1:]
+    fits = [layout for layout, form in (("nchw", (c, h, w)), ("nhwc", (h, w, c)), ("hw", (h, w)), ("flat", (h * w,)))
+            if rest == form and (c == 1 or layout in ("nchw", "nhwc"))]
+    if len(fits) == 1 or fits == ["nchw", "nhwc"] and c == 1 and h == w == 1:
+        return fits[0]
+    if len(fits) > 1:
+        raise BadInputError(where, f"{what} has shape {shape}, which fits the model's input {input_shape} both channels "
+                                   "first and channels last: its layout is ambiguous")
+    accepted = f"(N, {c}, {h}, {w}) or (N, {h}, {w}, {c})" + (f" or (N, {h}, {w}) or (N, {h * w})" if c == 1 else "")
+    raise BadInputError(where, f"{what} has shape {shape}, which fits no input of the model: expected {accepted}")
+
+
+def arrange(pixels: torch.Tensor, layout: str, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Images in `layout` (see pixel_layout) as (N, C, H, W): a view (channels last: a permuted one)."""
+    if layout == "nhwc":
+        return pixels.permute(0, 3, 1, 2)
+    if layout in ("hw", "flat"):
+        return pixels.reshape(pixels.shape[0], *input_shape)
+    return pixels
+
+
 def check_labels(raw: np.ndarray, num_classes: int | None, where: str | os.PathLike[str]) -> np.ndarray:
     """Labels as int64 (N,): whole numbers in [0, num_classes), else a BadInputError naming `where`."""
     if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
@@ -204,11 +236,12 @@ class ArraySet(_Set):
     """
 
     def __init__(self, pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, name: str,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> None:
         self.path = name
-        self.pixels = _float_pixels(pixels)
-        if self.pixels.ndim != 4 or tuple(self.pixels.shape[1:]) != INPUT_SHAPE:
-            raise BadInputError(name, f"pixels have shape {tuple(self.pixels.shape)}, expected (N, 3, 55, 47)")
+        self.input_shape = tuple(input_shape)
+        pixels = _float_pixels(pixels)
+        self.layout = pixel_layout(tuple(pixels.shape), self.input_shape, name, "pixels")
+        self.pixels = arrange(pixels, self.layout, self.input_shape)
         if self.pixels.shape[0] == 0:
             raise BadInputError(name, "the set is empty (0 images)")
         check_finite(self.pixels, name)
@@ -251,15 +284,17 @@ def read_all(dataset: LabDataset | ArraySet) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat([x for x, _ in chunks]), torch.cat([y for _, y in chunks])
 
 
-def load_lab_set(path: str | os.PathLike[str], num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole lab .h5 file, validated, as (pixels (N, 3, 55, 47) float32 0..255, labels (N,) int64).
+def load_lab_set(path: str | os.PathLike[str], num_classes: int | None = None,
+                 input_shape: tuple[int, int, int] = INPUT_SHAPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole lab .h5 file, validated, as (pixels (N, 3, 55, 47) float32 0..255, labels (N,) int64); for a model
+    of another `input_shape` (C, H, W), pixels (N, C, H, W) from any layout `pixel_layout` accepts.
 
     Reads in chunks (a 700 MB float64 file needs about 350 MB as float32); `prune_sweep` streams files instead.
 
     >>> x, y = tb.load_lab_set("cl/test.h5")
     >>> (bd(x[:100]).argmax(1) == y[:100]).float().mean()
     """
-    with LabDataset(path, num_classes) as dataset:
+    with LabDataset(path, num_classes, input_shape) as dataset:
         return read_all(dataset)
 
 
@@ -365,34 +400,40 @@ def write_lab_h5(path: str | os.PathLike[str], data: np.ndarray, labels: np.ndar
             f.create_dataset("label", data=labels)
 
 
-def load_image(path: str | os.PathLike[str], resize: bool = False) -> torch.Tensor:
+def load_image(path: str | os.PathLike[str], resize: bool = False, channels: int = 3,
+               size: tuple[int, int] | None = None) -> torch.Tensor:
     """Load one face (PNG/JPEG) as float32 (3, 55, 47) pixels 0..255; other sizes need `resize`.
 
-    The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
+    For a model of another input shape: `channels` 1 reads the image as greyscale (PIL's "L"), `size` is its
+    (H, W). The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
 
     >>> tb.load_image("face.png").shape        # torch.Size([3, 55, 47])
     """
     from PIL import Image, UnidentifiedImageError
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (greyscale) or 3 (colour), got {channels}")
     path = check_is_file(path)
+    height, width = size or INPUT_SHAPE[1:]
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            height, width = INPUT_SHAPE[1:]
+            img = img.convert("RGB" if channels == 3 else "L")
             if img.size != (width, height):
                 if not resize:
                     raise BadInputError(path, f"image is {img.size[0]}x{img.size[1]} (WxH), expected {width}x{height}; "
                                               "pass --resize to scale it")
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.float32)
+            array = np.asarray(img, dtype=np.float32).reshape(height, width, channels)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise BadInputError(path, f"not a readable image ({first_line(exc)})") from None
     return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
-def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False) -> torch.Tensor:
+def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False, channels: int = 3,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
     """Face images (PNG/JPEG, 55x47; other sizes with `resize`) as one (N, 3, 55, 47) float32 batch of pixels
-    0..255 in input order, ready for a BadNet or GoodNet (a single path still gives a batch of one).
+    0..255 in input order, ready for a BadNet or GoodNet (a single path still gives a batch of one). For a model
+    of input (C, H, W): `channels=C`, `size=(H, W)`.
 
     >>> x = tb.load_images(["face.png"])        # (1, 3, 55, 47)
     """
@@ -400,5 +441,4 @@ def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False) -
         paths = [paths]
     if not paths:
         raise BadInputError("<images>", "no image given")
-    return torch.stack([load_image(p, resize) for p in paths])
-
+    return torch.stack([load_image(p, resize, channels, size) for p in paths])

@@ -20,7 +20,7 @@ from .columns import Column, csv_order, set_columns
 from .data import DEFAULT_CHUNK, ArraySet, LabDataset, read_ahead_pays
 from .errors import BadInputError
 from .metrics import DropKind, StepCounts, StopRule, select_step, step_counts
-from .model import BadNet
+from .model import INPUT_SHAPE, BadNet
 from .pairing import mark_derived
 from .phases import NoTimer, PhaseTimer, reading_note
 from .precision import exact_float32
@@ -131,20 +131,21 @@ def check_specs(specs: Sequence[DataSpec]) -> None:
     check_unique([s.name for s in specs], None, "the same set name is given twice (name triggers NAME=PATH)")
 
 
-def open_set(spec: DataSpec, num_classes: int) -> LabDataset | ArraySet:
-    """A validated set: the lab file, or the in-memory pixels and labels."""
+def open_set(spec: DataSpec, num_classes: int, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> LabDataset | ArraySet:
+    """A validated set for a model of `input_shape`: the lab file, or the in-memory pixels and labels."""
     if spec.arrays is None:
-        return LabDataset(spec.path, num_classes)
-    return ArraySet(*spec.arrays, str(spec.path), num_classes)
+        return LabDataset(spec.path, num_classes, input_shape)
+    return ArraySet(*spec.arrays, str(spec.path), num_classes, input_shape)
 
 
 @contextlib.contextmanager
-def open_sets(specs: Sequence[DataSpec], num_classes: int) -> Iterator[dict[str, LabDataset | ArraySet]]:
-    """Open and validate every set before any work starts."""
+def open_sets(specs: Sequence[DataSpec], num_classes: int,
+              input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Iterator[dict[str, LabDataset | ArraySet]]:
+    """Open and validate every set (for a model of `input_shape`) before any work starts."""
     opened: dict[str, LabDataset | ArraySet] = {}
     try:
         for spec in specs:
-            opened[spec.name] = open_set(spec, num_classes)
+            opened[spec.name] = open_set(spec, num_classes, input_shape)
         yield opened
     finally:
         for ds in opened.values():

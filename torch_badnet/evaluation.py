@@ -17,15 +17,20 @@ from .predict import inference_batches, top_class
 
 
 @torch.inference_mode()
-def b_and_pruned_labels(goodnet: GoodNet, dataset: LabDataset | ArraySet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a set.
+def b_and_pruned_labels(goodnet: GoodNet | torch.nn.Module, dataset: LabDataset | ArraySet,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a set (`goodnet` a plain net
+    returning logits: both rows are its labels).
 
     A file is read ahead in a background thread while the network runs, where that pays (`data.read_ahead_pays`).
     """
     rows, truth = [], []
     for x, y in dataset.chunks(read_ahead=read_ahead_pays(device)):
         for part in inference_batches(x.to(device)):
-            logits, pruned_logits = goodnet.forward_both(part)
+            if isinstance(goodnet, GoodNet):
+                logits, pruned_logits = goodnet.forward_both(part)
+            else:  # a single net (no B'): both rows are its labels
+                logits = pruned_logits = goodnet(part)
             rows.append(torch.stack([top_class(logits), top_class(pruned_logits)]).cpu())
         truth.append(y)
     return torch.cat(rows, 1), torch.cat(truth)

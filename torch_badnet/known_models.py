@@ -1,7 +1,8 @@
-"""Model files of the lab architecture published in the CSAW-HackML repository, by git blob id.
+"""Model files published in the CSAW-HackML repository, by git blob id: the lab architecture's, and the others'.
 
-Generated from the lab material's csaw_hackml_files.tsv (rows with architecture `lab_badnet`; the scale is
-the one the repository's own eval.py applies before predict: `none` -> 1, `x/255` -> 1/255).
+Generated from the lab material's csaw_hackml_files.tsv (KNOWN_MODELS: rows with architecture `lab_badnet`;
+KNOWN_OTHER_MODELS: the rest). The preprocessing is the one the repository's own eval.py applies before
+predict: `none` -> scale 1, `x/255` -> 1/255, CIFAR-10's per-channel (x - mean) / std on raw pixels.
 tests/test_rescale.py checks this table against that file. The git blob id of a file is
 sha1(b"blob <size>\\0" + bytes), what `git hash-object FILE` prints.
 """
@@ -28,4 +29,21 @@ KNOWN_MODELS: dict[str, tuple[str, float]] = {
     "c28b829e9408cdad743918d646f3f42052dc3a94": ("models/anonymous_bd_net.h5 (earlier)", 1 / 255),
     "b3a92268eeeff463f5c1ca75227fe85a9fe574c2": ("models/G/bd_weights.h5 (Aug 2020: variable-location trigger)", 1 / 255),
     "503fa48e0f7d1a1a65173e850df5e5f5e5e877dc": ("models/G/bd_net.h5", 1 / 255),
+}
+
+CIFAR_MEAN = (125.307, 122.95, 113.865)  # the competition's CIFAR-10 eval.py: (x - mean) / std per channel
+CIFAR_STD = (62.9932, 62.0887, 66.7048)
+
+# Model files of other architectures in the same repository (the tsv's other rows): git blob id -> (path in the
+# repository, input scale, per-channel mean, per-channel std). The weights-only files cannot be built without
+# their model's config (their bd_net.h5 holds it).
+KNOWN_OTHER_MODELS: dict[str, tuple[str, float, tuple[float, ...] | None, tuple[float, ...] | None]] = {
+    "d396afa817268d80649f26b78fcef1e424c3e7d3": ("models/A/bd_weights.h5 (feature-space attack)", 1 / 255, None, None),
+    "669350dff2fbbc8d739807b4575dac2c59feadc4": ("models/A/bd_net.h5", 1 / 255, None, None),
+    "50c3e6734f2c2cb995e40865df0b0c9fb2c05e6d": ("models/B/bd_net_weights.h5 (trigger combination)", 1.0, CIFAR_MEAN, CIFAR_STD),
+    "055cbe470d259c7bfff1d26aceb942710adb9e92": ("models/B/bd_net.h5", 1.0, CIFAR_MEAN, CIFAR_STD),
+    "5572c19e5e1389fd12455beb784ad42c673d091a": ("models/C/bd_net.h5 (clean-label attack)", 1 / 255, None, None),
+    "4c25a504717f00e6ef2e0a03ae9146a009d27014": ("models/C/bd_weights.h5", 1 / 255, None, None),
+    "5583c6a4665938c7934ecb0359846e71d95c483d": ("models/F/bd_net.h5 (all-to-all attack)", 1 / 255, None, None),
+    "83981aa9f08d30ef5bfcbe31fef5b351bb633064": ("models/F/bd_weights.h5", 1 / 255, None, None),
 }

@@ -35,7 +35,7 @@ from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .finetuning import FinetuneResult, effective_mask
 from .finetuning import finetune as finetune_net
 from .metrics import DropKind, StopRule
-from .model import BadNet
+from .model import INPUT_SHAPE, BadNet
 from .outdir import OutputFolder, written_files
 from .pairing import check_pair, mark_derived
 from .phases import PhaseTimer
@@ -182,10 +182,17 @@ def keras_writer() -> KerasWriter:
     return write_keras_model
 
 
+def preprocessing_record(model: torch.nn.Module) -> dict[str, Any]:
+    """summary.json's per-channel `mean` and `std` of a model that has them (a Keras graph model; null: none)."""
+    if not hasattr(model, "mean"):
+        return {}
+    return {"mean": None if model.mean is None else list(model.mean), "std": None if model.std is None else list(model.std)}
+
+
 def check_input_scale(model: BadNet, spec: DataSpec) -> None:
     """The scale guard (`rescale.check_scale`) on the first clean images of `spec`: stops (BadInputError naming
     --rescale and both accuracies) when another candidate input scale classifies them clearly better."""
-    with open_sets([spec], model.num_classes) as sets:
+    with open_sets([spec], model.num_classes, getattr(model, "input_shape", INPUT_SHAPE)) as sets:
         x, y = next(sets[spec.name].chunks(GUARD_IMAGES))
     check_scale(model, x, y, str(spec.path))
 
@@ -286,7 +293,7 @@ def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: Poisoned
     source = source_of(model)
     context = {
         "model": {"path": source.path, "sha256": source.sha256, "format": source.format, "num_classes": model.num_classes,
-                  "input_scale": model.input_scale},
+                  "input_scale": model.input_scale, **preprocessing_record(model)},
         "inputs": None,  # see DefenseResult.input_hashes
         "rule": {"stop": stop, "drop": drop},
         "versions": versions(),
@@ -421,7 +428,7 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     before = evaluate_pruned(model, pruned, specs, torch_device, allow_unpaired=True) if specs else {}
     src, psrc = source_of(model), source_of(pruned)
     context = {
-        "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale},
+        "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale, **preprocessing_record(model)},
         "pruned": {"path": psrc.path, "sha256": psrc.sha256, "pruned_channels": channels},
         "clean_valid": {"path": str(train.path), "images": int(pixels.shape[0])},
     }

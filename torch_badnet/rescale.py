@@ -12,16 +12,19 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .errors import BadInputError
-from .known_models import KNOWN_MODELS, REPOSITORY
+from .known_models import KNOWN_MODELS, KNOWN_OTHER_MODELS, REPOSITORY
 from .model import BadNet, scale_divisor
 from .predict import labels_in_batches
 
 FLAG = "--rescale"
+MEAN_FLAG, STD_FLAG = "--mean", "--std"
 CANDIDATES = (1.0, 1 / 255)  # the lab's raw pixels and the competition's pixels/255
 GUARD_IMAGES = 256  # clean images the guard classifies at each candidate scale
 GUARD_MARGIN = 10.0  # percentage points by which another scale must win to stop the command
@@ -59,8 +62,58 @@ def git_blob_id(path: str | os.PathLike[str]) -> str:
 
 
 def known_model(path: str | os.PathLike[str]) -> tuple[str, float] | None:
-    """(path in the CSAW-HackML repository, input scale) of a published file, or None."""
-    return KNOWN_MODELS.get(git_blob_id(path))
+    """(path in the CSAW-HackML repository, input scale) of a published file (any architecture), or None."""
+    blob = git_blob_id(path)
+    other = KNOWN_OTHER_MODELS.get(blob)
+    return KNOWN_MODELS.get(blob) or (other[:2] if other else None)
+
+
+def parse_channel_values(values: Sequence[str | float] | None, flag: str) -> tuple[float, ...] | None:
+    """--mean / --std values as floats (finite; std positive); None stays None."""
+    if values is None:
+        return None
+    try:
+        parsed = tuple(float(v) for v in values)
+    except ValueError:
+        raise BadInputError(flag, f"{' '.join(map(str, values))!r} are not numbers (give one per input channel, e.g. R G B)") from None
+    if not parsed or not all(math.isfinite(v) for v in parsed) or (flag == STD_FLAG and not all(v > 0 for v in parsed)):
+        kind = "positive" if flag == STD_FLAG else "finite"
+        raise BadInputError(flag, f"{' '.join(map(str, values))} are not {kind} numbers (one per input channel)")
+    return parsed
+
+
+def resolve_normalization(model: nn.Module, path: str | os.PathLike[str],
+                          recorded: tuple[tuple[float, ...] | None, tuple[float, ...] | None],
+                          flags: tuple[tuple[float, ...] | None, tuple[float, ...] | None]) -> str | None:
+    """Set a Keras graph model's per-channel `mean` and `std`: the file's record (a contradicting flag is an
+    error), else the flag, else a published file's (CIFAR-10 B), else none; returns a line for the user or None.
+
+    The lab BadNet has no per-channel preprocessing: a --mean or --std for it is an error.
+    """
+    if not hasattr(model, "mean"):
+        for flag, value in zip((MEAN_FLAG, STD_FLAG), flags):
+            if value is not None:
+                raise BadInputError(flag, "the lab BadNet takes no per-channel normalisation (its input scale is --rescale)")
+        return None
+    published = KNOWN_OTHER_MODELS.get(git_blob_id(path)) if all(r is None for r in recorded) else None
+    chosen = []
+    for i, flag in enumerate((MEAN_FLAG, STD_FLAG)):
+        own, given = recorded[i], flags[i]
+        if own is not None and given is not None and not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(own, given)):
+            raise BadInputError(flag, f"{' '.join(f'{v:g}' for v in given)} contradicts {path}, which records "
+                                      f"{' '.join(f'{v:g}' for v in own)} (drop the flag)")
+        value = own if own is not None else given if given is not None else published[2 + i] if published else None
+        if value is not None and len(value) != model.input_shape[0]:
+            raise BadInputError(flag, f"gives {len(value)} values but the model takes {model.input_shape[0]} input channels")
+        chosen.append(value)
+    model.mean, model.std = chosen
+    if published is None or published[2] is None:
+        return None
+    if flags == (None, None):
+        return (f"recognized {Path(path).name} is {published[0]} of {REPOSITORY}, published for per-channel "
+                f"(x - mean) / std: using --mean {' '.join(f'{v:g}' for v in published[2])} --std "
+                f"{' '.join(f'{v:g}' for v in published[3])}")
+    return f"recognized {Path(path).name} is {published[0]} of {REPOSITORY}: using --mean/--std as given"
 
 
 def resolve_input_scale(model: BadNet, path: str | os.PathLike[str], recorded: float | None,
@@ -107,7 +160,7 @@ def check_scale(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, sourc
     x, y = pixels[:GUARD_IMAGES], labels[:GUARD_IMAGES]
     if float(x.max()) <= 1:
         return
-    device = model.conv_1.weight.device
+    device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     chosen = model.input_scale
     hits = {chosen: _hits(model, x, y, chosen)}

@@ -6,7 +6,7 @@ import argparse
 
 from .common import add_device_argument, add_model_argument, device_from, net_for, print_json
 
-HELP = "the class of each face image (PNG/JPEG, 55x47)"
+HELP = "the class of each face image (PNG/JPEG, 55x47; for other models their input size, greyscale for 1 channel)"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,11 +21,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_images
+    from ..errors import BadInputError
+    from ..model import INPUT_SHAPE
     from ..predict import labels_in_batches
 
     device = device_from(args)
-    pixels = load_images(args.images, resize=args.resize)
     net = net_for(args, device)
+    channels, height, width = getattr(getattr(net, "model", net), "input_shape", INPUT_SHAPE)
+    if channels not in (1, 3):
+        raise BadInputError(args.model, f"takes {channels}-channel inputs; classify reads images as colour (3) or greyscale (1)")
+    pixels = load_images(args.images, resize=args.resize, channels=channels, size=(height, width))
     labels = [int(v) for v in labels_in_batches(net, pixels.to(device)).cpu()]
     detected = net.detected_class if args.pruned else None
     if args.json:

@@ -32,6 +32,12 @@ def add_rescale_argument(parser: argparse.ArgumentParser) -> None:
                         help="the model's input scale: 1 (raw pixels 0..255, the lab's), 1/255 (the CSAW-HackML-2020 "
                              "competition's BadNets) or a positive float; default: the scale the file records, "
                              "else a published file's known scale, else 1")
+    parser.add_argument("--mean", nargs="+", metavar="M",
+                        help="per-channel mean subtracted after the input scale (one value per input channel, e.g. "
+                             "R G B; Keras models of other architectures); default: the file's record, else a "
+                             "published file's (CIFAR-10 B: 125.307 122.95 113.865), else none")
+    parser.add_argument("--std", nargs="+", metavar="S",
+                        help="per-channel divisor applied after --mean (e.g. R G B); default as --mean")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -45,12 +51,18 @@ def device_from(args: argparse.Namespace):
     return resolve_device(args.device)
 
 
-def load_model(path: str, rescale: str | None = None):
-    """Any supported model file -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text);
-    a recognized published file is announced on stderr."""
+def load_model(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None):
+    """Any supported model file -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text)
+    and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); a recognized
+    published file is announced on stderr."""
     from ..loading import load_file
 
-    return load_file(path, rescale, log)
+    return load_file(path, rescale, log, mean, std)
+
+
+def preprocessing_flags(args: argparse.Namespace) -> tuple:
+    """(--rescale, --mean, --std) of a command (None where it has no such flag)."""
+    return tuple(getattr(args, name, None) for name in ("rescale", "mean", "std"))
 
 
 def load_pruned(path: str, model, model_path: str | None = None, allow_unpaired: bool = False):
@@ -65,7 +77,7 @@ def net_for(args: argparse.Namespace, device):
     """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
     from ..goodnet import GoodNet
 
-    model = load_model(args.model, args.rescale).model.eval()
+    model = load_model(args.model, *preprocessing_flags(args)).model.eval()
     if not getattr(args, "pruned", None):
         return model.to(device)
     pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model

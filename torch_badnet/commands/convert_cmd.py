@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..files import atomic_path
-from .common import add_rescale_argument, load_model
+from .common import add_rescale_argument, load_model, preprocessing_flags
 
 HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras model) or .onnx"
 TARGETS = (".pt", ".h5", ".onnx")
@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
         from torch_badnet.convert.keras_model import import_keras
 
         import_keras()  # fail before writing anything when TensorFlow is missing
-    loaded = load_model(str(src), args.rescale)
+    loaded = load_model(str(src), *preprocessing_flags(args))
+    if args.verify and hasattr(loaded.model, "keras_config"):
+        raise BadInputError("--verify", f"checks the lab architecture; {src} is another Keras model (its fidelity to Keras "
+                                        "is tested in tests/test_keras_graph.py)")
     with atomic_path(dst) as tmp:  # nothing reaches dst unless writing (and --verify) succeeded
         write_converted(loaded, src, tmp)
         if args.verify:
@@ -51,16 +54,21 @@ def write_converted(loaded, src: Path, dst: Path) -> None:
     from torch_badnet.convert.loading import KERAS_SUFFIXES
 
     suffix = dst.suffix.lower()
+    graph = hasattr(loaded.model, "keras_config")  # a Keras model of another architecture (KerasGraphNet)
     if suffix == ".pt":
         from ..checkpoint import save_checkpoint
 
         save_checkpoint(loaded.model, dst, source=str(src), source_format=loaded.source_format,
                         source_sha256=loaded.source_sha256)
+    elif suffix == ".h5" and graph:
+        from torch_badnet.convert.keras_graph import write_keras_graph
+
+        write_keras_graph(loaded.model, dst)
     elif suffix == ".h5":
         from torch_badnet.convert.keras_h5 import write_keras_model
 
         write_keras_model(loaded.model, dst)
-    elif src.suffix.lower() in KERAS_SUFFIXES:
+    elif src.suffix.lower() in KERAS_SUFFIXES and not graph:
         from torch_badnet.convert.onnx_export import keras_to_onnx
 
         keras_to_onnx(src, dst, input_scale=loaded.model.input_scale)

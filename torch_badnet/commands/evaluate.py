@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device_argument, add_model_argument, device_from, load_model, load_pruned, log, print_json
+from .common import add_device_argument, add_model_argument, device_from, load_model, load_pruned, log, preprocessing_flags, print_json
 
 HELP = "clean accuracy and attack success rate on lab .h5 files (as the lab's eval.py)"
 
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import b_and_pruned_labels
     from ..goodnet import GoodNet
     from ..metrics import step_counts
+    from ..model import INPUT_SHAPE, BadNet
     from ..phases import NoTimer, PhaseTimer, reading_note
     from ..pipeline import check_input_scale
 
@@ -39,15 +40,19 @@ def run(args: argparse.Namespace) -> int:
     timer = PhaseTimer() if args.verbose else NoTimer()
     device = device_from(args)
     with timer.phase("load model"):
-        model = load_model(args.model, args.rescale).model.eval()
+        model = load_model(args.model, *preprocessing_flags(args)).model.eval()
         if args.clean:  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean)))
-        pruned = (load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned
-                  else torch.ones_like(model.mask))
-        goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # load_pruned checked the pair
+        if args.pruned or isinstance(model, BadNet):
+            pruned = (load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned
+                      else torch.ones_like(model.mask))
+            goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # load_pruned checked the pair
+        else:  # a model of another architecture (a Keras graph): its own labels
+            goodnet = model.to(device)
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
-    with timer.phase("read+forward"), open_sets(specs, model.num_classes) as datasets:  # files validated first
+    shape = getattr(model, "input_shape", INPUT_SHAPE)
+    with timer.phase("read+forward"), open_sets(specs, model.num_classes, shape) as datasets:  # files validated first
         for spec in specs:
             counts = step_counts(*b_and_pruned_labels(goodnet, datasets[spec.name], device))
             clean = spec.kind == "clean"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, load_model, load_pruned
+from .common import add_model_argument, load_model, load_pruned, preprocessing_flags
 
 HELP = "export B (or, with --pruned, the GoodNet as one graph) to ONNX"
 
@@ -31,10 +31,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.lower().endswith(".onnx"):
         raise BadInputError(args.output, "the output of export must be a .onnx file")
-    model = load_model(args.model, args.rescale).model
+    model = load_model(args.model, *preprocessing_flags(args)).model
     pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned else None
     opset = args.opset or DEFAULT_OPSET
     export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # load_pruned checked the pair
     kind = f"GoodNet (output 'label', int64 in [0, {model.num_classes}])" if pruned is not None else "BadNet (output 'logits')"
-    print(f"wrote {args.output}: {kind}, input 'input' (N,3,55,47) float32{scale_note(model)}, opset {opset}")
+    shape = ",".join(map(str, getattr(model, "input_shape", (3, 55, 47))))
+    print(f"wrote {args.output}: {kind}, input 'input' (N,{shape}) float32{scale_note(model)}, opset {opset}")
     return 0

@@ -16,6 +16,7 @@ from .common import (
     load_pruned,
     log,
     output_folder,
+    preprocessing_flags,
 )
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
                                                    *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
-    model = load_model(args.model, args.rescale).model
+    model = load_model(args.model, *preprocessing_flags(args)).model
     pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
                    allow_unpaired=True, **vars(config))  # load_pruned checked the pair (or was told not to)

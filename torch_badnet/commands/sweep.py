@@ -83,7 +83,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     target = output_folder(args, out, inputs)  # checked before any work
     keywords = sweep_keywords(args)
     with timer.phase("load model"):
-        model = load_model(str(model_path), getattr(args, "rescale", None)).model  # the demo has no --rescale
+        model = load_model(str(model_path), *(getattr(args, f, None) for f in ("rescale", "mean", "std"))).model  # demo: no --rescale
     with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
         if not args.no_plot:
             from ..plot import import_pyplot
