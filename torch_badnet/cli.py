@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"error: internal error {type(exc).__name__}: {exc} (set TORCH_BADNET_DEBUG=1 for the traceback)\n")
         return 1
+    finally:
+        from .commands.common import release_output_folders
+
+        release_output_folders()  # the --out locks, held for the whole command
     return EXIT_BAD_INPUT
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -167,12 +168,17 @@ class DefenseResult:
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.arrays is None)
         write_keras = keras_writer() if keras else None
-        with target.staging() as staging:
+        with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
             write_report(self.sweep, self.model, staging, self.summary, write_keras, plot=plot,
                          finetuned={x: f.metrics for x, f in self.finetuned.items()}, timer=timer)
             return written_files(staging)
+
+
+def own_lock(target: OutputFolder, out: object) -> contextlib.AbstractContextManager:
+    """`target` as a context manager releasing its lock, when `save` made it from a path; the caller's otherwise."""
+    return contextlib.nullcontext() if target is out else target
 
 
 def keras_writer() -> KerasWriter:
@@ -250,13 +256,19 @@ def checked_config(**settings: Any) -> FinetuneConfig:
     >>> prune_sweep(bd, ..., finetune=checked_config(epochs=5, lr=1e-3))
     """
     config = FinetuneConfig(**{k: v for k, v in settings.items() if v is not None})
-    if config.epochs < 0 or config.batch_size < 1 or not config.lr > 0 or config.patience < 1:
-        raise BadInputError("finetune", "--epochs >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1 are needed")
+    if config.epochs < 0:
+        raise BadInputError("--epochs", f"{config.epochs} is not a number of epochs >= 0")
+    if config.batch_size < 1:
+        raise BadInputError("--batch-size", f"{config.batch_size} is not a batch size >= 1")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise BadInputError("--lr", f"{config.lr:g} is not a learning rate > 0")
+    if config.patience < 1:
+        raise BadInputError("--patience", f"{config.patience} is not a number of epochs >= 1")
     if not 0 < config.holdout < 1:
         raise BadInputError("--holdout", f"{config.holdout:g} is outside (0, 1)")
-    if not config.weight_decay >= 0:
+    if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
         raise BadInputError("--weight-decay", f"{config.weight_decay:g} is not a number >= 0")
-    if not config.tolerance >= 0:
+    if not (config.tolerance >= 0 and math.isfinite(config.tolerance)):
         raise BadInputError("--tolerance", f"{config.tolerance:g} is not a number of points >= 0")
     if config.optimizer not in OPTIMIZERS:
         raise BadInputError("--optimizer", f"{config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
@@ -389,7 +401,7 @@ class FinetuneRun:
         of the run is refused)."""
         inputs = [entry["path"] for entry in self.context.values() if not entry["path"].startswith("<")]
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
-        with target.staging() as staging:
+        with own_lock(target, out), target.staging() as staging:
             self.tuned.write(staging, keras_writer() if keras else None)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
             return written_files(staging)

@@ -28,11 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, ensure_workspace
 
-    output_folder(args, Path(args.out), [])  # refuse a foreign --out before the (first-run) build; checked again below
+    target = output_folder(args, Path(args.out), [])  # refuse a foreign or busy --out before the (first-run) build
     config = DemoConfig(seed=args.seed)
     ws = ensure_workspace(Path(args.workdir) if args.workdir else None, config, log=log, retrain=args.retrain)
     log(f"demo workspace: {ws.root} ({'built now' if ws.built else 'reused from cache'})")
     weights = "the package's weights" if ws.model_source == "package" else f"trained here: {ws.model}"
     run_defense(args, ws.model, ws.clean_valid, ws.poisoned_valid, ws.clean_test, ws.poisoned_test,
-                title=f"Pruning defense on the demo BadNet, seed {args.seed} ({weights})")
+                title=f"Pruning defense on the demo BadNet, seed {args.seed} ({weights})", target=target)
     return 0

@@ -6,10 +6,23 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .common import add_device_argument, add_force_argument, add_model_argument, closing_line, input_paths, load_model, log, output_folder
+from .common import (
+    add_device_argument,
+    add_force_argument,
+    add_model_argument,
+    closing_line,
+    device_from,
+    input_paths,
+    load_model,
+    log,
+    output_folder,
+)
 from .finetune import add_finetune_options, config_from
+
+if TYPE_CHECKING:
+    from ..outdir import OutputFolder
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -72,16 +85,20 @@ def input_files(model_path: str | Path, clean_valid: Any, poisoned_valid: Any, c
 
 
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
-                clean_test: Any = None, poisoned_test: Any = None, title: str | None = None) -> None:
-    """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table."""
+                clean_test: Any = None, poisoned_test: Any = None, title: str | None = None,
+                target: OutputFolder | None = None) -> None:
+    """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table.
+    `target`: --out as the caller (the demo) already checked and locked it."""
     from ..phases import NoTimer, PhaseTimer
     from ..pipeline import prune_sweep
 
     timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
     out = Path(args.out)
-    inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
-    target = output_folder(args, out, inputs)  # checked before any work
+    device_from(args)  # a bad --device or fine-tuning flag is refused before any work
     keywords = sweep_keywords(args)
+    if target is None:
+        inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
+        target = output_folder(args, out, inputs)  # checked and locked before any work
     with timer.phase("load model"):
         model = load_model(str(model_path), *(getattr(args, f, None) for f in ("rescale", "mean", "std"))).model  # demo: no --rescale
     with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
