@@ -572,6 +572,8 @@ def test_a_lock_file_we_did_not_write_is_never_touched(cli, lab3_path, lab_files
     (tmp_path / ".out.lock").write_text("the user's own file\n")
     line = assert_refused_untouched(cli, sweep_args(lab_files, lab3_path, tmp_path / "out"), [tmp_path], "not a torch-badnet lock file")
     assert str(tmp_path / ".out.lock") in line
+    (tmp_path / ".out.lock").write_text("")  # empty: not ours either (ours have their header from creation on)
+    assert_refused_untouched(cli, sweep_args(lab_files, lab3_path, tmp_path / "out"), [tmp_path], "not a torch-badnet lock file")
     (tmp_path / ".out.lock").unlink()
     (tmp_path / "elsewhere").write_text("x")
     (tmp_path / ".out.lock").symlink_to(tmp_path / "elsewhere")

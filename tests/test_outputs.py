@@ -54,7 +54,8 @@ def test_two_sweeps_into_one_out(lab_files, lab3_path, tmp_path):
         second = subprocess.run([sys.executable, "-m", "torch_badnet", *map(str, sweep_args(
             lab_files, lab3_path, out, "--no-plot", "--thresholds", "3"))], capture_output=True, text=True, timeout=600)
     finally:
-        os.kill(first.pid, signal.SIGCONT)
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=600)
     assert second.returncode == 2 and second.stdout == ""
     assert second.stderr == f"error: {out}: is being written by another run (pid {first.pid})\n"
@@ -128,3 +129,25 @@ def test_the_lock_folder_is_made_only_for_the_run(tmp_path):
     assert (tmp_path / "a" / "b" / ".out.lock").is_file()
     folder.close()
     assert not (tmp_path / "a").exists()
+
+
+def test_many_processes_racing_for_one_out(tmp_path):
+    """Eight processes take --out's lock at once: exactly one holds it (until told to stop), the others are
+    refused naming its pid, and the lock file is gone once it releases."""
+    code = ("import sys\nfrom torch_badnet.errors import BadInputError\nfrom torch_badnet.outdir import OutputFolder\n"
+            f"try:\n    f = OutputFolder({str(tmp_path / 'out')!r})\nexcept BadInputError as exc:\n"
+            "    print(exc.problem, flush=True)\n    sys.exit(2)\nprint('held', flush=True)\nsys.stdin.read()\nf.close()\n")
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for _ in range(8)]
+    try:
+        lines = {run.pid: run.stdout.readline().strip() for run in runs}
+        holders = [pid for pid, line in lines.items() if line == "held"]
+        assert len(holders) == 1, lines
+        assert all(line == f"is being written by another run (pid {holders[0]})" for pid, line in lines.items()
+                   if pid != holders[0]), lines
+    finally:
+        for run in runs:
+            run.stdin.close()
+            run.wait(60)
+    assert [run.returncode for run in runs].count(0) == 1
+    assert not list(tmp_path.iterdir())  # the lock file removed by its holder, no temporary file left

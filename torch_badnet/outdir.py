@@ -42,9 +42,10 @@ class FolderLock:
     """One writer per output folder: an exclusive `fcntl.flock` on `.<name>.lock` beside the folder, held until
     `release()` (or the process ends: the kernel drops a dead process's lock, so a killed run never blocks).
 
-    The lock file holds LOCK_HEADER and the holder's pid (for the refusal's message). We create it; a file of
-    that name we did not write is refused, never overwritten. On release the holder deletes it while still
-    holding the lock; a run that locked a file since deleted (or replaced) notices by its inode and retries.
+    The lock file holds LOCK_HEADER and the holder's pid (for the refusal's message). We create it, header
+    included, by a hard link; a file of that name without the header (not ours) is refused, never overwritten.
+    On release the holder deletes it while still holding the lock; a run that locked a file since deleted (or
+    replaced) notices by its inode and retries.
     """
 
     def __init__(self, folder: Path, shown: str | os.PathLike[str]) -> None:
@@ -59,42 +60,63 @@ class FolderLock:
             raise
 
     def _acquire(self) -> None:
-        for _ in range(100):  # each retry means the file was deleted or replaced between open and flock
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-            except OSError as exc:
-                raise BadInputError(self._shown, f"cannot create its lock file {self.path} ({exc.strerror})") from None
-            handle = os.fdopen(fd, "r+", encoding="utf-8")
-            try:
-                if not os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False)):
-                    raise FileNotFoundError
-            except FileNotFoundError:
-                handle.close()
+        for _ in range(100):  # each retry means the file was created, deleted or replaced by another run meanwhile
+            handle = self._open()
+            if handle is None:
                 continue
-            text = handle.read()
-            if text and not text.startswith(LOCK_HEADER):
-                handle.close()
-                raise BadInputError(self._shown, f"{self.path} beside it is not a torch-badnet lock file; "
-                                                 "move it away to write this folder")
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.close()
                 raise BadInputError(self._shown, f"is being written by another run (pid {self._holder()})") from None
             try:  # locked: still the file at our path?
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path, follow_symlinks=False))
             except FileNotFoundError:
                 same = False
             if not same:
                 handle.close()
                 continue
+            if not handle.read().startswith(LOCK_HEADER):  # every lock file we make has it from its creation on
+                handle.close()
+                raise BadInputError(self._shown, f"{self.path} beside it is not a torch-badnet lock file; "
+                                                 "move it away to write this folder")
             handle.seek(0)
-            handle.truncate()
             handle.write(f"{LOCK_HEADER}\npid {os.getpid()}\n")
+            handle.truncate()
             handle.flush()
             self._file = handle
             return
         raise BadInputError(self._shown, f"could not take its lock file {self.path}")
+
+    def _open(self):
+        """The lock file opened for reading and writing (made, complete with its header, if missing); None when
+        another run made or deleted it meanwhile."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.fdopen(os.open(self.path, flags), "r+", encoding="utf-8")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a symbolic link (ELOOP), no permission, ...
+            raise BadInputError(self._shown, f"cannot open its lock file {self.path} ({exc.strerror})") from None
+        try:  # written beside it, then linked into place: never visible without its header, never over a file
+            fd, tmp = tempfile.mkstemp(prefix=f"{self.path.name}.", dir=self.path.parent)
+        except OSError as exc:
+            raise BadInputError(self._shown, f"cannot create its lock file {self.path} ({exc.strerror})") from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as new:
+                new.write(f"{LOCK_HEADER}\npid {os.getpid()}\n")
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return None
+        except OSError as exc:  # e.g. a file system without hard links
+            raise BadInputError(self._shown, f"cannot create its lock file {self.path} ({exc.strerror})") from None
+        finally:
+            os.unlink(tmp)
+        try:
+            return os.fdopen(os.open(self.path, flags), "r+", encoding="utf-8")
+        except FileNotFoundError:
+            return None
 
     def _holder(self) -> str:
         """The pid the lock file names (its holder may not have written it yet: wait a moment)."""
@@ -180,8 +202,9 @@ class OutputFolder:
 
     def close(self) -> None:
         """Release --out's lock (at the latest the process's end does)."""
-        if self._lock is not None:
-            self._lock.release()
+        lock = getattr(self, "_lock", None)  # (absent when __init__ failed early)
+        if lock is not None:
+            lock.release()
             self._lock = None
 
     def __enter__(self) -> OutputFolder:
@@ -219,7 +242,8 @@ class OutputFolder:
             except BaseException:
                 os.rename(aside, target)
                 raise
-            self.replaced, self.moved_to = "folder", aside
+            self.replaced = "folder"  # said as the user spelled --out, unless --out is a link to elsewhere
+            self.moved_to = aside if self.path.is_symlink() else self.path.with_name(aside.name)
             return
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
         os.rename(target, old / "out")
