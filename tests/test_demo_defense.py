@@ -101,7 +101,7 @@ def test_second_demo_run_reuses_the_workspace(demo_run, cli):
 
 @pytest.mark.parametrize("flag, value, message", [("--weight-decay", "-1", "error: --weight-decay: -1 is not a number >= 0"),
                                                   ("--tolerance", "nan", "error: --tolerance: nan is not a number of points >= 0"),
-                                                  ("--lr", "nan", "error: finetune: ")])
+                                                  ("--lr", "nan", "error: --lr: nan is not a learning rate > 0")])
 def test_finetune_refuses_bad_settings(cli, tmp_path, flag, value, message):
     code, _, err = cli("finetune", "--model", tmp_path / "b.h5", "--pruned", tmp_path / "p.pt", "--clean-valid",
                        tmp_path / "c.h5", "--out", tmp_path / "out", flag, value)
