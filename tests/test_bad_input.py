@@ -578,3 +578,13 @@ def test_a_lock_file_we_did_not_write_is_never_touched(cli, lab3_path, lab_files
     (tmp_path / "elsewhere").write_text("x")
     (tmp_path / ".out.lock").symlink_to(tmp_path / "elsewhere")
     assert_refused_untouched(cli, sweep_args(lab_files, lab3_path, tmp_path / "out"), [tmp_path], "lock file")
+
+
+def test_demo_and_finetune_refuse_bad_flags_before_any_work(cli, lab3_path, lab_files, tmp_path):
+    """The demo checks --device and the fine-tuning numbers before it builds (or reads) its workspace."""
+    ws = tmp_path / "ws"
+    assert_refused_untouched(cli, ["demo", "--workdir", ws, "--out", tmp_path / "o", "--device", "gpu"], [tmp_path], "--device")
+    assert_refused_untouched(cli, ["demo", "--workdir", ws, "--out", tmp_path / "o", "--finetune", "--lr", "0"], [tmp_path], "--lr")
+    assert_refused_untouched(cli, ["finetune", "--model", lab3_path, "--pruned", lab3_path, "--clean-valid",
+                                   lab_files["clean_valid"], "--out", tmp_path / "o", "--device", "cuda:x"], [tmp_path], "--device")
+    assert not list(tmp_path.iterdir())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import log, output_folder
+from .common import device_from, log, output_folder
+from .finetune import config_from
 from .sweep import add_sweep_options, run_defense
 
 HELP = "build the embedded demo (its own BadNet and lab-layout data, cached) and run the defense on it"
@@ -28,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, ensure_workspace
 
+    device_from(args)  # bad flags are refused before the (first-run) build
+    if args.finetune:
+        config_from(args)
     target = output_folder(args, Path(args.out), [])  # refuse a foreign or busy --out before the (first-run) build
     config = DemoConfig(seed=args.seed)
     ws = ensure_workspace(Path(args.workdir) if args.workdir else None, config, log=log, retrain=args.retrain)

@@ -11,6 +11,7 @@ from .common import (
     add_force_argument,
     add_model_argument,
     closing_line,
+    device_from,
     input_paths,
     load_model,
     load_pruned,
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import finetune
 
     config = config_from(args)
+    device_from(args)  # refused before any work
     out = Path(args.out)
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
                                                    *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
