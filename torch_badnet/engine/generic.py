@@ -34,7 +34,7 @@ PROBE_ROWS = 64  # rows of the first set on which the channel-wise region is che
 ELEMENTWISE_FUNCTIONS = {F.relu, torch.relu, torch.sigmoid, torch.tanh, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
                          F.hardtanh, F.hardswish, F.mish, torch.sigmoid, F.dropout, F.max_pool2d, F.avg_pool2d,
                          F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten}
-ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "flatten", "contiguous"}
+ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "flatten", "contiguous"}
 ADDS = {operator.add, operator.iadd, torch.add}
 MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardtanh,
            nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
@@ -110,7 +110,9 @@ def split_model(net: PrunableNet, sample: torch.Tensor, slicing: bool = True) ->
     region = _region(gm, cut, after, net.channels) if slicing else [cut]
     inside = set(region)
     frontier = [n for n in region if any(u not in inside for u in n.users)]
-    prefix_reads = {a for n in after for a in n.all_input_nodes if a not in after and a is not cut and a.op != "get_attr"}
+    batched = _descendants(next(n for n in gm.graph.nodes if n.op == "placeholder")) | {
+        next(n for n in gm.graph.nodes if n.op == "placeholder")}
+    prefix_reads = {a for n in after for a in n.all_input_nodes if a not in after and a is not cut and a in batched}
     skips = [n for n in gm.graph.nodes if n in prefix_reads]
     return Split(gm, cut, region, frontier, skips, after)
 
@@ -162,9 +164,11 @@ def _channelwise(gm: fx.GraphModule, n: fx.Node, inside: set[fx.Node], channels:
             return not module.training and module.track_running_stats and module.running_mean is not None and not others
         if isinstance(module, nn.Flatten):
             return module.start_dim == 1 and not others
-        return isinstance(module, MODULES) and not others
+        channelwise = isinstance(module, MODULES) or getattr(module, "channelwise", False) is True  # e.g. ReluMaxPool
+        return channelwise and not others
     if n.op == "call_function" and n.target in ADDS:
-        return len(n.args) == 2 and all(a.op != "get_attr" and _shape(a) == shape for a in n.args if isinstance(a, fx.Node)) \
+        operands = [a for a in n.args if isinstance(a, fx.Node)]
+        return len(n.args) == 2 and all(_shape(a) == shape and (a in inside or _batch_dependent(a)) for a in operands) \
             and not any(isinstance(v, fx.Node) for v in n.kwargs.values())
     if n.op == "call_function" and n.target in ELEMENTWISE_FUNCTIONS:
         if n.target is torch.flatten and (len(n.args) < 2 or n.args[1] != 1):
@@ -174,6 +178,19 @@ def _channelwise(gm: fx.GraphModule, n: fx.Node, inside: set[fx.Node], channels:
         if n.target == "flatten" and (len(n.args) < 2 or n.args[1] != 1):
             return False
         return not others and not n.kwargs
+    return False
+
+
+def _batch_dependent(node: fx.Node) -> bool:
+    """Does the node depend on the model's input (not only on weights and constants)?"""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if n.op == "placeholder":
+            return True
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
     return False
 
 
@@ -225,6 +242,10 @@ def _map(value: object, env: dict, graph: fx.Graph, inputs: list[fx.Node]) -> ob
         if value not in env:
             if value.op == "get_attr":
                 env[value] = graph.get_attr(value.target)
+            elif not _batch_dependent(value):  # computed from weights alone (e.g. weight * mask): recomputed
+                for a in value.all_input_nodes:
+                    _map(a, env, graph, inputs)
+                env[value] = graph.node_copy(value, lambda a: env[a])
             else:
                 env[value] = graph.placeholder(f"in_{len(inputs)}")
                 inputs.append(value)
