@@ -78,15 +78,20 @@ def resnet(width: int = 8, num_classes: int = 10, seed: int = 0) -> ResNet:
     alone give every input nearly the same logits)."""
     torch.manual_seed(seed)
     model = randomize_batchnorm(ResNet(num_classes, width), seed)
+    return centre_head(model, model.fc, torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)))
+
+
+def centre_head(model: nn.Module, head: nn.Linear, x: torch.Tensor) -> nn.Module:
+    """Scale and centre the last Linear on `x` so that every class occurs."""
+    features = []
+    handle = head.register_forward_hook(lambda _m, inputs, _o: features.append(inputs[0]))
     with torch.no_grad():
-        features = []
-        model.fc.register_forward_hook(lambda _m, inputs, _o: features.append(inputs[0]))
-        model(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)))
+        model(x)
         f = features[0]
-        model.fc.weight.mul_(1.0 / (f.std(0).mean() + 1e-6))
-        model.fc.bias.copy_(-(f.mean(0) @ model.fc.weight.t()))
-    model.fc._forward_hooks.clear()
-    return model
+        head.weight.mul_(1.0 / (f.std(0).mean() + 1e-6))
+        head.bias.copy_(-(f.mean(0) @ head.weight.t()))
+    handle.remove()
+    return model.eval()
 
 
 class SmallCNN(nn.Module):

@@ -223,7 +223,8 @@ def _recorder(name: str, seen: dict[str, list]):
     def hook(_module: nn.Module, inputs: tuple, output: object) -> None:
         ins = tuple(id(t) for t in inputs if isinstance(t, torch.Tensor))
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-        seen.setdefault(name, []).append((ins, shape, id(output) if isinstance(output, torch.Tensor) else None, output))
+        # the tensors themselves are kept, so that no id is reused by a later tensor during this forward pass
+        seen.setdefault(name, []).append((ins, shape, id(output) if isinstance(output, torch.Tensor) else None, (inputs, output)))
     return hook
 
 
