@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sweep_args
+from test_bad_input import assert_one_line_error
 from torch import nn
 from torch_nets import ResNet, SmallCNN, TwoInputs, TwoOutputs, Untraceable, centre_head, resnet
 
@@ -247,9 +249,6 @@ def test_bad_input_through_the_api(pixels):
 
 
 def test_bad_input_through_the_cli_writes_nothing(cli, lab_files, lab3_path, tmp_path):
-    from conftest import sweep_args
-    from test_bad_input import assert_one_line_error
-
     out = tmp_path / "out"
     line = assert_one_line_error(cli(*sweep_args(lab_files, lab3_path, out, "--layer", "conv_9")), "--layer", "conv_9")
     assert "conv_1, conv_2, conv_3, conv_4" in line

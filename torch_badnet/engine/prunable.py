@@ -35,7 +35,14 @@ def is_pooling(module: nn.Module) -> bool:
 
 
 def is_activation(module: nn.Module) -> bool:
-    return isinstance(module, ACTIVATIONS) or type(module).__name__ in ("Activation", "ReLU")
+    """A torch activation, or one whose class says so (a Keras Activation / ReLU layer as a module)."""
+    return isinstance(module, ACTIVATIONS) or type(module).__name__.endswith(("Activation", "ReLU"))
+
+
+def module_name(module: nn.Module, name: str | None) -> str | None:
+    """A layer name as the user gives it: a Keras-origin net maps Keras layer names to its submodules'."""
+    names = getattr(module, "layer_names", None)
+    return names.get(name, name) if isinstance(names, dict) and name is not None else name
 
 
 def is_conv_like(module: nn.Module) -> bool:
@@ -121,9 +128,17 @@ class MaskedNet(nn.Module):
         return self.net(x)
 
     def __deepcopy__(self, memo: dict) -> MaskedNet:
+        """A copy with its own hook (the net is copied without this one's, which points back at `self`)."""
         import copy
 
-        return MaskedNet(copy.deepcopy(self.net, memo), self.layer, self.channel_mask).train(self.training)
+        self._handle.remove()
+        try:
+            net = copy.deepcopy(self.net, memo)
+        finally:
+            self._handle = self.net.get_submodule(self.layer).register_forward_hook(self._hook)
+        copied = MaskedNet(net, self.layer, self.channel_mask).train(self.training)
+        copied.__dict__.update({k: v for k, v in self.__dict__.items() if k not in copied.__dict__})  # e.g. a fingerprint
+        return copied
 
 
 @dataclass
@@ -180,6 +195,7 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     """
     module.eval()
     check_single_input(module)
+    layer, rank_on = module_name(module, layer), module_name(module, rank_on)
     layer = layer or default_layer(module)
     target = find_layer(module, layer)
     if rank_on is not None:

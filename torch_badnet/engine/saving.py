@@ -32,8 +32,12 @@ def architecture(net: nn.Module) -> dict[str, Any]:
     """What rebuilds `net`: its Keras config (Keras-origin nets), else its class (the user rebuilds it)."""
     config = getattr(net, "keras_config", None)
     if config is not None:
+        mean, std = getattr(net, "mean", None), getattr(net, "std", None)
         return {"kind": "keras", "keras_config": json.dumps(config, sort_keys=True),
-                "input_shape": list(getattr(net, "input_shape", []) or [])}
+                "input_shape": list(getattr(net, "input_shape", []) or []),
+                "input_scale": float(getattr(net, "input_scale", 1.0)),
+                "mean": None if mean is None else [float(v) for v in mean],
+                "std": None if std is None else [float(v) for v in std]}
     cls = type(net)
     return {"kind": "torch", "class": f"{cls.__module__}.{cls.__qualname__}",
             "note": "rebuild this module in code and load the file with torch_badnet.engine.saving.load_masked(path, module)"}
@@ -89,35 +93,29 @@ def load_masked(path: str | os.PathLike[str], module: nn.Module | None = None) -
 
 
 def _rebuild(arch: dict[str, Any], path: Path) -> nn.Module:
+    """A Keras-origin net from its recorded Keras config and preprocessing (h3's KerasGraphNet; no code runs)."""
     if arch.get("kind") != "keras":
         raise BadInputError(path, f"holds the weights of a {arch.get('class')}; build that module in code and pass it "
                                   "to load_masked(path, module)")
-    from .. import convert  # lazy: the core never imports the converter at import time
-
-    build = getattr(convert, "keras_graph_from_config", None)
-    if build is None:
-        raise BadInputError(path, "rebuilding a Keras graph needs the Keras graph converter, which this install lacks")
-    return build(json.loads(arch["keras_config"]))
+    try:
+        from ..convert.keras_graph import KerasGraphNet  # lazy: the core never imports the converter at import time
+    except ImportError:
+        raise BadInputError(path, "rebuilding a Keras graph needs the Keras graph converter, which this install lacks") from None
+    return KerasGraphNet(json.loads(arch["keras_config"]), where=str(path), input_scale=arch.get("input_scale", 1.0),
+                         mean=arch.get("mean"), std=arch.get("std"))
 
 
 def keras_graph_writer(model: nn.Module):
-    """h3's full-model .h5 writer for Keras-origin nets (`convert.write_keras_graph(net, path, channel_masks)`),
-    or None (a plain torch module, or a converter without it)."""
+    """The full-model Keras 2 .h5 writer for Keras-origin nets (`convert.keras_graph.write_keras_graph`, with the
+    pruned layer's mask), or None (a plain torch module, or a converter without it)."""
     if getattr(model, "keras_config", None) is None:
         return None
-    from .. import convert  # lazy, as above
-
-    write = getattr(convert, "write_keras_graph", None)
-    if write is None:
-        try:
-            from ..convert import keras_graph  # type: ignore[attr-defined]
-        except ImportError:
-            return None
-        write = getattr(keras_graph, "write_keras_graph", None)
-    if write is None:
+    try:
+        from ..convert.keras_graph import write_keras_graph as write  # lazy, as above
+    except ImportError:
         return None
 
     def write_pruned(pruned: MaskedNet, target: Path) -> None:
-        write(pruned.net, target, {pruned.layer: pruned.channel_mask.detach().cpu().numpy()})
+        write(pruned.net, target, {pruned.layer: pruned.channel_mask.detach().cpu()})
 
     return write_pruned
