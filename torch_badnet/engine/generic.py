@@ -28,6 +28,7 @@ from torch import fx, nn
 from ..predict import top_class
 from .prunable import PrunableNet
 
+RECORD_BATCH = 256  # images per forward pass of the record pass on CPU (the activations stay in cache)
 ROW_BLOCK = 4096  # rows per suffix evaluation: bounds the memory of the rest of the network per call
 PROBE_ROWS = 64  # rows of the first set on which the channel-wise region is checked against the full ops
 
@@ -304,7 +305,7 @@ class GenericSweep:
         filled = 0
         try:
             with torch.inference_mode():
-                for x, y in blocks:
+                for x, y in _batches(blocks, RECORD_BATCH if device.type == "cpu" else None):
                     (kept, output) = split.record(x.to(device))
                     n = x.shape[0]
                     if not frontier:
@@ -391,6 +392,14 @@ class GenericSweep:
                     if not (_bits_equal(whole[:, channel : channel + 1], part) and _bits_equal(whole[:, others], f[:, others])):
                         return False
         return True
+
+
+def _batches(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], size: int | None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in blocks:
+        if size is None:
+            yield x, y
+        else:
+            yield from zip(x.split(size), y.split(size))
 
 
 def _region_module(split: Split) -> fx.GraphModule:
