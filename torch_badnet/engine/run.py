@@ -50,7 +50,8 @@ def run_generic_sweep(module: nn.Module, specs: Sequence[DataSpec], config: Swee
                       log: Callable[[str], None] | None = None) -> tuple[SweepResult, PrunableNet]:
     """Rank the channels of `config.layer` on the clean validation set, sweep every step on every set, pick B'_X.
 
-    The data reaches the module exactly as given (no 0..255 guard: a user's module preprocesses its own input).
+    The data reaches the module exactly as given (no 0..255 guard: a user's module preprocesses its own input; a
+    Keras-origin net, whose preprocessing is inside it, keeps the lab files' guard).
     """
     timer = timer or NoTimer()
     check_specs(specs)
@@ -59,7 +60,8 @@ def run_generic_sweep(module: nn.Module, specs: Sequence[DataSpec], config: Swee
     shape = getattr(module, "input_shape", None)
     shape = tuple(shape) if shape is not None else None
     clean_spec = next(s for s in specs if s.is_clean_valid)
-    with timer.phase("read+trunk"), open_sets(specs, None, shape=shape, guard=False) as datasets:
+    guard = getattr(module, "keras_config", None) is not None  # a Keras-origin net takes 0..255 files, as the lab's
+    with timer.phase("read+trunk"), open_sets(specs, None, shape=shape, guard=guard) as datasets:
         sample = next(datasets[clean_spec.name].chunks(SAMPLE_ROWS))[0].to(device)
         net = prepare(model, sample[:4], config.layer, config.rank_on)
         for spec in specs:
