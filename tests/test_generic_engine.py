@@ -270,3 +270,16 @@ def test_cli_sweeps_another_layer_of_the_lab_net(cli, lab_files, lab3_path, tmp_
     assert cli(*sweep_args(lab_files, lab3_path, lab, "--max-steps", "5", "--no-plot"))[0] == 0
     assert (out / "sweep.csv").read_text().splitlines()[0] == (lab / "sweep.csv").read_text().splitlines()[0]
     assert "B' clean" in stdout
+
+
+def test_keras_f_through_the_generic_engine(real_dir):
+    """MNIST F (a Keras-origin KerasGraphNet): conv_2 by default, ranked on pool_2, every step exact."""
+    from mnist_like import mnist_like_digits
+
+    net = tb.load_model(real_dir / "models" / "F_mnist_all_all_bd_net.h5")
+    x, y = mnist_like_digits(150)
+    x = torch.as_tensor(np.asarray(x)).float().reshape(-1, *net.input_shape)
+    engine = assert_every_step_exact(net, "conv_2", x)
+    assert engine.net.rank_on == "pool_2" and [n.name for n in engine.split.frontier] == ["pool_2"]
+    result = tb.prune_sweep(net, (x, torch.as_tensor(np.asarray(y))), (x[:50], torch.zeros(50, dtype=torch.long)), max_steps=4)
+    assert result.sweep.net.layer == "conv_2" and result.sweep.steps == 4 and result.context["model"]["num_classes"] == 10

@@ -46,7 +46,7 @@ def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], de
     checks = {}
     if not isinstance(model, BadNet):  # a generic model: its data as given (see engine/run.py)
         shape = getattr(model, "input_shape", None)
-        checks = {"shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
+        checks = {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
     for spec in specs:
         with open_set(spec, getattr(model, "num_classes", None), **checks) as ds:
             labels, truth = b_and_pruned_labels(goodnet, ds, device)

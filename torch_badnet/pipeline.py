@@ -374,7 +374,7 @@ def set_checks(defense: DefenseResult) -> dict[str, Any]:
     if defense.sweep.net is None:
         return {}
     shape = getattr(defense.model, "input_shape", None)
-    return {"shape": tuple(shape) if shape is not None else None, "guard": getattr(defense.model, "keras_config", None) is not None}
+    return {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(defense.model, "keras_config", None) is not None}
 
 
 def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor,

@@ -61,7 +61,7 @@ def run_generic_sweep(module: nn.Module, specs: Sequence[DataSpec], config: Swee
     shape = tuple(shape) if shape is not None else None
     clean_spec = next(s for s in specs if s.is_clean_valid)
     guard = getattr(module, "keras_config", None) is not None  # a Keras-origin net takes 0..255 files, as the lab's
-    with timer.phase("read+trunk"), open_sets(specs, None, shape=shape, guard=guard) as datasets:
+    with timer.phase("read+trunk"), open_sets(specs, None, input_shape=shape, guard=guard) as datasets:
         sample = next(datasets[clean_spec.name].chunks(SAMPLE_ROWS))[0].to(device)
         net = prepare(model, sample[:4], config.layer, config.rank_on)
         for spec in specs:
