@@ -283,3 +283,23 @@ def test_keras_f_through_the_generic_engine(real_dir):
     assert engine.net.rank_on == "pool_2" and [n.name for n in engine.split.frontier] == ["pool_2"]
     result = tb.prune_sweep(net, (x, torch.as_tensor(np.asarray(y))), (x[:50], torch.zeros(50, dtype=torch.long)), max_steps=4)
     assert result.sweep.net.layer == "conv_2" and result.sweep.steps == 4 and result.context["model"]["num_classes"] == 10
+
+
+def test_keras_origin_b_prime_saved_as_pt_and_h5(real_dir, tmp_path):
+    """A KerasGraphNet's B': pruned.pt rebuilds from its recorded Keras config (no module given, no code run), and
+    pruned.h5 (the pruned channels' kernel and bias zeroed) loads back with B''s labels."""
+    from mnist_like import mnist_like_digits
+
+    net = tb.load_model(real_dir / "models" / "F_mnist_all_all_bd_net.h5")
+    x, y = mnist_like_digits(120)
+    x, y = torch.as_tensor(np.asarray(x)).float().reshape(-1, *net.input_shape), torch.as_tensor(np.asarray(y))
+    result = tb.prune_sweep(net, (x, y), (x[:40], torch.zeros(40, dtype=torch.long)), thresholds=(2,))
+    assert result.threshold(2).reached
+    written = result.save(tmp_path / "out")
+    assert {"models/X=2/pruned.pt", "models/X=2/pruned.h5"} <= set(written)
+    b2 = result.pruned(2)
+    loaded = load_masked(tmp_path / "out" / "models" / "X=2" / "pruned.pt")
+    h5 = tb.load_model(tmp_path / "out" / "models" / "X=2" / "pruned.h5")
+    with torch.inference_mode():
+        assert type(loaded.net).__name__ == "KerasGraphNet" and torch.equal(loaded(x), b2(x))
+        assert torch.equal(h5(x).argmax(1), b2(x).argmax(1))
