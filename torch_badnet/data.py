@@ -53,9 +53,13 @@ class LabDataset(_Set):
     """
 
     def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None,
-                 input_shape: tuple[int, int, int] = INPUT_SHAPE) -> None:
+                 input_shape: tuple[int, int, int] | None = INPUT_SHAPE, guard: bool = True) -> None:
+        """`input_shape`: the model's (C, H, W) (None: a user's module of unknown input, data taken as it is);
+        `guard`: refuse a file whose pixels all lie in [0, 1] (the lab nets' guard; a user's own module
+        preprocesses its data itself)."""
         self.path = check_is_file(path)
-        self.input_shape = tuple(input_shape)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.guard = guard
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -73,7 +77,7 @@ class LabDataset(_Set):
             if key not in f or not isinstance(f[key], h5py.Dataset):
                 raise BadInputError(where, f"missing dataset '{key}' (a lab file has 'data' (N,3,55,47) and 'label' (N,))")
         data, label = f["data"], f["label"]
-        self.layout = pixel_layout(tuple(data.shape), self.input_shape, where, "'data'")
+        self.layout = pixel_layout(tuple(data.shape), self.input_shape, where, "'data'") if self.input_shape else "nchw"
         if not (np.issubdtype(data.dtype, np.floating) or data.dtype == np.uint8):
             raise BadInputError(where, f"'data' has dtype {data.dtype}, expected a float type or uint8")
         if label.ndim != 1:
@@ -108,7 +112,7 @@ class LabDataset(_Set):
                 if floating:
                     check_finite(pixels, self.path, start)
                 seen.update(pixels)
-                if stop == len(self):
+                if stop == len(self) and self.guard:
                     seen.check(self.path)
                 self.read_seconds += time.perf_counter() - began
                 yield pixels, torch.from_numpy(self.labels[start:stop])
@@ -236,18 +240,23 @@ class ArraySet(_Set):
     """
 
     def __init__(self, pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, name: str,
-                 num_classes: int | None = None, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> None:
+                 num_classes: int | None = None, input_shape: tuple[int, int, int] | None = INPUT_SHAPE,
+                 guard: bool = True) -> None:
+        """`input_shape` and `guard` as in LabDataset (None: any batch of at least 2 dimensions, as given)."""
         self.path = name
-        self.input_shape = tuple(input_shape)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         pixels = _float_pixels(pixels)
-        self.layout = pixel_layout(tuple(pixels.shape), self.input_shape, name, "pixels")
+        if self.input_shape is None and pixels.ndim < 2:
+            raise BadInputError(name, f"pixels have shape {tuple(pixels.shape)}, expected a batch (N, ...)")
+        self.layout = pixel_layout(tuple(pixels.shape), self.input_shape, name, "pixels") if self.input_shape else "nchw"
         self.pixels = arrange(pixels, self.layout, self.input_shape)
         if self.pixels.shape[0] == 0:
             raise BadInputError(name, "the set is empty (0 images)")
         check_finite(self.pixels, name)
-        seen = PixelRange()
-        seen.update(self.pixels)
-        seen.check(name)
+        if guard:
+            seen = PixelRange()
+            seen.update(self.pixels)
+            seen.check(name)
         raw = _label_array(labels)
         if raw.shape != (self.pixels.shape[0],):
             raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")

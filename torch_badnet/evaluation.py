@@ -43,8 +43,12 @@ def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], de
     (`allow_unpaired` as in GoodNet)."""
     goodnet = GoodNet(model, pruned, allow_unpaired=allow_unpaired).eval().to(device)
     metrics: dict[Column, float] = {}
+    checks = {}
+    if not isinstance(model, BadNet):  # a generic model: its data as given (see engine/run.py)
+        shape = getattr(model, "input_shape", None)
+        checks = {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
     for spec in specs:
-        with open_set(spec, model.num_classes) as ds:
+        with open_set(spec, getattr(model, "num_classes", None), **checks) as ds:
             labels, truth = b_and_pruned_labels(goodnet, ds, device)
         metrics.update({c: values[1] for c, values in metric_curves(spec, step_counts(labels, truth)).items()})
     return metrics

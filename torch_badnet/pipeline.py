@@ -24,11 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .checkpoint import save_checkpoint, source_of
 from .columns import Column
 from .data import arrays_sha256, read_all
 from .defense import DataSpec, SweepResult, Threshold, open_sets, run_sweep
+from .engine.prunable import MaskedNet
+from .engine.run import SweepConfig, run_generic_sweep
+from .engine.saving import keras_graph_writer
 from .errors import BadInputError
 from .evaluation import evaluate_pruned
 from .files import file_sha256, prefetch_sha256, write_text
@@ -85,8 +89,13 @@ class FinetunedNet:
 
     def write(self, folder: Path, write_keras: KerasWriter | None) -> None:
         """finetuned.pt, finetuned.h5 (given a Keras writer) and history.csv into `folder`."""
-        save_checkpoint(self.model, folder / "finetuned.pt", finetuned=True, epochs_run=self.facts["epochs_run"],
-                        best_epoch=self.facts["best_epoch"], **vars(self.config))
+        facts = dict(finetuned=True, epochs_run=self.facts["epochs_run"], best_epoch=self.facts["best_epoch"], **vars(self.config))
+        if isinstance(self.model, BadNet):
+            save_checkpoint(self.model, folder / "finetuned.pt", **facts)
+        else:
+            from .engine.saving import save_masked
+
+            save_masked(self.model, folder / "finetuned.pt", **facts)
         if write_keras is not None:
             write_keras(self.model, folder / "finetuned.h5")
         write_text(folder / "history.csv", history_csv(self.history))
@@ -129,8 +138,9 @@ class DefenseResult:
                 return t
         raise KeyError(f"X={x:g} was not among the thresholds {[t.x for t in self.sweep.thresholds]}")
 
-    def pruned(self, x: float) -> BadNet:
-        """B'_X as an eval-mode BadNet on the CPU (B's weights, conv_3 mask with the pruned channels off).
+    def pruned(self, x: float) -> BadNet | MaskedNet:
+        """B'_X as an eval-mode BadNet on the CPU (B's weights, conv_3 mask with the pruned channels off); for a
+        generic model a `MaskedNet` (a copy of B with the pruned layer's channels masked by a persistent hook).
 
         >>> b4 = result.pruned(4)
         """
@@ -167,7 +177,7 @@ class DefenseResult:
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.arrays is None)
-        write_keras = keras_writer() if keras else None
+        write_keras = (keras_writer() if isinstance(self.model, BadNet) else keras_graph_writer(self.model)) if keras else None
         with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
@@ -275,45 +285,57 @@ def checked_config(**settings: Any) -> FinetuneConfig:
     return config
 
 
-def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: PoisonedSources,
+def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: PoisonedSources,
                 clean_test: DataSource | None = None, poisoned_test: PoisonedSources | None = None, *,
                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, stop: StopRule = "first-over",
-                drop: DropKind = "absolute", max_steps: int | None = None, layer: str = "conv_3",
-                device: str | torch.device = "auto", finetune: bool | FinetuneConfig = False,
+                drop: DropKind = "absolute", max_steps: int | None = None, layer: str | None = None,
+                rank_on: str | None = None, device: str | torch.device = "auto", finetune: bool | FinetuneConfig = False,
                 show_progress: bool = False, log: Log | None = None, timer: PhaseTimer | None = None) -> DefenseResult:
     """The Fine-Pruning defense: rank `layer`'s channels on the clean validation set, prune them one by one,
     pick B'_X for each X in `thresholds`, and (with `finetune`) fine-tune every B'_X on the clean validation set.
 
-    Data: a lab .h5 path or a (pixels (N,3,55,47) 0..255, labels (N,)) pair of tensors/arrays; poisoned sets
-    also as {trigger: data} or ["NAME=PATH", ...]. Keywords mirror `torch-badnet sweep`'s flags; `finetune`
-    may be True (defaults) or a FinetuneConfig. `timer` (a `phases.PhaseTimer`) records the phases' wall times.
+    `model`: a BadNet (the lab's engine, pruning conv_3 ranked on pool_3) or any torch nn.Module taking one
+    (N, C, H, W) batch and returning logits: `layer` is a dotted name from `model.named_modules()` (default: the
+    last Conv2d), `rank_on` the layer whose output ranks the channels (default: the pooling layer right after
+    `layer`, else `layer`); see docs/models.md. Classes come from the model's output width.
+
+    Data: a lab .h5 path or a (pixels, labels) pair of tensors/arrays (a BadNet takes (N,3,55,47) pixels 0..255;
+    any other module gets its data exactly as given); poisoned sets also as {trigger: data} or ["NAME=PATH", ...].
+    Keywords mirror `torch-badnet sweep`'s flags; `finetune` may be True (defaults) or a FinetuneConfig. `timer`
+    (a `phases.PhaseTimer`) records the phases' wall times.
 
     >>> result = prune_sweep(bd, "cl/valid.h5", "bd/bd_valid.h5", "cl/test.h5", "bd/bd_test.h5", thresholds=(4,))
     >>> result.threshold(4).pruned_channels[:3], result.pruned(4)
+    >>> prune_sweep(resnet, (x_val, y_val), (x_bd, y_bd), layer="layer4.1.conv2")      # any nn.Module
     """
-    if not isinstance(model, BadNet):
-        raise TypeError(f"prune_sweep needs a BadNet, got {type(model).__name__} (tb.load_model returns one)")
-    if layer not in PRUNABLE_LAYERS:
-        raise ValueError(f"layer {layer!r} cannot be pruned; the lab architecture prunes {PRUNABLE_LAYERS}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prune_sweep needs a torch nn.Module (a BadNet or your own), got {type(model).__name__} "
+                        "(tb.load_model returns one)")
     xs = check_steps(thresholds, max_steps)
-    config = (FinetuneConfig() if finetune is True else finetune) or None
+    finetune_config = (FinetuneConfig() if finetune is True else finetune) or None
     specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
-    torch_device = resolve_device(device)
-    check_input_scale(model, specs[0])
+    config = SweepConfig(tuple(xs), stop, drop, max_steps, layer, rank_on, resolve_device(device), show_progress)
     started = time.perf_counter()
-    result = run_sweep(model, specs, xs, stop, drop, torch_device, max_steps, show_progress=show_progress, timer=timer)
     source = source_of(model)
+    if is_lab(model, config):
+        check_input_scale(model, specs[0])
+        result = run_sweep(model, specs, xs, stop, drop, config.device, max_steps, show_progress=show_progress, timer=timer)
+        described = {"num_classes": model.num_classes, "input_scale": model.input_scale}
+    else:
+        result, net = run_generic_sweep(model, specs, config, timer, log)
+        described = {"num_classes": net.num_classes, "input_scale": getattr(model, "input_scale", None),
+                     "layer": net.layer, "rank_on": net.rank_on, "class": type(model).__name__}
     context = {
-        "model": {"path": source.path, "sha256": source.sha256, "format": source.format, "num_classes": model.num_classes,
-                  "input_scale": model.input_scale, **preprocessing_record(model)},
+        "model": {"path": source.path, "sha256": source.sha256, "format": source.format, **described,
+                  **preprocessing_record(model)},
         "inputs": None,  # see DefenseResult.input_hashes
         "rule": {"stop": stop, "drop": drop},
         "versions": versions(),
     }
-    defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=torch_device.type)
-    if config is not None:
+    defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=config.device.type)
+    if finetune_config is not None:
         with timer.phase("finetune") if timer else contextlib.nullcontext():
-            defense.finetuned = finetune_thresholds(defense, specs, config, torch_device, log)
+            defense.finetuned = finetune_thresholds(defense, specs, finetune_config, config.device, log)
     return defense
 
 
@@ -328,6 +350,11 @@ def check_steps(thresholds: Sequence[float], max_steps: int | None) -> list[floa
     return xs
 
 
+def is_lab(model: nn.Module, config: SweepConfig) -> bool:
+    """The lab's own engine (incremental head) serves a BadNet pruned at conv_3 and ranked on pool_3."""
+    return isinstance(model, BadNet) and config.layer in (None, *PRUNABLE_LAYERS) and config.rank_on in (None, "pool_3")
+
+
 def input_sha256(spec: DataSpec) -> str:
     if spec.arrays is None:
         return file_sha256(spec.path)
@@ -339,7 +366,7 @@ def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: F
     """Fine-tune every reached B'_X; evaluate on the test sets (else on the poisoned validation sets)."""
     model = defense.model
     clean_valid = next(s for s in specs if s.is_clean_valid)
-    with open_sets([clean_valid], model.num_classes) as sets:
+    with open_sets([clean_valid], classes_of(defense), **set_checks(defense)) as sets:
         pixels, labels = read_all(sets[clean_valid.name])
     eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
     tuned = {}
@@ -348,6 +375,18 @@ def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: F
             log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
         tuned[t.x] = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device, log)
     return tuned
+
+
+def classes_of(defense: DefenseResult) -> int:
+    return defense.sweep.net.num_classes if defense.sweep.net is not None else defense.model.num_classes
+
+
+def set_checks(defense: DefenseResult) -> dict[str, Any]:
+    """How a generic model's sets are opened: any shape, no 0..255 guard (as the sweep opened them)."""
+    if defense.sweep.net is None:
+        return {}
+    shape = getattr(defense.model, "input_shape", None)
+    return {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(defense.model, "keras_config", None) is not None}
 
 
 def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor,

@@ -39,7 +39,11 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
                         "last-within: the step before it, whose drop is still < X")
     p.add_argument("--drop", choices=DROP_KINDS, default=DROP_KINDS[0],
                    help="X in percentage points (default) or in percent of the original accuracy")
-    p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
+    p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all of the layer's)")
+    p.add_argument("--layer", metavar="NAME", help="the layer whose output channels are pruned (default: conv_3 for the "
+                                                   "lab nets, else the last Conv2D); a Keras model's layer name")
+    p.add_argument("--rank-on", metavar="NAME", help="the layer whose output ranks the channels (default: the pooling "
+                                                     "layer right after --layer, else --layer itself)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
     p.add_argument("--verbose", action="store_true", help="print the wall time of each phase on one line (stderr)")
     add_force_argument(p)
@@ -121,6 +125,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
 def sweep_keywords(args: argparse.Namespace) -> dict[str, Any]:
     """`prune_sweep`'s keywords from the sweep's flags (shared with `batch`, whose rows hold the same flags)."""
     return {"thresholds": args.thresholds, "stop": args.stop, "drop": args.drop, "max_steps": args.max_steps,
+            "layer": getattr(args, "layer", None), "rank_on": getattr(args, "rank_on", None),
             "device": args.device, "finetune": config_from(args) if args.finetune else False}
 
 
