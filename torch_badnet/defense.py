@@ -25,6 +25,7 @@ from .pairing import mark_derived
 from .phases import NoTimer, PhaseTimer, reading_note
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
+from .sanity import SetFacts
 from .set_names import check_unique
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
@@ -79,6 +80,7 @@ class SweepResult:
     metrics: dict[Column, list[float]]  # one value per step (index 0 = unpruned B), in sweep.csv's order
     counts: dict[str, StepCounts]
     thresholds: list[Threshold] = field(default_factory=list)
+    facts: list[SetFacts] = field(default_factory=list)  # per set: labels' spread and B's hits (sanity warnings)
 
     @property
     def fraction_pruned(self) -> list[float]:
@@ -189,6 +191,8 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
         counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
         result = _assemble(list(specs), scores, order, steps, counts)
         result.thresholds = [threshold(result, x, stop, drop) for x in xs]
+        result.facts = [SetFacts.of(spec.path, spec.kind, spec.split, s.labels.cpu().numpy(), counts[spec.name].hits[0])
+                        for spec, s in zip(specs, sets)]
     return result
 
 
