@@ -401,7 +401,8 @@ class FinetuneRun:
         names = [c for c in self.before if c in after]
         if not names:  # no test set: the held-out validation accuracy, the one number measured before and after
             facts = self.tuned.facts
-            held = f"holdout_acc ({facts['holdout']['images']} images)"
+            images = facts["holdout"]["images"]
+            held = f"holdout_acc ({images} image{'s' if images != 1 else ''})"
             return "\n".join([f"{'metric (held-out validation, percent)':<36} {PRUNED_HEADER:>10} {'fine-tuned':>11}",
                               f"{held:<36} {facts['holdout_acc_before']:>10.3f} {facts['holdout_acc']:>11.3f}"])
         lines = [f"{'metric (test, percent)':<36} {PRUNED_HEADER + ' / G_X':>10} {'fine-tuned':>11}"]

@@ -118,9 +118,9 @@ def finetune_warnings(epochs: int, holdout_images: int, images: int) -> list[str
     if epochs == 0:
         lines.append("warning: --epochs: 0 trains nothing: the fine-tuned net is B' unchanged, and so are its numbers")
     if holdout_images < MIN_HOLDOUT:
-        lines.append(f"warning: --holdout: {holdout_images} of the {images} clean validation images are held out; one "
-                     f"of them is {100 / holdout_images:.1f} points of held-out accuracy (over the default --tolerance "
-                     f"of 2), so early stopping follows noise: hold out {MIN_HOLDOUT} or more")
+        lines.append(f"warning: --holdout: {holdout_images} of the {images} clean validation images are held out for "
+                     f"early stopping, so one image moves the held-out accuracy by {100 / holdout_images:.1f} points (the "
+                     f"default --tolerance is 2) and the stopping follows noise: hold out {MIN_HOLDOUT} or more")
     return lines
 
 
