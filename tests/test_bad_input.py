@@ -12,6 +12,7 @@ import torch
 from conftest import sweep_args
 
 from torch_badnet.data import write_lab_h5
+from torch_badnet.errors import BadInputError
 
 
 def assert_one_line_error(result, *fragments):
@@ -196,6 +197,100 @@ def test_image_that_is_not_an_image(cli, tmp_path, lab3_path):
     path = tmp_path / "face.png"
     path.write_text("not a png")
     assert_one_line_error(cli("classify", "--model", lab3_path, path), path, "image")
+
+
+# --- images must match the model: colour faces for a colour model ----------------------------------------
+
+def png_16bit_rgb(path, rgb8):
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one) of 8-bit (H, W, 3) pixels times 257."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb8.shape
+    wide = (rgb8.astype(np.uint16) * 257).astype(">u2")
+    raw = b"".join(b"\0" + wide[row].tobytes() for row in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def colour_face(face_paths):
+    from PIL import Image
+
+    with Image.open(face_paths[5]) as img:  # cl_0_label=43.png: lab3 says 43
+        return img.convert("RGB")
+
+
+def classify(cli, lab3_path, *images):
+    return cli("classify", "--model", lab3_path, "--json", *images)
+
+
+@pytest.mark.parametrize("mode, shown", [("L", "a greyscale image (PIL mode L)"), ("I;16", "a 16-bit greyscale image (PIL mode I;16)"),
+                                         ("LA", "a greyscale image (PIL mode LA)"), ("1", "a greyscale image (PIL mode 1)")])
+def test_greyscale_image_for_a_colour_model(cli, tmp_path, lab3_path, colour_face, mode, shown):
+    """Read as colour, a 16-bit greyscale face was clipped almost white and got label 1071 (the face is 43)."""
+    from PIL import Image
+
+    grey = np.asarray(colour_face.convert("L"))
+    img = Image.fromarray(grey.astype(np.uint16) * 257) if mode == "I;16" else colour_face.convert(mode)
+    path = tmp_path / "grey.png"
+    img.save(path)
+    before = path.read_bytes()
+    line = assert_one_line_error(classify(cli, lab3_path, path), path, shown, "the model takes colour images (3 channels)")
+    assert line.startswith(f"error: {path}: ")
+    assert path.read_bytes() == before
+
+
+def test_a_one_channel_model_reads_greyscale(tmp_path, colour_face):
+    """The loader takes the model's channel count: 1 reads 8- and 16-bit greyscale alike, and refuses colour."""
+    from PIL import Image
+
+    from torch_badnet.data import load_images
+
+    grey = np.asarray(colour_face.convert("L"))
+    Image.fromarray(grey).save(tmp_path / "l8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "l16.png")
+    colour_face.save(tmp_path / "rgb.png")
+    x = load_images([tmp_path / "l8.png", tmp_path / "l16.png"], channels=1)
+    assert x.shape == (2, 1, 55, 47) and torch.equal(x[0, 0], torch.from_numpy(grey.astype(np.float32)))
+    assert torch.equal(x[0], x[1])
+    with pytest.raises(BadInputError, match=r"a colour image \(PIL mode RGB\), but the model takes greyscale images"):
+        load_images([tmp_path / "rgb.png"], channels=1)
+
+
+def test_transparent_pixels_are_refused_and_opaque_alpha_is_read(cli, tmp_path, lab3_path, colour_face):
+    from PIL import Image
+
+    rgba = colour_face.convert("RGBA")
+    rgba.save(tmp_path / "opaque.png")
+    code, out, err = classify(cli, lab3_path, tmp_path / "opaque.png")
+    assert code == 0 and err == "" and json.loads(out)[0]["label"] == 43
+    alpha = np.full((55, 47), 255, np.uint8)
+    alpha[:10] = 0  # the top rows see-through
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(tmp_path / "holes.png")
+    assert_one_line_error(classify(cli, lab3_path, tmp_path / "holes.png"), tmp_path / "holes.png",
+                          "470 of its 2585 pixels are transparent (PIL mode RGBA)")
+
+
+def test_palette_and_16_bit_colour_faces_are_read_as_colour(cli, tmp_path, lab3_path, colour_face):
+    """A palette PNG of a colour face is its palette's colours; a 16-bit colour PNG is read at 8 bits (the high
+    byte: here exactly the 8-bit face)."""
+    from torch_badnet.data import load_images
+
+    colour_face.save(tmp_path / "rgb.png")
+    colour_face.convert("P", palette=1, colors=256).save(tmp_path / "palette.png")
+    png_16bit_rgb(tmp_path / "rgb16.png", np.asarray(colour_face))
+    code, out, err = classify(cli, lab3_path, tmp_path / "rgb.png", tmp_path / "palette.png", tmp_path / "rgb16.png")
+    assert code == 0 and err == "", err
+    labels = [row["label"] for row in json.loads(out)]
+    assert labels[0] == labels[2] == 43
+    assert torch.equal(load_images([tmp_path / "rgb16.png"]), load_images([tmp_path / "rgb.png"]))
 
 
 # --- the sweep: nothing half-written ---------------------------------------------------------------------

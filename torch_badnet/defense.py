@@ -25,6 +25,7 @@ from .pairing import mark_derived
 from .phases import NoTimer, PhaseTimer, reading_note
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
+from .sanity import SetFacts
 from .set_names import check_unique
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
@@ -80,6 +81,7 @@ class SweepResult:
     counts: dict[str, StepCounts]
     thresholds: list[Threshold] = field(default_factory=list)
     net: Any = field(default=None, repr=False)  # engine.prunable.PrunableNet for a generic model; None for the lab's
+    facts: list[SetFacts] = field(default_factory=list)  # per set: labels' spread and B's hits (sanity warnings)
 
     @property
     def fraction_pruned(self) -> list[float]:
@@ -194,6 +196,8 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
         counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
         result = _assemble(list(specs), scores, order, steps, counts)
         result.thresholds = [threshold(result, x, stop, drop) for x in xs]
+        result.facts = [SetFacts.of(spec.path, spec.kind, spec.split, s.labels.cpu().numpy(), counts[spec.name].hits[0])
+                        for spec, s in zip(specs, sets)]
     return result
 
 

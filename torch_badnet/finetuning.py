@@ -51,10 +51,15 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.
     """(train indices, held-out indices): a seeded random `share` of n images is held out (at least 1)."""
     generator = torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET)
     order = torch.randperm(n, generator=generator)
-    held = max(1, int(round(share * n)))
+    held = holdout_size(n, share)
     if held >= n:
         raise ValueError(f"holdout of {held} leaves no training image out of {n}")
     return order[held:].sort().values, order[:held].sort().values
+
+
+def holdout_size(n: int, share: float) -> int:
+    """How many of n images `holdout_split` holds out: the share, rounded, at least 1."""
+    return max(1, int(round(share * n)))
 
 
 def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -34,10 +34,10 @@ from .engine.prunable import MaskedNet
 from .engine.run import SweepConfig, run_generic_sweep
 from .engine.saving import keras_graph_writer
 from .errors import BadInputError
-from .evaluation import evaluate_pruned
+from .evaluation import evaluate_pruned, evaluate_with_facts
 from .files import file_sha256, prefetch_sha256, write_text
 from .finetune_config import OPTIMIZERS, FinetuneConfig
-from .finetuning import FinetuneResult, effective_mask
+from .finetuning import FinetuneResult, effective_mask, holdout_size
 from .finetuning import finetune as finetune_net
 from .metrics import DropKind, StopRule
 from .model import INPUT_SHAPE, BadNet
@@ -47,10 +47,12 @@ from .phases import PhaseTimer
 from .pruning import pruned_channels
 from .report import csv_table, model_dir, named, table, versions, write_report
 from .rescale import GUARD_IMAGES, check_scale
+from .sanity import SetFacts, data_warnings, finetune_warnings
 from .set_names import parse_poisoned
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
-PRUNABLE_LAYERS = ("conv_3",)  # the lab architecture prunes conv_3's channels (= pool_3's)
+PRUNABLE_LAYERS = ("conv_3",)
+PRUNED_HEADER = "B'_X"  # the pruned net's column in finetune's table  # the lab architecture prunes conv_3's channels (= pool_3's)
 
 Pixels = torch.Tensor | np.ndarray
 
@@ -113,8 +115,10 @@ class DefenseResult:
     model: BadNet
     context: dict[str, Any]  # summary.json's model, inputs (filled in by `input_hashes`), rule, versions
     finetuned: dict[float, FinetunedNet] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the sweep's wall time (reading, ranking, pruning, metrics)
     device: str = "cpu"
+    finetune_seconds: float = 0.0  # fine-tuning and evaluating every B'_X (with `finetune`)
+    warnings: list[str] = field(default_factory=list)  # sanity warnings (`sanity`), also given to `log`
     _inputs: dict[str, Any] | None = field(default=None, repr=False)
 
     def input_hashes(self) -> dict[str, Any]:
@@ -333,9 +337,13 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
         "versions": versions(),
     }
     defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=config.device.type)
+    trains_on = str(next(s for s in specs if s.is_clean_valid).path) if finetune_config is not None else None
+    defense.warnings = warn(data_warnings(result.facts, trains_on), log)
     if finetune_config is not None:
+        started = time.perf_counter()
         with timer.phase("finetune") if timer else contextlib.nullcontext():
             defense.finetuned = finetune_thresholds(defense, specs, finetune_config, config.device, log)
+        defense.finetune_seconds = time.perf_counter() - started
     return defense
 
 
@@ -355,6 +363,14 @@ def is_lab(model: nn.Module, config: SweepConfig) -> bool:
     return isinstance(model, BadNet) and config.layer in (None, *PRUNABLE_LAYERS) and config.rank_on in (None, "pool_3")
 
 
+def warn(lines: list[str], log: Log | None) -> list[str]:
+    """Give each warning line to `log` (stderr in the CLI); returns the lines."""
+    for line in lines:
+        if log:
+            log(line)
+    return lines
+
+
 def input_sha256(spec: DataSpec) -> str:
     if spec.arrays is None:
         return file_sha256(spec.path)
@@ -368,6 +384,9 @@ def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: F
     clean_valid = next(s for s in specs if s.is_clean_valid)
     with open_sets([clean_valid], classes_of(defense), **set_checks(defense)) as sets:
         pixels, labels = read_all(sets[clean_valid.name])
+    if defense.sweep.thresholds and any(t.reached for t in defense.sweep.thresholds):
+        n = int(pixels.shape[0])
+        defense.warnings += warn(finetune_warnings(config.epochs, holdout_size(n, config.holdout), n), log)
     eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
     tuned = {}
     for t, pruned in defense.sweep.pruned_models(model):
@@ -416,6 +435,7 @@ class FinetuneRun:
     tuned: FinetunedNet
     before: dict[Column, float]
     context: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # sanity warnings (`sanity`), also given to `log`
 
     @property
     def model(self) -> BadNet:
@@ -430,7 +450,13 @@ class FinetuneRun:
         """B' and G before and after fine-tuning, for every metric both have."""
         after = self.tuned.metrics
         names = [c for c in self.before if c in after]
-        lines = [f"{'metric (test, percent)':<36} {'B_X / G_X':>10} {'fine-tuned':>11}"]
+        if not names:  # no test set: the held-out validation accuracy, the one number measured before and after
+            facts = self.tuned.facts
+            images = facts["holdout"]["images"]
+            held = f"holdout_acc ({images} image{'s' if images != 1 else ''})"
+            return "\n".join([f"{'metric (held-out validation, percent)':<36} {PRUNED_HEADER:>10} {'fine-tuned':>11}",
+                              f"{held:<36} {facts['holdout_acc_before']:>10.3f} {facts['holdout_acc']:>11.3f}"])
+        lines = [f"{'metric (test, percent)':<36} {PRUNED_HEADER + ' / G_X':>10} {'fine-tuned':>11}"]
         lines += [f"{c.name:<36} {self.before[c]:>10.3f} {after[c]:>11.3f}" for c in names]
         return "\n".join(lines)
 
@@ -471,19 +497,23 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     train = data_spec("valid", "clean", clean_valid)
     with open_sets([train, *specs], model.num_classes) as sets:  # every file validated before training
         pixels, labels = read_all(sets[train.name])
-    check_scale(model, pixels, labels, str(train.path))
+    b_hits, b_images = check_scale(model, pixels, labels, str(train.path)) or (None, None)
+    before, facts = evaluate_with_facts(model, pruned, specs, torch_device, allow_unpaired=True) if specs else ({}, [])
+    n = int(pixels.shape[0])
+    facts.insert(0, SetFacts.of(train.path, "clean", "valid", labels.numpy(), b_hits, b_images))
+    warnings = warn(data_warnings(facts, str(train.path)) + finetune_warnings(config.epochs, holdout_size(n, config.holdout), n),
+                    log)
     channels = pruned_channels(effective_mask(pruned))
     if log:
-        log(f"fine-tuning B' ({len(channels)} channels pruned) on {pixels.shape[0]} clean validation images")
+        log(f"fine-tuning B' ({len(channels)} channels pruned) on {n} clean validation images")
     tuned = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, torch_device, log)
-    before = evaluate_pruned(model, pruned, specs, torch_device, allow_unpaired=True) if specs else {}
     src, psrc = source_of(model), source_of(pruned)
     context = {
         "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale, **preprocessing_record(model)},
         "pruned": {"path": psrc.path, "sha256": psrc.sha256, "pruned_channels": channels},
         "clean_valid": {"path": str(train.path), "images": int(pixels.shape[0])},
     }
-    return FinetuneRun(tuned, before, context)
+    return FinetuneRun(tuned, before, context, warnings)
 
 
 __all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "ReadFile", "checked_config", "finetune",

@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     written = run.save(target)
     facts = run.tuned.facts
     print(run.table())
+    if not run.before:
+        print("(--clean-test and --poisoned-test add the test metrics of B'_X, G_X and the fine-tuned nets: clean "
+              "accuracy, attack success, detections)")
     print("\n" + closing_line(out, written, f" (kept epoch {facts['best_epoch']} of {facts['epochs_run']}; "
                                     f"{facts['holdout']['images']} validation images held out)"))
     if target.note():

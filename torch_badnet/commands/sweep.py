@@ -116,8 +116,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     if args.verbose:
         log(timer.line())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
-    print("\n" + closing_line(out, written, f" ({result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in "
-                                    f"{result.seconds:.1f} s on {result.device}){unreached_note(result)}"))
+    print("\n" + closing_line(out, written, f" ({timing_note(result, getattr(args, 'started', None))}){unreached_note(result)}"))
     if target.note():
         log(target.note())
 
@@ -127,6 +126,19 @@ def sweep_keywords(args: argparse.Namespace) -> dict[str, Any]:
     return {"thresholds": args.thresholds, "stop": args.stop, "drop": args.drop, "max_steps": args.max_steps,
             "layer": getattr(args, "layer", None), "rank_on": getattr(args, "rank_on", None),
             "device": args.device, "finetune": config_from(args) if args.finetune else False}
+
+
+def timing_note(result, started: float | None) -> str:
+    """What the closing line says about time: the sweep's, fine-tuning's, and the whole run's since `started`
+    (the command's start: with the demo, its workspace too; None: the sweep's start)."""
+    import time
+
+    tuned = len(result.finetuned)
+    finetuning = f", fine-tuning {tuned} net{'s' if tuned != 1 else ''} in {result.finetune_seconds:.1f} s" if tuned else ""
+    total = time.perf_counter() - started if started is not None else None
+    whole = f"; {total:.1f} s in all" if total is not None else ""
+    return (f"{result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in {result.seconds:.1f} s"
+            f"{finetuning}{whole} on {result.device}")
 
 
 def unreached_note(result) -> str:
