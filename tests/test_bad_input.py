@@ -580,12 +580,19 @@ def test_export_opset_outside_torch_range(cli, lab3_path, tmp_path, opset):
     assert f"({_constants.ONNX_MIN_OPSET} to {_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET};" in line
 
 
-def test_export_below_an_opset_the_graph_needs_is_one_line(lab3_path, tmp_path):
+def test_export_below_an_opset_the_graph_needs_is_one_line(lab3_path, tmp_path_factory, tmp_path):
     """Opset 7 is torch's lowest and writes the BadNet, but the GoodNet's Where needs 9: one line, no graph dump
-    on the real stdout (torch's C++ side prints there), no warning; the BadNet at 7 shows no UserWarning."""
+    on the real stdout (torch's C++ side prints there), no warning; the BadNet at 7 shows no UserWarning.
+    B' is a real pruned lab3 (B itself as --pruned is a sanity warning of its own)."""
+    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.convert import load_model
+    from torch_badnet.pairing import mark_derived
+    from torch_badnet.pruning import prune
+
+    pruned = tmp_path_factory.mktemp("pruned") / "pruned.pt"
+    save_checkpoint(mark_derived(prune(load_model(lab3_path).model, list(range(20))), load_model(lab3_path).model), pruned)
     before = snapshot(tmp_path)
-    result = cli_process("export", "--model", lab3_path, "--pruned", lab3_path, "-o", tmp_path / "g.onnx", "--opset", "7",
-                         "--allow-unpaired")
+    result = cli_process("export", "--model", lab3_path, "--pruned", pruned, "-o", tmp_path / "g.onnx", "--opset", "7")
     line = assert_one_line_error(result, "--opset", "opset 7", "GoodNet", "where")
     assert result[1] == "" and "Warning" not in line and snapshot(tmp_path) == before
     code, out, err = cli_process("export", "--model", lab3_path, "-o", tmp_path / "b7.onnx", "--opset", "7")
