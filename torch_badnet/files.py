@@ -52,6 +52,16 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
 
 
+def cache_dir() -> Path:
+    """The user's cache folder for torch-badnet: $TORCH_BADNET_CACHE, else $XDG_CACHE_HOME/torch-badnet, else
+    ~/.cache/torch-badnet (the demo's workspace and the live-column verdicts live there)."""
+    base = os.environ.get("TORCH_BADNET_CACHE")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = str(Path(xdg) / "torch-badnet") if xdg else str(Path.home() / ".cache" / "torch-badnet")
+    return Path(base).expanduser()
+
+
 def check_is_file(path: str | os.PathLike[str]) -> Path:
     """Return `path` as a Path, or raise BadInputError unless it is an existing, non-empty regular file."""
     path = Path(path)
