@@ -144,7 +144,8 @@ def test_every_fence_has_a_known_tag(path: Path) -> None:
 
 
 def readme_commands() -> list[str]:
-    return [c for b in blocks(ROOT / "README.md") if b.tag == "bash" for c in commands(b.text)]
+    return [c for b in blocks(ROOT / "README.md") if b.tag == "bash" for c in commands(b.text)] + [
+        c for b in blocks(ROOT / "README.md") if b.tag == "console" for c, _ in transcript(b.text)]
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
@@ -224,6 +225,9 @@ def run_shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Comple
 
 def check_console(block: Block, cwd: Path, env: dict[str, str]) -> None:
     for command, shown in transcript(block.text):
+        command = runnable(command)
+        if command is None:
+            continue
         done = subprocess.run(["bash", "-c", command + " 2>&1"], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=TIMEOUT)
         errors = [line for line in shown if line.startswith("error:")]
@@ -304,8 +308,8 @@ def fill(path: Path) -> None:
                 if block.tag == "console" and block.info != "illustrative":
                     body = []
                     for command, _ in transcript(block.text):
-                        done = subprocess.run(["bash", "-c", command + " 2>&1"], cwd=root, env=env,
-                                              capture_output=True, text=True, timeout=TIMEOUT)
+                        done = subprocess.run(["bash", "-c", (runnable(command) or "true") + " 2>&1"], cwd=root,
+                                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
                         body += ["$ " + command, *normalise(done.stdout).splitlines()]
                     out += lines[cursor : block.line] + body
                     cursor = block.line + len(block.text.splitlines())
