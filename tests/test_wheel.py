@@ -75,7 +75,10 @@ def test_wheel_in_a_fresh_venv_runs_the_demo_and_the_api(tmp_path_factory: pytes
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         meta = Parser().parsestr(archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode())
-    assert "torch_badnet/demo/bd_net_demo.h5" in names and "torch_badnet/convert/keras_h5.py" in names
+    assert "torch_badnet/demo/bd_net_demo.h5" in names
+    modules = {f"torch_badnet/{p.relative_to(ROOT / 'torch_badnet')}" for p in (ROOT / "torch_badnet").rglob("*.py")}
+    modules |= {f"torch_badnet/convert/{p.relative_to(ROOT / 'convert')}" for p in (ROOT / "convert").rglob("*.py")}
+    assert modules <= set(names), f"modules missing from the wheel (pyproject's packages): {sorted(modules - set(names))}"
     assert not any(n.startswith(("tests/", "scripts/", "convert/")) for n in names)
     assert any(n.endswith("licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names), names
     assert "# torch-badnet" in meta.get_payload()  # the README is the long description
