@@ -108,7 +108,7 @@ REAL_FIXTURES = {"real_dir", "lab3_path", "sunglasses_path", "face_paths", "face
 REAL_WORDS = ("REAL_DIR", "face_files(", "write_lab_files(")
 # What makes a test slow beyond Keras: training a BadNet, a whole demo, lab-size reference runs. Named here once.
 SLOW_FIXTURES = {"other_seed", "demo_run", "data_sets", "keras_run", "engine_run", "sweeps", "pruned_and_data",
-                 "lab3_sets"}
+                 "lab3_sets", "ray_cluster"}
 # The rest of the slow tier: the longest tests of the fast tier's first run (2026-12-05, 2 cores at load 12: 40-120 s
 # each there) whose modules other fast tests also run (TORCH_BADNET_TIER_COVERAGE=1 checks that).
 SLOW_TESTS = {
@@ -123,6 +123,10 @@ SLOW_TESTS = {
     "test_sweep_refuses_0_1_pixels_in_a_late_chunk_file_before_writing",
     "test_finetune_into_a_sweep_result_replaces_it",
     "test_closing_line_names_only_written_files",
+    # batch (issue 25): worker kills, Ctrl-C and reruns; test_results_equal_separate_sweeps_... stays fast
+    "test_a_changed_option_or_rerun_runs_the_model_again",
+    "test_a_killed_local_worker_is_replaced_and_the_batch_completes",
+    "test_ctrl_c_keeps_finished_models_and_a_rerun_runs_the_rest",
 }
 KERAS_TESTS = {"test_convert_keras_to_onnx_and_use_it_as_model"}  # .h5 -> .onnx goes through tf2onnx
 
