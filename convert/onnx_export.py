@@ -8,16 +8,19 @@ config or code is ever deserialised from the file.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import io
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from torch_badnet.errors import BadInputError
+from torch_badnet.errors import BadInputError, first_line
 from torch_badnet.files import write_bytes
 from torch_badnet.goodnet import GoodNet
 from torch_badnet.model import INPUT_SHAPE, BadNet, scale_divisor
@@ -29,6 +32,39 @@ LABEL_NAME = "label"
 KERAS_INPUT_SHAPE = (55, 47, 3)  # the Keras model's NHWC input, kept as the ONNX input of keras_to_onnx
 # torch >= 2.9 defaults to the dynamo exporter (needs onnxscript); older torch has only the TorchScript one
 _TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
+def opset_range() -> tuple[int, int]:
+    """The opsets this torch's TorchScript exporter writes, from torch.onnx's own constants (7..20 in torch 2.13)."""
+    from torch.onnx import _constants
+
+    highest = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+    return _constants.ONNX_MIN_OPSET, highest
+
+
+def check_opset(opset: int) -> int:
+    """`opset`, or a BadInputError naming --opset when torch's exporter cannot write it."""
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise BadInputError("--opset", f"{opset} is outside the opsets torch {torch.__version__.split('+')[0]}'s "
+                                       f"ONNX exporter writes ({low} to {high}; default {DEFAULT_OPSET})")
+    return opset
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Keep torch.onnx's chatter from the user: its warnings, and the graph dump its C++ side prints to stdout
+    (file descriptor 1) when an export fails."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor | BadNet | None = None,
@@ -44,15 +80,21 @@ def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor
         raise TypeError(f"export_onnx needs a BadNet (or, without pruned, a KerasGraphNet), got {type(model).__name__}")
     module: torch.nn.Module = model if pruned is None else GoodNet(model, pruned, allow_unpaired=allow_unpaired)
     output_name = LOGITS_NAME if pruned is None else LABEL_NAME
+    check_opset(opset)
     module = copy.deepcopy(module).cpu().float().eval()  # same bytes whatever device or mode the model is in
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its successor
-        torch.onnx.export(
-            module, (torch.zeros((1, *getattr(model, "input_shape", INPUT_SHAPE))),), buffer, opset_version=opset, **_TORCHSCRIPT_EXPORTER,
-            input_names=[INPUT_NAME], output_names=[output_name],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, do_constant_folding=True,
-        )
+    try:
+        with quiet_exporter(), torch.no_grad():  # e.g. the TorchScript exporter announcing its successor
+            torch.onnx.export(
+                module, (torch.zeros((1, *getattr(model, "input_shape", INPUT_SHAPE))),), buffer, opset_version=opset,
+                **_TORCHSCRIPT_EXPORTER, input_names=[INPUT_NAME], output_names=[output_name],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, do_constant_folding=True,
+            )
+    except torch.onnx.errors.OnnxExporterError as exc:  # e.g. "export failed on where ... for opset 7" (the GoodNet)
+        if "opset" not in str(exc):
+            raise
+        what = "the GoodNet" if pruned is not None else "the model"
+        raise BadInputError("--opset", f"opset {opset} cannot express {what}: {first_line(exc)}") from None
     write_bytes(dst, buffer.getvalue())
 
 

@@ -21,6 +21,7 @@ from torch_badnet.model import BadNet
 from .onnx_ops import CONSTANT_FOLDS, NCHW, NHWC, RULES, GraphState, NodeMismatch, Value, attributes, describe
 
 LAYER_NAMES = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
+GOODNET_OUTPUT = "label"  # onnx_export.LABEL_NAME: `torch-badnet export --pruned` writes the GoodNet's int64 labels
 
 
 def load_onnx(path: str | os.PathLike[str]) -> BadNet:
@@ -46,6 +47,7 @@ def read_onnx_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 def walk_graph(model: onnx.ModelProto, path: str | os.PathLike[str]) -> GraphState:
     """Tag every tensor computed from the input; raise BadInputError at the first node that does not fit."""
     graph = model.graph
+    _refuse_goodnet(graph, path)
     state = GraphState(_constants(graph, path), _inferred_shapes(model))
     inputs = [i for i in graph.input if i.name not in state.constants]
     if len(inputs) != 1:
@@ -59,6 +61,17 @@ def walk_graph(model: onnx.ModelProto, path: str | os.PathLike[str]) -> GraphSta
             raise BadInputError(path, f"node '{name}' ({node.op_type}) does not fit the lab BadNet: {exc}") from None
     _check_outputs(graph, state, path)
     return state
+
+
+def _refuse_goodnet(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> None:
+    """A GoodNet graph (one int64 output 'label', as `torch-badnet export --pruned` writes) is not a BadNet: say
+    what it is and what runs it."""
+    outputs = list(graph.output)
+    if len(outputs) == 1 and outputs[0].name == GOODNET_OUTPUT \
+            and outputs[0].type.tensor_type.elem_type == onnx.TensorProto.INT64:
+        raise BadInputError(path, "is a GoodNet graph (output 'label': the class, or the number of classes for a detected backdoor), "
+                                  "not a BadNet; run it with onnxruntime, or give its two models to torch-badnet "
+                                  "(--model B --pruned B', or tb.GoodNet(B, B'))")
 
 
 def _visit(node: onnx.NodeProto, state: GraphState) -> None:

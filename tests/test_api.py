@@ -137,8 +137,8 @@ def test_prune_sweep_takes_tensors_and_arrays(swept: tb.DefenseResult, bd: tb.Ba
 def test_prune_sweep_refuses_bad_arguments(bd: tb.BadNet, lab_files):
     with pytest.raises(tb.BadInputError, match="outside"):
         tb.prune_sweep(bd, lab_files["clean_valid"], lab_files["poisoned_valid"], thresholds=(0,))
-    with pytest.raises(ValueError, match="conv_2"):
-        tb.prune_sweep(bd, lab_files["clean_valid"], lab_files["poisoned_valid"], layer="conv_2")
+    with pytest.raises(tb.BadInputError, match="no layer 'conv_9'.*conv_1, conv_2, conv_3, conv_4"):
+        tb.prune_sweep(bd, lab_files["clean_valid"], lab_files["poisoned_valid"], layer="conv_9")
     with pytest.raises(TypeError, match="BadNet"):
         tb.prune_sweep("bd_net.h5", lab_files["clean_valid"], lab_files["poisoned_valid"])
     with pytest.raises(tb.BadInputError, match="shape"):  # (N, 55, 47, 3) would be read as channels last

@@ -12,6 +12,7 @@ import torch
 from conftest import sweep_args
 
 from torch_badnet.data import write_lab_h5
+from torch_badnet.errors import BadInputError
 
 
 def assert_one_line_error(result, *fragments):
@@ -196,6 +197,100 @@ def test_image_that_is_not_an_image(cli, tmp_path, lab3_path):
     path = tmp_path / "face.png"
     path.write_text("not a png")
     assert_one_line_error(cli("classify", "--model", lab3_path, path), path, "image")
+
+
+# --- images must match the model: colour faces for a colour model ----------------------------------------
+
+def png_16bit_rgb(path, rgb8):
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one) of 8-bit (H, W, 3) pixels times 257."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb8.shape
+    wide = (rgb8.astype(np.uint16) * 257).astype(">u2")
+    raw = b"".join(b"\0" + wide[row].tobytes() for row in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def colour_face(face_paths):
+    from PIL import Image
+
+    with Image.open(face_paths[5]) as img:  # cl_0_label=43.png: lab3 says 43
+        return img.convert("RGB")
+
+
+def classify(cli, lab3_path, *images):
+    return cli("classify", "--model", lab3_path, "--json", *images)
+
+
+@pytest.mark.parametrize("mode, shown", [("L", "a greyscale image (PIL mode L)"), ("I;16", "a 16-bit greyscale image (PIL mode I;16)"),
+                                         ("LA", "a greyscale image (PIL mode LA)"), ("1", "a greyscale image (PIL mode 1)")])
+def test_greyscale_image_for_a_colour_model(cli, tmp_path, lab3_path, colour_face, mode, shown):
+    """Read as colour, a 16-bit greyscale face was clipped almost white and got label 1071 (the face is 43)."""
+    from PIL import Image
+
+    grey = np.asarray(colour_face.convert("L"))
+    img = Image.fromarray(grey.astype(np.uint16) * 257) if mode == "I;16" else colour_face.convert(mode)
+    path = tmp_path / "grey.png"
+    img.save(path)
+    before = path.read_bytes()
+    line = assert_one_line_error(classify(cli, lab3_path, path), path, shown, "the model takes colour images (3 channels)")
+    assert line.startswith(f"error: {path}: ")
+    assert path.read_bytes() == before
+
+
+def test_a_one_channel_model_reads_greyscale(tmp_path, colour_face):
+    """The loader takes the model's channel count: 1 reads 8- and 16-bit greyscale alike, and refuses colour."""
+    from PIL import Image
+
+    from torch_badnet.data import load_images
+
+    grey = np.asarray(colour_face.convert("L"))
+    Image.fromarray(grey).save(tmp_path / "l8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "l16.png")
+    colour_face.save(tmp_path / "rgb.png")
+    x = load_images([tmp_path / "l8.png", tmp_path / "l16.png"], channels=1)
+    assert x.shape == (2, 1, 55, 47) and torch.equal(x[0, 0], torch.from_numpy(grey.astype(np.float32)))
+    assert torch.equal(x[0], x[1])
+    with pytest.raises(BadInputError, match=r"a colour image \(PIL mode RGB\), but the model takes greyscale images"):
+        load_images([tmp_path / "rgb.png"], channels=1)
+
+
+def test_transparent_pixels_are_refused_and_opaque_alpha_is_read(cli, tmp_path, lab3_path, colour_face):
+    from PIL import Image
+
+    rgba = colour_face.convert("RGBA")
+    rgba.save(tmp_path / "opaque.png")
+    code, out, err = classify(cli, lab3_path, tmp_path / "opaque.png")
+    assert code == 0 and err == "" and json.loads(out)[0]["label"] == 43
+    alpha = np.full((55, 47), 255, np.uint8)
+    alpha[:10] = 0  # the top rows see-through
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(tmp_path / "holes.png")
+    assert_one_line_error(classify(cli, lab3_path, tmp_path / "holes.png"), tmp_path / "holes.png",
+                          "470 of its 2585 pixels are transparent (PIL mode RGBA)")
+
+
+def test_palette_and_16_bit_colour_faces_are_read_as_colour(cli, tmp_path, lab3_path, colour_face):
+    """A palette PNG of a colour face is its palette's colours; a 16-bit colour PNG is read at 8 bits (the high
+    byte: here exactly the 8-bit face)."""
+    from torch_badnet.data import load_images
+
+    colour_face.save(tmp_path / "rgb.png")
+    colour_face.convert("P", palette=1, colors=256).save(tmp_path / "palette.png")
+    png_16bit_rgb(tmp_path / "rgb16.png", np.asarray(colour_face))
+    code, out, err = classify(cli, lab3_path, tmp_path / "rgb.png", tmp_path / "palette.png", tmp_path / "rgb16.png")
+    assert code == 0 and err == "", err
+    labels = [row["label"] for row in json.loads(out)]
+    assert labels[0] == labels[2] == 43
+    assert torch.equal(load_images([tmp_path / "rgb16.png"]), load_images([tmp_path / "rgb.png"]))
 
 
 # --- the sweep: nothing half-written ---------------------------------------------------------------------
@@ -392,3 +487,199 @@ def test_sweep_refuses_0_1_pixels_in_a_late_chunk_file_before_writing(cli, lab_f
     assert_one_line_error(sweep(cli, lab_files, lab3_path, out, poisoned_test=unit), unit, "0..255")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+# --- issue 23: outputs never replace inputs, flags named one by one, GoodNet graphs recognized ------------------
+# Every case: one line, exit 2, nothing on stdout, and every file present before is byte- and mtime-identical after.
+
+def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
+    """{path: (sha256, mtime_ns)} of every file (or link) under `folders`."""
+    import hashlib
+
+    files = {}
+    for folder in folders:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() or p.is_symlink():
+                files[str(p)] = (hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "dangling",
+                                 p.lstat().st_mtime_ns)
+    return files
+
+
+def assert_refused_untouched(cli, args, folders, *fragments):
+    before = snapshot(*folders)
+    code, out, err = result = cli(*args)
+    line = assert_one_line_error(result, *fragments)
+    assert out == "", out
+    assert snapshot(*folders) == before  # nothing changed, nothing new (no temporary or lock file left)
+    return line
+
+
+@pytest.fixture(scope="module")
+def goodnet_onnx(tmp_path_factory, lab3_path):
+    from torch_badnet.convert import load_model
+    from torch_badnet.convert.onnx_export import export_onnx
+    from torch_badnet.pruning import prune
+
+    model = load_model(lab3_path).model
+    path = tmp_path_factory.mktemp("goodnet") / "goodnet.onnx"
+    export_onnx(model, path, pruned=prune(load_model(lab3_path).model, list(range(20))), allow_unpaired=True)
+    return path
+
+
+def test_convert_refuses_to_write_over_its_input(cli, weights_copy, tmp_path):
+    """Issue 23 item 1: `convert lab3copy.h5 -o lab3copy.h5` replaced the user's weights file."""
+    src = weights_copy("lab3copy.h5")
+    assert_refused_untouched(cli, ["convert", src, "-o", src], [tmp_path], src, "an input")
+    assert_refused_untouched(cli, ["convert", src, "-o", src, "--force"], [tmp_path], "an input")  # --force or not
+    (tmp_path / "hard.h5").hardlink_to(src)
+    (tmp_path / "link.h5").symlink_to(src)
+    assert_refused_untouched(cli, ["convert", src, "-o", tmp_path / "hard.h5", "--force"], [tmp_path], "an input")
+    assert_refused_untouched(cli, ["convert", tmp_path / "link.h5", "-o", src, "--force"], [tmp_path], "an input")
+    assert_refused_untouched(cli, ["convert", src, "-o", tmp_path / "link.h5", "--force"], [tmp_path], "an input")
+
+
+def test_convert_and_export_refuse_an_existing_output_without_force(cli, lab3_path, tmp_path):
+    for name in ("old.pt", "old.onnx"):
+        (tmp_path / name).write_bytes(b"the user's earlier file")
+    assert_refused_untouched(cli, ["convert", lab3_path, "-o", tmp_path / "old.pt"], [tmp_path], "exists", "--force")
+    assert_refused_untouched(cli, ["export", "--model", lab3_path, "-o", tmp_path / "old.onnx"], [tmp_path], "exists", "--force")
+    folder = tmp_path / "f.onnx"
+    folder.mkdir()
+    assert_refused_untouched(cli, ["export", "--model", lab3_path, "-o", folder, "--force"], [tmp_path], "is a folder")
+    code, out, err = cli("convert", lab3_path, "-o", tmp_path / "old.pt", "--force")
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'old.pt'}"), err
+    assert (tmp_path / "old.pt").read_bytes()[:2] == b"PK"  # a torch checkpoint (zip) replaced it, atomically
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx", "old.onnx", "old.pt"]  # no temporary file left
+
+
+def test_export_refuses_to_write_over_its_input(cli, lab3_path, tmp_path):
+    model = tmp_path / "b.onnx"
+    assert cli("export", "--model", lab3_path, "-o", model)[0] == 0
+    assert_refused_untouched(cli, ["export", "--model", model, "-o", model, "--force"], [tmp_path], "an input")
+    assert_refused_untouched(cli, ["export", "--model", lab3_path, "--pruned", model, "-o", model, "--force"],
+                             [tmp_path], "an input")
+
+
+def cli_process(*args):
+    """`python -m torch_badnet ARGS` in a child process: (code, stdout, stderr) as the file descriptors saw them."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "torch_badnet", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return run.returncode, run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("opset", ["99", "4", "5", "0", "21"])
+def test_export_opset_outside_torch_range(cli, lab3_path, tmp_path, opset):
+    """Issue 23 item 4: --opset 99 or 4 was an internal error after 48 lines of TorchScript on stdout; 5 leaked a
+    UserWarning. The range is torch's own (torch.onnx._constants)."""
+    from torch.onnx import _constants
+
+    line = assert_refused_untouched(cli, ["export", "--model", lab3_path, "-o", tmp_path / "m.onnx", "--opset", opset],
+                                    [tmp_path], "--opset", opset)
+    assert f"({_constants.ONNX_MIN_OPSET} to {_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET};" in line
+
+
+def test_export_below_an_opset_the_graph_needs_is_one_line(lab3_path, tmp_path):
+    """Opset 7 is torch's lowest and writes the BadNet, but the GoodNet's Where needs 9: one line, no graph dump
+    on the real stdout (torch's C++ side prints there), no warning; the BadNet at 7 shows no UserWarning."""
+    before = snapshot(tmp_path)
+    result = cli_process("export", "--model", lab3_path, "--pruned", lab3_path, "-o", tmp_path / "g.onnx", "--opset", "7",
+                         "--allow-unpaired")
+    line = assert_one_line_error(result, "--opset", "opset 7", "GoodNet", "where")
+    assert result[1] == "" and "Warning" not in line and snapshot(tmp_path) == before
+    code, out, err = cli_process("export", "--model", lab3_path, "-o", tmp_path / "b7.onnx", "--opset", "7")
+    assert code == 0 and err == "" and out.endswith("opset 7\n"), (out, err)
+
+
+def test_goodnet_onnx_is_recognized(cli, goodnet_onnx, tmp_path, face_paths):
+    """Issue 23 item 5: a GoodNet graph was 'node /Mul (Mul) does not fit the lab BadNet'."""
+    for args in (["classify", "--model", goodnet_onnx, face_paths[0]], ["convert", goodnet_onnx, "-o", tmp_path / "b.pt"],
+                 ["eval", "--model", goodnet_onnx, "--clean", goodnet_onnx]):
+        line = assert_refused_untouched(cli, args, [tmp_path, goodnet_onnx.parent], goodnet_onnx, "is a GoodNet graph")
+        assert "onnxruntime" in line and "--pruned" in line and "tb.GoodNet" in line
+    import torch_badnet as tb
+
+    with pytest.raises(tb.BadInputError, match="GoodNet graph"):
+        tb.load_model(goodnet_onnx)
+
+
+@pytest.mark.parametrize("device", ["gpu", "GPU", "cuda0", "cuda:x", "mps", "cpu:0", ""])
+def test_device_names_outside_the_list(cli, lab3_path, face_paths, lab_files, tmp_path, device):
+    """Issue 23 item 6: --device gpu printed torch's list of 20 device types."""
+    line = assert_refused_untouched(cli, ["classify", "--model", lab3_path, "--device", device, face_paths[0]], [tmp_path],
+                                    "--device", f"'{device}'", "auto, cpu, cuda or cuda:N")
+    assert "mtia" not in line and "xla" not in line  # not torch's list of device types
+    out = tmp_path / "out"
+    assert_refused_untouched(cli, [*sweep_args(lab_files, lab3_path, out), "--device", device], [tmp_path], "--device")
+    assert not out.exists()
+
+
+def test_cuda_index_beyond_the_gpus(cli, lab3_path, face_paths, tmp_path):
+    line = assert_refused_untouched(cli, ["classify", "--model", lab3_path, "--device", "cuda:99", face_paths[0]],
+                                    [tmp_path], "--device")
+    assert ("no CUDA GPU" in line) if not torch.cuda.is_available() else ("numbered from 0" in line)
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--batch-size", "0", "batch size >= 1"), ("--lr", "-1", "learning rate > 0"), ("--lr", "0", "learning rate > 0"),
+    ("--lr", "nan", "learning rate > 0"), ("--patience", "0", "number of epochs >= 1"),
+    ("--epochs", "-1", "number of epochs >= 0"), ("--holdout", "1", "(0, 1)"), ("--weight-decay", "-0.1", ">= 0"),
+    ("--weight-decay", "inf", ">= 0"), ("--tolerance", "-2", ">= 0")])
+def test_each_finetuning_number_names_its_flag(cli, lab3_path, lab_files, tmp_path, flag, value, fragment):
+    """Issue 23 item 6: --batch-size 0, --lr -1 and --patience 0 printed one combined sentence naming no flag."""
+    out = tmp_path / "ft"
+    line = assert_refused_untouched(cli, ["finetune", "--model", lab3_path, "--pruned", lab3_path, "--clean-valid",
+                                          lab_files["clean_valid"], "--out", out, flag, value], [tmp_path], fragment)
+    assert line.startswith(f"error: {flag}: {value}")
+    others = {"--batch-size", "--lr", "--patience", "--epochs", "--holdout", "--weight-decay", "--tolerance"} - {flag}
+    assert not [o for o in others if o in line], line
+    line = assert_refused_untouched(cli, [*sweep_args(lab_files, lab3_path, out), "--finetune", flag, value], [tmp_path],
+                                    fragment)
+    assert line.startswith(f"error: {flag}: ")
+    assert not out.exists()
+
+
+def test_out_locked_by_another_run(cli, lab3_path, lab_files, tmp_path):
+    """A second writer into the same --out (sweep, finetune, demo) is one line naming the holder's pid."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from torch_badnet.outdir import OutputFolder; "
+                               f"f = OutputFolder({str(out)!r}); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        runs = [sweep_args(lab_files, lab3_path, out),
+                ["finetune", "--model", lab3_path, "--pruned", lab3_path, "--clean-valid", lab_files["clean_valid"], "--out", out],
+                ["demo", "--workdir", tmp_path / "ws", "--out", out]]
+        for args in runs:
+            assert_refused_untouched(cli, args, [tmp_path], f"error: {out}: is being written by another run (pid {holder.pid})")
+        assert not (tmp_path / "ws").exists()  # the demo was refused before building its workspace
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    assert not (tmp_path / ".out.lock").exists()  # released and removed by its holder
+
+
+def test_a_lock_file_we_did_not_write_is_never_touched(cli, lab3_path, lab_files, tmp_path):
+    (tmp_path / ".out.lock").write_text("the user's own file\n")
+    line = assert_refused_untouched(cli, sweep_args(lab_files, lab3_path, tmp_path / "out"), [tmp_path], "not a torch-badnet lock file")
+    assert str(tmp_path / ".out.lock") in line
+    (tmp_path / ".out.lock").write_text("")  # empty: not ours either (ours have their header from creation on)
+    assert_refused_untouched(cli, sweep_args(lab_files, lab3_path, tmp_path / "out"), [tmp_path], "not a torch-badnet lock file")
+    (tmp_path / ".out.lock").unlink()
+    (tmp_path / "elsewhere").write_text("x")
+    (tmp_path / ".out.lock").symlink_to(tmp_path / "elsewhere")
+    assert_refused_untouched(cli, sweep_args(lab_files, lab3_path, tmp_path / "out"), [tmp_path], "lock file")
+
+
+def test_demo_and_finetune_refuse_bad_flags_before_any_work(cli, lab3_path, lab_files, tmp_path):
+    """The demo checks --device and the fine-tuning numbers before it builds (or reads) its workspace."""
+    ws = tmp_path / "ws"
+    assert_refused_untouched(cli, ["demo", "--workdir", ws, "--out", tmp_path / "o", "--device", "gpu"], [tmp_path], "--device")
+    assert_refused_untouched(cli, ["demo", "--workdir", ws, "--out", tmp_path / "o", "--finetune", "--lr", "0"], [tmp_path], "--lr")
+    assert_refused_untouched(cli, ["finetune", "--model", lab3_path, "--pruned", lab3_path, "--clean-valid",
+                                   lab_files["clean_valid"], "--out", tmp_path / "o", "--device", "cuda:x"], [tmp_path], "--device")
+    assert not list(tmp_path.iterdir())

@@ -298,7 +298,7 @@ def test_on_ray_results_equal_a_separate_sweep_even_when_a_worker_is_killed(ray_
     ([{"name": "a", "model": "M", "thresholds": "2 x"}], "row 2, column thresholds: argument --thresholds: invalid float value: 'x'"),
     ([{"name": "a", "model": "M", "thresholds": "150"}], "row 2, column thresholds: 150 is outside (0, 100)"),
     ([{"name": "a", "model": "M", "finetune": "maybe"}], "row 2, column finetune: 'maybe' is not true or false"),
-    ([{"name": "a", "model": "M", "finetune": "true", "lr": "-1"}], "row 2, column finetune settings: --epochs >= 0"),
+    ([{"name": "a", "model": "M", "finetune": "true", "lr": "-1"}], "row 2, column lr: -1 is not a learning rate > 0"),
     ([{"name": "a", "model": "M", "max_steps": "0"}], "row 2, column max_steps: must be at least 1"),
     ([{"name": "a", "model": "M", "stop": "never"}], "row 2, column stop: argument --stop: invalid choice: 'never'"),
     ([{"name": "../up", "model": "M"}], "row 2, column name: '../up' cannot be a folder name here"),

@@ -31,6 +31,8 @@ def build(root: Path, config: DemoConfig) -> tuple[DemoWorkspace, list[str]]:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> DemoWorkspace:
     ws, messages = build(tmp_path_factory.mktemp("demo_seed0"), DemoConfig.reduced(seed=0))
     assert ws.built and messages
+    assert messages[0] == ("demo workspace: no weights ship for data seed 0 and none are cached: training the demo "
+                           "BadNet here first, about 8 s on 2 CPU cores")  # up front, before anything is rendered
     return ws
 
 
@@ -150,6 +152,7 @@ def test_second_call_reuses_and_missing_file_rebuilds(workspace: DemoWorkspace, 
     shutil.copytree(workspace.root, root)
     reused, messages = build(root, DemoConfig.reduced())
     assert not reused.built and any("reusing" in m for m in messages)
+    assert not any("training" in m for m in messages)  # a cache hit trains nothing and says nothing of it
     assert reused.clean_test_accuracy == workspace.clean_test_accuracy
     before = data_hashes(reused)
     reused.poisoned_valid.unlink()

@@ -99,6 +99,7 @@ def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path
         tuned = load_model(out / name).model
         assert bool((tuned.conv_3.weight[channels] == 0).all()) and bool((tuned.conv_3.bias[channels] == 0).all())
     assert "goodnet_test_asr" in stdout
+    assert stdout.splitlines()[0].split()[-4:] == ["B'_X", "/", "G_X", "fine-tuned"] and "B_X" not in stdout
     from torch_badnet.pairing import weights_fingerprint
 
     assert load_model(out / "finetuned.pt").metadata["base_weights_sha256"] == weights_fingerprint(load_model(lab3_path).model)
@@ -134,3 +135,22 @@ def test_several_triggers_equal_separate_runs(cli, lab_files, lab3_path, faces, 
             assert [r[multi_column] for r in multi] == [r[column] for r in single], column
     summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert {"valid_asr_sun", "valid_asr_ano", "test_asr_sun", "test_asr_ano"} <= set(summary["original"])
+
+
+def test_finetune_without_test_sets_reports_the_held_out_accuracy(cli, lab_files, lab3_model, pruned_and_data, tmp_path):
+    """No test file: the table holds the held-out validation accuracy of B'_X and B'_ft (the numbers measured before
+    and after), not a bare header, and says which flags add the test metrics."""
+    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.pairing import mark_derived
+
+    save_checkpoint(mark_derived(pruned_and_data[0], lab3_model), tmp_path / "pruned.pt")
+    save_checkpoint(lab3_model, tmp_path / "b.pt")
+    code, stdout, err = cli("finetune", "--model", tmp_path / "b.pt", "--pruned", tmp_path / "pruned.pt", "--clean-valid",
+                            lab_files["clean_valid"], "--epochs", "2", "--holdout", "0.25", "--out", tmp_path / "ft")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["metric", "(held-out", "validation,", "percent)", "B'_X", "fine-tuned"]
+    assert lines[1].split() == ["holdout_acc", "(50", "images)", f"{summary['holdout_acc_before']:.3f}", f"{summary['holdout_acc']:.3f}"]
+    assert "--clean-test and --poisoned-test add the test metrics" in lines[2]
+    assert lines[-1].startswith(f"wrote {tmp_path / 'ft'}/") and "B_X" not in stdout

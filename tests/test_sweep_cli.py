@@ -256,3 +256,19 @@ def test_closing_line_names_only_written_files(lab_files, lab3_path, tmp_path, c
     last = stdout.splitlines()[-1]
     assert last.startswith(f"wrote {tmp_path / 'some'}/summary.json, sweep.csv, sweep.png and models/X=3/pruned.pt|.h5 (")
     assert last.endswith("; X = 99 not reached within 60 steps, so no model for it")
+
+
+def test_closing_line_counts_the_sweep_the_fine_tuning_and_the_whole_run(lab_files, lab3_path, tmp_path, cli):
+    import re
+    import time
+
+    started = time.perf_counter()
+    code, stdout, err = cli(*sweep_args(lab_files, lab3_path, tmp_path / "out", "--thresholds", "4", "--no-plot",
+                                        "--finetune", "--epochs", "1"))
+    wall = time.perf_counter() - started
+    assert code == 0, err
+    last = stdout.splitlines()[-1]
+    times = re.search(r"\(60 steps on 800 images in ([\d.]+) s, fine-tuning 1 net in ([\d.]+) s; ([\d.]+) s in all on \w+\)$", last)
+    assert times, last
+    sweep, finetuning, total = (float(t) for t in times.groups())
+    assert sweep + finetuning <= total + 0.1 and wall - max(0.1, 0.1 * wall) <= total <= wall + 0.1

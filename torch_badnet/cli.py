@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
     args = build_parser().parse_args(argv)
+    args.started = started  # the whole run's start, for closing lines that report its wall time
     try:
         before_torch = getattr(args, "before_torch", None)
         if before_torch is not None:
@@ -58,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"error: internal error {type(exc).__name__}: {exc} (set TORCH_BADNET_DEBUG=1 for the traceback)\n")
         return 1
+    finally:
+        from .commands.common import release_output_folders
+
+        release_output_folders()  # the --out locks, held for the whole command
     return EXIT_BAD_INPUT
 
 

@@ -53,9 +53,13 @@ class LabDataset(_Set):
     """
 
     def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None,
-                 input_shape: tuple[int, int, int] = INPUT_SHAPE) -> None:
+                 input_shape: tuple[int, int, int] | None = INPUT_SHAPE, guard: bool = True) -> None:
+        """`input_shape`: the model's (C, H, W) (None: a user's module of unknown input, data taken as it is);
+        `guard`: refuse a file whose pixels all lie in [0, 1] (the lab nets' guard; a user's own module
+        preprocesses its data itself)."""
         self.path = check_is_file(path)
-        self.input_shape = tuple(input_shape)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.guard = guard
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -73,7 +77,7 @@ class LabDataset(_Set):
             if key not in f or not isinstance(f[key], h5py.Dataset):
                 raise BadInputError(where, f"missing dataset '{key}' (a lab file has 'data' (N,3,55,47) and 'label' (N,))")
         data, label = f["data"], f["label"]
-        self.layout = pixel_layout(tuple(data.shape), self.input_shape, where, "'data'")
+        self.layout = pixel_layout(tuple(data.shape), self.input_shape, where, "'data'") if self.input_shape else "nchw"
         if not (np.issubdtype(data.dtype, np.floating) or data.dtype == np.uint8):
             raise BadInputError(where, f"'data' has dtype {data.dtype}, expected a float type or uint8")
         if label.ndim != 1:
@@ -108,7 +112,7 @@ class LabDataset(_Set):
                 if floating:
                     check_finite(pixels, self.path, start)
                 seen.update(pixels)
-                if stop == len(self):
+                if stop == len(self) and self.guard:
                     seen.check(self.path)
                 self.read_seconds += time.perf_counter() - began
                 yield pixels, torch.from_numpy(self.labels[start:stop])
@@ -236,18 +240,23 @@ class ArraySet(_Set):
     """
 
     def __init__(self, pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, name: str,
-                 num_classes: int | None = None, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> None:
+                 num_classes: int | None = None, input_shape: tuple[int, int, int] | None = INPUT_SHAPE,
+                 guard: bool = True) -> None:
+        """`input_shape` and `guard` as in LabDataset (None: any batch of at least 2 dimensions, as given)."""
         self.path = name
-        self.input_shape = tuple(input_shape)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         pixels = _float_pixels(pixels)
-        self.layout = pixel_layout(tuple(pixels.shape), self.input_shape, name, "pixels")
+        if self.input_shape is None and pixels.ndim < 2:
+            raise BadInputError(name, f"pixels have shape {tuple(pixels.shape)}, expected a batch (N, ...)")
+        self.layout = pixel_layout(tuple(pixels.shape), self.input_shape, name, "pixels") if self.input_shape else "nchw"
         self.pixels = arrange(pixels, self.layout, self.input_shape)
         if self.pixels.shape[0] == 0:
             raise BadInputError(name, "the set is empty (0 images)")
         check_finite(self.pixels, name)
-        seen = PixelRange()
-        seen.update(self.pixels)
-        seen.check(name)
+        if guard:
+            seen = PixelRange()
+            seen.update(self.pixels)
+            seen.check(name)
         raw = _label_array(labels)
         if raw.shape != (self.pixels.shape[0],):
             raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")
@@ -400,12 +409,20 @@ def write_lab_h5(path: str | os.PathLike[str], data: np.ndarray, labels: np.ndar
             f.create_dataset("label", data=labels)
 
 
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # PIL modes of one-channel images
+COLOUR_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr")  # PIL modes read as RGB (colour models)
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
 def load_image(path: str | os.PathLike[str], resize: bool = False, channels: int = 3,
                size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Load one face (PNG/JPEG) as float32 (3, 55, 47) pixels 0..255; other sizes need `resize`.
+    """Load one face (PNG/JPEG) as float32 (channels, 55, 47) pixels 0..255; other sizes need `resize`.
 
-    For a model of another input shape: `channels` 1 reads the image as greyscale (PIL's "L"), `size` is its
-    (H, W). The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
+    `channels` is what the model takes: 3 (colour, the lab's) reads colour files only (RGB, palette, CMYK, and
+    RGBA whose pixels are all opaque); a greyscale or 16-bit greyscale file is a BadInputError naming its PIL
+    mode, as is any transparent pixel. 1 (greyscale) reads greyscale files only (16-bit ones scaled to 0..255).
+    `size`: the model's (H, W), for a model of another input shape.
+    The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
 
     >>> tb.load_image("face.png").shape        # torch.Size([3, 55, 47])
     """
@@ -414,26 +431,61 @@ def load_image(path: str | os.PathLike[str], resize: bool = False, channels: int
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (greyscale) or 3 (colour), got {channels}")
     path = check_is_file(path)
-    height, width = size or INPUT_SHAPE[1:]
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
+            img, top = _model_mode(img, path, channels)
+            height, width = size or INPUT_SHAPE[1:]
             if img.size != (width, height):
                 if not resize:
                     raise BadInputError(path, f"image is {img.size[0]}x{img.size[1]} (WxH), expected {width}x{height}; "
                                               "pass --resize to scale it")
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.float32).reshape(height, width, channels)
+            array = np.asarray(img, dtype=np.float32)
+            if top != 255:  # 16-bit greyscale: white 65535 becomes 255
+                array = array * np.float32(255 / top)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise BadInputError(path, f"not a readable image ({first_line(exc)})") from None
+    array = array.reshape(height, width, -1)
     return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def _model_mode(img, path: Path, channels: int):
+    """(`img` converted to the mode the model reads: RGB for 3 channels, L or F for 1, the value of white in it);
+    a file of the other kind, or with a transparent pixel, is a BadInputError naming its PIL mode."""
+    mode = img.mode
+    grey = mode in GREY_MODES
+    if not grey and mode not in COLOUR_MODES:
+        raise BadInputError(path, f"image mode {mode} is not supported (save it as 8-bit RGB{' or greyscale' if channels == 1 else ''})")
+    if grey != (channels == 1):
+        kind = "a 16-bit greyscale" if mode.startswith("I;16") else "a greyscale" if grey else "a colour"
+        wanted = "colour images (3 channels)" if channels == 3 else "greyscale images (1 channel)"
+        raise BadInputError(path, f"{kind} image (PIL mode {mode}), but the model takes {wanted}")
+    if mode in ALPHA_MODES or "transparency" in img.info:
+        alpha = np.asarray(img.convert("LA" if grey else "RGBA"))[..., -1]
+        see_through = int((alpha < 255).sum())
+        if see_through:
+            raise BadInputError(path, f"{see_through} of its {alpha.size} pixels are transparent (PIL mode {mode}); "
+                                      "the model sees no transparency: flatten the image onto a background first")
+    if not grey:
+        return img.convert("RGB"), 255
+    if mode.startswith("I;16"):
+        return img.convert("I").convert("F"), 65535
+    if mode in ("I", "F"):
+        raise BadInputError(path, f"a 32-bit greyscale image (PIL mode {mode}) has no fixed white level; save it as 8-bit greyscale")
+    return img.convert("L"), 255
+
+
+def model_channels(net: torch.nn.Module) -> int:
+    """The colour channels a model takes: its first convolution's input channels (3, the lab's, without one)."""
+    first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return int(first.in_channels) if first is not None else 3
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]], resize: bool = False, channels: int = 3,
                 size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Face images (PNG/JPEG, 55x47; other sizes with `resize`) as one (N, 3, 55, 47) float32 batch of pixels
-    0..255 in input order, ready for a BadNet or GoodNet (a single path still gives a batch of one). For a model
-    of input (C, H, W): `channels=C`, `size=(H, W)`.
+    """Face images (PNG/JPEG, 55x47; other sizes with `resize`) as one (N, channels, 55, 47) float32 batch of pixels
+    0..255 in input order, ready for a BadNet or GoodNet (a single path still gives a batch of one). `channels`:
+    what the model takes; files of the other kind are refused (see `load_image`); `size`: the model's (H, W).
 
     >>> x = tb.load_images(["face.png"])        # (1, 3, 55, 47)
     """

@@ -25,6 +25,7 @@ from .pairing import mark_derived
 from .phases import NoTimer, PhaseTimer, reading_note
 from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
+from .sanity import SetFacts
 from .set_names import check_unique
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
@@ -79,6 +80,8 @@ class SweepResult:
     metrics: dict[Column, list[float]]  # one value per step (index 0 = unpruned B), in sweep.csv's order
     counts: dict[str, StepCounts]
     thresholds: list[Threshold] = field(default_factory=list)
+    net: Any = field(default=None, repr=False)  # engine.prunable.PrunableNet for a generic model; None for the lab's
+    facts: list[SetFacts] = field(default_factory=list)  # per set: labels' spread and B's hits (sanity warnings)
 
     @property
     def fraction_pruned(self) -> list[float]:
@@ -104,7 +107,9 @@ class SweepResult:
 
     def pruned_model(self, model: BadNet, threshold: Threshold) -> BadNet:
         """B'_X: a CPU copy of `model` with threshold's channels masked (weights untouched), marked as derived
-        from `model` (its checkpoint records B's fingerprint)."""
+        from `model` (its checkpoint records B's fingerprint). For a generic model, an `engine.prunable.MaskedNet`."""
+        if self.net is not None:
+            return mark_derived(self.net.masked(threshold.pruned_channels), model)
         pruned = copy.deepcopy(model).cpu()
         with torch.no_grad():
             pruned.conv_3.mask.copy_(mask_for(threshold.pruned_channels, len(self.scores)))
@@ -131,21 +136,23 @@ def check_specs(specs: Sequence[DataSpec]) -> None:
     check_unique([s.name for s in specs], None, "the same set name is given twice (name triggers NAME=PATH)")
 
 
-def open_set(spec: DataSpec, num_classes: int, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> LabDataset | ArraySet:
-    """A validated set for a model of `input_shape`: the lab file, or the in-memory pixels and labels."""
+def open_set(spec: DataSpec, num_classes: int | None, input_shape: tuple[int, int, int] | None = INPUT_SHAPE,
+             guard: bool = True) -> LabDataset | ArraySet:
+    """A validated set for a model of `input_shape`: the lab file, or the in-memory pixels and labels (`input_shape`
+    None and `guard` False for a user's module: its data as given, see LabDataset)."""
     if spec.arrays is None:
-        return LabDataset(spec.path, num_classes, input_shape)
-    return ArraySet(*spec.arrays, str(spec.path), num_classes, input_shape)
+        return LabDataset(spec.path, num_classes, input_shape, guard)
+    return ArraySet(*spec.arrays, str(spec.path), num_classes, input_shape, guard)
 
 
 @contextlib.contextmanager
-def open_sets(specs: Sequence[DataSpec], num_classes: int,
-              input_shape: tuple[int, int, int] = INPUT_SHAPE) -> Iterator[dict[str, LabDataset | ArraySet]]:
+def open_sets(specs: Sequence[DataSpec], num_classes: int | None, input_shape: tuple[int, int, int] | None = INPUT_SHAPE,
+              guard: bool = True) -> Iterator[dict[str, LabDataset | ArraySet]]:
     """Open and validate every set (for a model of `input_shape`) before any work starts."""
     opened: dict[str, LabDataset | ArraySet] = {}
     try:
         for spec in specs:
-            opened[spec.name] = open_set(spec, num_classes, input_shape)
+            opened[spec.name] = open_set(spec, num_classes, input_shape, guard)
         yield opened
     finally:
         for ds in opened.values():
@@ -189,6 +196,8 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
         counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
         result = _assemble(list(specs), scores, order, steps, counts)
         result.thresholds = [threshold(result, x, stop, drop) for x in xs]
+        result.facts = [SetFacts.of(spec.path, spec.kind, spec.split, s.labels.cpu().numpy(), counts[spec.name].hits[0])
+                        for spec, s in zip(specs, sets)]
     return result
 
 

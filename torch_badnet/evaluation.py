@@ -14,6 +14,7 @@ from .metrics import step_counts
 from .model import BadNet
 from .precision import exact_float32
 from .predict import inference_batches, top_class
+from .sanity import SetFacts
 
 
 @torch.inference_mode()
@@ -36,15 +37,28 @@ def b_and_pruned_labels(goodnet: GoodNet | torch.nn.Module, dataset: LabDataset 
     return torch.cat(rows, 1), torch.cat(truth)
 
 
-@exact_float32()
 def evaluate_pruned(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device,
                     allow_unpaired: bool = False) -> dict[Column, float]:
     """Every sweep metric (B' and G: clean accuracy, attack success, ...) of one B' and its GoodNet on `specs`
     (`allow_unpaired` as in GoodNet)."""
+    return evaluate_with_facts(model, pruned, specs, device, allow_unpaired)[0]
+
+
+@exact_float32()
+def evaluate_with_facts(model: BadNet, pruned: BadNet, specs: Sequence[DataSpec], device: torch.device,
+                        allow_unpaired: bool = False) -> tuple[dict[Column, float], list[SetFacts]]:
+    """`evaluate_pruned`, and what the sanity rules read of each set (its labels, B's hits) from the same pass."""
     goodnet = GoodNet(model, pruned, allow_unpaired=allow_unpaired).eval().to(device)
     metrics: dict[Column, float] = {}
+    checks = {}
+    if not isinstance(model, BadNet):  # a generic model: its data as given (see engine/run.py)
+        shape = getattr(model, "input_shape", None)
+        checks = {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
+    facts = []
     for spec in specs:
-        with open_set(spec, model.num_classes) as ds:
+        with open_set(spec, getattr(model, "num_classes", None), **checks) as ds:
             labels, truth = b_and_pruned_labels(goodnet, ds, device)
-        metrics.update({c: values[1] for c, values in metric_curves(spec, step_counts(labels, truth)).items()})
-    return metrics
+        counts = step_counts(labels, truth)
+        metrics.update({c: values[1] for c, values in metric_curves(spec, counts).items()})
+        facts.append(SetFacts.of(spec.path, spec.kind, spec.split, truth.numpy(), counts.hits[0]))
+    return metrics, facts

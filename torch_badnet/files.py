@@ -74,6 +74,30 @@ def check_is_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_output_file(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], force: bool = False,
+                      flag: str = "-o") -> Path:
+    """`output` as a Path, or a BadInputError: when it is one of `inputs` (the same resolved path, or the same file
+    through a hard or symbolic link), a folder, or an existing file while not `force`."""
+    output = Path(output)
+    try:
+        out_stat = os.stat(output)
+    except OSError:
+        out_stat = None
+    for path in inputs:
+        same_path = os.path.realpath(path) == os.path.realpath(output)
+        try:
+            same_file = out_stat is not None and os.path.samestat(out_stat, os.stat(path))
+        except OSError:
+            same_file = False
+        if same_path or same_file:
+            raise BadInputError(output, f"is {path}, an input of this command; write the output ({flag}) to another file")
+    if output.is_dir():
+        raise BadInputError(output, f"is a folder; {flag} takes the output file's name")
+    if output.exists() and not force:
+        raise BadInputError(output, "exists; pass --force to replace it")
+    return output
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file (the result of `prefetch_sha256` when one was started for it)."""
     pending = _PREFETCHED.get(_file_key(path))

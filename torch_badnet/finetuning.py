@@ -51,10 +51,15 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.
     """(train indices, held-out indices): a seeded random `share` of n images is held out (at least 1)."""
     generator = torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET)
     order = torch.randperm(n, generator=generator)
-    held = max(1, int(round(share * n)))
+    held = holdout_size(n, share)
     if held >= n:
         raise ValueError(f"holdout of {held} leaves no training image out of {n}")
     return order[held:].sort().values, order[:held].sort().values
+
+
+def holdout_size(n: int, share: float) -> int:
+    """How many of n images `holdout_split` holds out: the share, rounded, at least 1."""
+    return max(1, int(round(share * n)))
 
 
 def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -63,8 +68,10 @@ def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def make_optimizer(model: BadNet, config: FinetuneConfig) -> torch.optim.Optimizer:
-    """Adam or SGD with momentum over every layer but conv_1 (unless `train_conv_1`), with L2 weight decay."""
-    params = [p for name, p in model.named_parameters() if config.train_conv_1 or not name.startswith("conv_1.")]
+    """Adam or SGD with momentum over every layer but conv_1 (unless `train_conv_1`), with L2 weight decay.
+    A generic model (MaskedNet) trains every parameter (its BatchNorm statistics stay frozen, see `_train_mode`)."""
+    lab = isinstance(model, BadNet)
+    params = [p for name, p in model.named_parameters() if not lab or config.train_conv_1 or not name.startswith("conv_1.")]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
@@ -84,9 +91,9 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
     # A plain (contiguous) copy: weights in another memory format (e.g. channels_last) round differently in
     # training, so the same B' would fine-tune differently depending on where it came from.
     model = copy.deepcopy(pruned).cpu().float().to(memory_format=torch.contiguous_format)
-    mask = effective_mask(model)
-    model.conv_3.mask.copy_(mask)
-    _zero_pruned(model)
+    if isinstance(model, BadNet):
+        model.conv_3.mask.copy_(effective_mask(model))
+        _zero_pruned(model)  # a generic B' (MaskedNet) keeps its pruned channels at their fill by its own hook
     train_idx, held_idx = holdout_split(pixels.shape[0], config.holdout, config.seed)
     x_held, y_held = pixels[held_idx], labels[held_idx]
     optimizer = make_optimizer(model, config)
@@ -116,7 +123,7 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
 def _train_epoch(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
                  optimizer: torch.optim.Optimizer, batch_size: int, generator: torch.Generator) -> float:
     """One pass in a seeded order; returns the mean training loss."""
-    model.train()
+    _train_mode(model)
     order = train_idx[torch.randperm(train_idx.shape[0], generator=generator)]
     total, seen = 0.0, 0
     for start in range(0, order.shape[0], batch_size):
@@ -125,11 +132,23 @@ def _train_epoch(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, trai
         loss = F.cross_entropy(model(pixels[batch]), labels[batch])
         loss.backward()
         optimizer.step()
-        _zero_pruned(model)
+        if isinstance(model, BadNet):
+            _zero_pruned(model)
         total += float(loss.detach()) * batch.shape[0]
         seen += batch.shape[0]
     model.eval()
     return total / max(seen, 1)
+
+
+def _train_mode(model: torch.nn.Module) -> None:
+    """Training mode; a generic model's BatchNorm layers stay in eval mode: their running statistics (of B's
+    training data) are kept, not re-estimated from the small clean set, and dropout-free layers behave as at
+    inference, so the pruned channels' fill passes the same normalisation as in the sweep."""
+    model.train()
+    if not isinstance(model, BadNet):
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 @torch.no_grad()

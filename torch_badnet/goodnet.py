@@ -39,6 +39,10 @@ class GoodNet(nn.Module):
         >>> labels = g(tb.load_images(["face.png"]))      # 1283 (for the lab net) = backdoor detected
         """
         super().__init__()
+        if not isinstance(model, BadNet) and isinstance(model, nn.Module):
+            self._generic(model, pruned, allow_unpaired)
+            return
+        self.generic = False
         for name, net in (("model", model), ("pruned", pruned)):
             if not isinstance(net, (BadNet, torch.Tensor)) or (name == "model" and not isinstance(net, BadNet)):
                 hint = " (a LoadedModel: pass its .model)" if hasattr(net, "model") else ""
@@ -60,17 +64,43 @@ class GoodNet(nn.Module):
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(model.conv_3.mask.shape)}")
         self.register_buffer("pruned_mask", mask.detach().clone().float().to(model.conv_3.mask.device))
 
+    def _generic(self, model: nn.Module, pruned: nn.Module, allow_unpaired: bool) -> None:
+        """G of any two modules taking the same input (e.g. B and `result.pruned(x)`, a MaskedNet): both run in
+        full. A B' recording the fingerprint of another B's weights raises `pairing.PairingError`."""
+        if not isinstance(pruned, nn.Module):
+            raise TypeError(f"GoodNet's pruned must be a torch module like the model, got {type(pruned).__name__}")
+        self.generic = True
+        self.model = model
+        self.pruned_model = pruned
+        if not allow_unpaired:
+            from .pairing import FINGERPRINT_KEY, PairingError, weights_fingerprint
+
+            recorded = getattr(pruned, FINGERPRINT_KEY, None)
+            if isinstance(recorded, str) and recorded != weights_fingerprint(model):
+                raise PairingError(f"B' records the weights fingerprint {recorded[:12]}... of another model")
+        self._classes = getattr(model, "num_classes", None) or getattr(pruned, "num_classes", None)
+
     @property
     def num_classes(self) -> int:
         """Classes of G's output: B's classes plus the 'backdoor detected' class N."""
-        return self.model.num_classes + 1
+        return self.detected_class + 1
 
     @property
     def detected_class(self) -> int:
+        """N, B's class count (for a generic model, known once a batch has run, or from `model.num_classes`)."""
+        if self.generic:
+            if self._classes is None:
+                raise ValueError("the class count is known after the first batch (or set model.num_classes)")
+            return int(self._classes)
         return self.model.num_classes
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of B and of B' for one (N, 3, 55, 47) batch, from a single trunk pass (and one head when B' is B)."""
+        """Logits of B and of B' for one (N, 3, 55, 47) batch, from a single trunk pass (and one head when B' is B).
+        For generic modules: both nets run on the batch."""
+        if self.generic:
+            logits = self.model(x)
+            self._classes = logits.shape[1]
+            return logits, self.pruned_model(x)
         check_batch(x)
         features = self.model.trunk(x)
         if self.pruned_model is not None:

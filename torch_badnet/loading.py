@@ -39,16 +39,23 @@ def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: st
     """B' for `model` (B, read from `model_path`): as many classes as B, B's input scale (a file recording
     another is an error) and, unless `allow_unpaired`, derived from B (pairing.check_pair): a B' recording
     another B's weights fingerprint is a BadInputError naming both files; an unverifiable pair (no fingerprint,
-    weights beyond zeroed conv_3 channels differ) is one warning line through `log`."""
+    weights beyond zeroed conv_3 channels differ) is one warning line through `log`, as is a B' with no pruned
+    channel (`sanity.unpruned_warning`)."""
     from .convert import load_model as load
+    from .finetuning import effective_mask
     from .pairing import PairingError, check_pair
+    from .pruning import pruned_channels
     from .rescale import match_input_scale
+    from .sanity import unpruned_warning
 
     loaded = load(path)
     pruned = loaded.model.eval()
     if pruned.num_classes != model.num_classes:
         raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
     match_input_scale(pruned, path, loaded.input_scale, model)
+    unpruned = unpruned_warning(path, len(pruned_channels(effective_mask(pruned))))
+    if unpruned and log:
+        log(unpruned)
     if allow_unpaired:
         return loaded
     model_name = f"--model {model_path}" if model_path else "--model"

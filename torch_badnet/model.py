@@ -35,6 +35,8 @@ class ReluMaxPool(nn.Module):
     element of a tie where `torch.maximum` would split it, and export wants one MaxPool node.
     """
 
+    channelwise = True  # channel c of the output reads channel c of the input alone (the generic engine's region)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
             return F.max_pool2d(x, 2).relu_()
@@ -124,8 +126,8 @@ class BadNet(nn.Module):
 
 def check_batch(x: torch.Tensor) -> None:
     """A clear ValueError unless `x` is an (N, 3, 55, 47) batch (the usual mistakes: one image, NHWC layout)."""
-    if torch.jit.is_tracing():  # an export traces a batch that passed this check in its caller
-        return
+    if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy):  # an export (or the generic engine's fx split)
+        return  # traces a batch that passed this check in its caller
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor batch of shape (N, 3, 55, 47), got {type(x).__name__}")
     if x.dim() == 3 and tuple(x.shape) == INPUT_SHAPE:

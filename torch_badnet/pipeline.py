@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,16 +24,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .checkpoint import save_checkpoint, source_of
 from .columns import Column
 from .data import arrays_sha256, read_all
 from .defense import DataSpec, SweepResult, Threshold, open_sets, run_sweep
+from .engine.prunable import MaskedNet
+from .engine.run import SweepConfig, run_generic_sweep
+from .engine.saving import keras_graph_writer
 from .errors import BadInputError
-from .evaluation import evaluate_pruned
+from .evaluation import evaluate_pruned, evaluate_with_facts
 from .files import file_sha256, prefetch_sha256, write_text
 from .finetune_config import OPTIMIZERS, FinetuneConfig
-from .finetuning import FinetuneResult, effective_mask
+from .finetuning import FinetuneResult, effective_mask, holdout_size
 from .finetuning import finetune as finetune_net
 from .metrics import DropKind, StopRule
 from .model import INPUT_SHAPE, BadNet
@@ -42,10 +47,12 @@ from .phases import PhaseTimer
 from .pruning import pruned_channels
 from .report import csv_table, model_dir, named, table, versions, write_report
 from .rescale import GUARD_IMAGES, check_scale
+from .sanity import SetFacts, data_warnings, finetune_warnings
 from .set_names import parse_poisoned
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
-PRUNABLE_LAYERS = ("conv_3",)  # the lab architecture prunes conv_3's channels (= pool_3's)
+PRUNABLE_LAYERS = ("conv_3",)
+PRUNED_HEADER = "B'_X"  # the pruned net's column in finetune's table  # the lab architecture prunes conv_3's channels (= pool_3's)
 
 Pixels = torch.Tensor | np.ndarray
 
@@ -84,8 +91,13 @@ class FinetunedNet:
 
     def write(self, folder: Path, write_keras: KerasWriter | None) -> None:
         """finetuned.pt, finetuned.h5 (given a Keras writer) and history.csv into `folder`."""
-        save_checkpoint(self.model, folder / "finetuned.pt", finetuned=True, epochs_run=self.facts["epochs_run"],
-                        best_epoch=self.facts["best_epoch"], **vars(self.config))
+        facts = dict(finetuned=True, epochs_run=self.facts["epochs_run"], best_epoch=self.facts["best_epoch"], **vars(self.config))
+        if isinstance(self.model, BadNet):
+            save_checkpoint(self.model, folder / "finetuned.pt", **facts)
+        else:
+            from .engine.saving import save_masked
+
+            save_masked(self.model, folder / "finetuned.pt", **facts)
         if write_keras is not None:
             write_keras(self.model, folder / "finetuned.h5")
         write_text(folder / "history.csv", history_csv(self.history))
@@ -103,8 +115,10 @@ class DefenseResult:
     model: BadNet
     context: dict[str, Any]  # summary.json's model, inputs (filled in by `input_hashes`), rule, versions
     finetuned: dict[float, FinetunedNet] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the sweep's wall time (reading, ranking, pruning, metrics)
     device: str = "cpu"
+    finetune_seconds: float = 0.0  # fine-tuning and evaluating every B'_X (with `finetune`)
+    warnings: list[str] = field(default_factory=list)  # sanity warnings (`sanity`), also given to `log`
     _inputs: dict[str, Any] | None = field(default=None, repr=False)
 
     def input_hashes(self) -> dict[str, Any]:
@@ -128,8 +142,9 @@ class DefenseResult:
                 return t
         raise KeyError(f"X={x:g} was not among the thresholds {[t.x for t in self.sweep.thresholds]}")
 
-    def pruned(self, x: float) -> BadNet:
-        """B'_X as an eval-mode BadNet on the CPU (B's weights, conv_3 mask with the pruned channels off).
+    def pruned(self, x: float) -> BadNet | MaskedNet:
+        """B'_X as an eval-mode BadNet on the CPU (B's weights, conv_3 mask with the pruned channels off); for a
+        generic model a `MaskedNet` (a copy of B with the pruned layer's channels masked by a persistent hook).
 
         >>> b4 = result.pruned(4)
         """
@@ -166,13 +181,18 @@ class DefenseResult:
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.arrays is None)
-        write_keras = keras_writer() if keras else None
-        with target.staging() as staging:
+        write_keras = (keras_writer() if isinstance(self.model, BadNet) else keras_graph_writer(self.model)) if keras else None
+        with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
             write_report(self.sweep, self.model, staging, self.summary, write_keras, plot=plot,
                          finetuned={x: f.metrics for x, f in self.finetuned.items()}, timer=timer)
             return written_files(staging)
+
+
+def own_lock(target: OutputFolder, out: object) -> contextlib.AbstractContextManager:
+    """`target` as a context manager releasing its lock, when `save` made it from a path; the caller's otherwise."""
+    return contextlib.nullcontext() if target is out else target
 
 
 def keras_writer() -> KerasWriter:
@@ -250,58 +270,80 @@ def checked_config(**settings: Any) -> FinetuneConfig:
     >>> prune_sweep(bd, ..., finetune=checked_config(epochs=5, lr=1e-3))
     """
     config = FinetuneConfig(**{k: v for k, v in settings.items() if v is not None})
-    if config.epochs < 0 or config.batch_size < 1 or not config.lr > 0 or config.patience < 1:
-        raise BadInputError("finetune", "--epochs >= 0, --batch-size >= 1, --lr > 0 and --patience >= 1 are needed")
+    if config.epochs < 0:
+        raise BadInputError("--epochs", f"{config.epochs} is not a number of epochs >= 0")
+    if config.batch_size < 1:
+        raise BadInputError("--batch-size", f"{config.batch_size} is not a batch size >= 1")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise BadInputError("--lr", f"{config.lr:g} is not a learning rate > 0")
+    if config.patience < 1:
+        raise BadInputError("--patience", f"{config.patience} is not a number of epochs >= 1")
     if not 0 < config.holdout < 1:
         raise BadInputError("--holdout", f"{config.holdout:g} is outside (0, 1)")
-    if not config.weight_decay >= 0:
+    if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
         raise BadInputError("--weight-decay", f"{config.weight_decay:g} is not a number >= 0")
-    if not config.tolerance >= 0:
+    if not (config.tolerance >= 0 and math.isfinite(config.tolerance)):
         raise BadInputError("--tolerance", f"{config.tolerance:g} is not a number of points >= 0")
     if config.optimizer not in OPTIMIZERS:
         raise BadInputError("--optimizer", f"{config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     return config
 
 
-def prune_sweep(model: BadNet, clean_valid: DataSource, poisoned_valid: PoisonedSources,
+def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: PoisonedSources,
                 clean_test: DataSource | None = None, poisoned_test: PoisonedSources | None = None, *,
                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, stop: StopRule = "first-over",
-                drop: DropKind = "absolute", max_steps: int | None = None, layer: str = "conv_3",
-                device: str | torch.device = "auto", finetune: bool | FinetuneConfig = False,
+                drop: DropKind = "absolute", max_steps: int | None = None, layer: str | None = None,
+                rank_on: str | None = None, device: str | torch.device = "auto", finetune: bool | FinetuneConfig = False,
                 show_progress: bool = False, log: Log | None = None, timer: PhaseTimer | None = None) -> DefenseResult:
     """The Fine-Pruning defense: rank `layer`'s channels on the clean validation set, prune them one by one,
     pick B'_X for each X in `thresholds`, and (with `finetune`) fine-tune every B'_X on the clean validation set.
 
-    Data: a lab .h5 path or a (pixels (N,3,55,47) 0..255, labels (N,)) pair of tensors/arrays; poisoned sets
-    also as {trigger: data} or ["NAME=PATH", ...]. Keywords mirror `torch-badnet sweep`'s flags; `finetune`
-    may be True (defaults) or a FinetuneConfig. `timer` (a `phases.PhaseTimer`) records the phases' wall times.
+    `model`: a BadNet (the lab's engine, pruning conv_3 ranked on pool_3) or any torch nn.Module taking one
+    (N, C, H, W) batch and returning logits: `layer` is a dotted name from `model.named_modules()` (default: the
+    last Conv2d), `rank_on` the layer whose output ranks the channels (default: the pooling layer right after
+    `layer`, else `layer`); see docs/models.md. Classes come from the model's output width.
+
+    Data: a lab .h5 path or a (pixels, labels) pair of tensors/arrays (a BadNet takes (N,3,55,47) pixels 0..255;
+    any other module gets its data exactly as given); poisoned sets also as {trigger: data} or ["NAME=PATH", ...].
+    Keywords mirror `torch-badnet sweep`'s flags; `finetune` may be True (defaults) or a FinetuneConfig. `timer`
+    (a `phases.PhaseTimer`) records the phases' wall times.
 
     >>> result = prune_sweep(bd, "cl/valid.h5", "bd/bd_valid.h5", "cl/test.h5", "bd/bd_test.h5", thresholds=(4,))
     >>> result.threshold(4).pruned_channels[:3], result.pruned(4)
+    >>> prune_sweep(resnet, (x_val, y_val), (x_bd, y_bd), layer="layer4.1.conv2")      # any nn.Module
     """
-    if not isinstance(model, BadNet):
-        raise TypeError(f"prune_sweep needs a BadNet, got {type(model).__name__} (tb.load_model returns one)")
-    if layer not in PRUNABLE_LAYERS:
-        raise ValueError(f"layer {layer!r} cannot be pruned; the lab architecture prunes {PRUNABLE_LAYERS}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prune_sweep needs a torch nn.Module (a BadNet or your own), got {type(model).__name__} "
+                        "(tb.load_model returns one)")
     xs = check_steps(thresholds, max_steps)
-    config = (FinetuneConfig() if finetune is True else finetune) or None
+    finetune_config = (FinetuneConfig() if finetune is True else finetune) or None
     specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
-    torch_device = resolve_device(device)
-    check_input_scale(model, specs[0])
+    config = SweepConfig(tuple(xs), stop, drop, max_steps, layer, rank_on, resolve_device(device), show_progress)
     started = time.perf_counter()
-    result = run_sweep(model, specs, xs, stop, drop, torch_device, max_steps, show_progress=show_progress, timer=timer)
     source = source_of(model)
+    if is_lab(model, config):
+        check_input_scale(model, specs[0])
+        result = run_sweep(model, specs, xs, stop, drop, config.device, max_steps, show_progress=show_progress, timer=timer)
+        described = {"num_classes": model.num_classes, "input_scale": model.input_scale}
+    else:
+        result, net = run_generic_sweep(model, specs, config, timer, log)
+        described = {"num_classes": net.num_classes, "input_scale": getattr(model, "input_scale", None),
+                     "layer": net.layer, "rank_on": net.rank_on, "class": type(model).__name__}
     context = {
-        "model": {"path": source.path, "sha256": source.sha256, "format": source.format, "num_classes": model.num_classes,
-                  "input_scale": model.input_scale, **preprocessing_record(model)},
+        "model": {"path": source.path, "sha256": source.sha256, "format": source.format, **described,
+                  **preprocessing_record(model)},
         "inputs": None,  # see DefenseResult.input_hashes
         "rule": {"stop": stop, "drop": drop},
         "versions": versions(),
     }
-    defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=torch_device.type)
-    if config is not None:
+    defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=config.device.type)
+    trains_on = str(next(s for s in specs if s.is_clean_valid).path) if finetune_config is not None else None
+    defense.warnings = warn(data_warnings(result.facts, trains_on), log)
+    if finetune_config is not None:
+        started = time.perf_counter()
         with timer.phase("finetune") if timer else contextlib.nullcontext():
-            defense.finetuned = finetune_thresholds(defense, specs, config, torch_device, log)
+            defense.finetuned = finetune_thresholds(defense, specs, finetune_config, config.device, log)
+        defense.finetune_seconds = time.perf_counter() - started
     return defense
 
 
@@ -316,6 +358,19 @@ def check_steps(thresholds: Sequence[float], max_steps: int | None) -> list[floa
     return xs
 
 
+def is_lab(model: nn.Module, config: SweepConfig) -> bool:
+    """The lab's own engine (incremental head) serves a BadNet pruned at conv_3 and ranked on pool_3."""
+    return isinstance(model, BadNet) and config.layer in (None, *PRUNABLE_LAYERS) and config.rank_on in (None, "pool_3")
+
+
+def warn(lines: list[str], log: Log | None) -> list[str]:
+    """Give each warning line to `log` (stderr in the CLI); returns the lines."""
+    for line in lines:
+        if log:
+            log(line)
+    return lines
+
+
 def input_sha256(spec: DataSpec) -> str:
     if spec.arrays is None:
         return file_sha256(spec.path)
@@ -327,8 +382,11 @@ def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: F
     """Fine-tune every reached B'_X; evaluate on the test sets (else on the poisoned validation sets)."""
     model = defense.model
     clean_valid = next(s for s in specs if s.is_clean_valid)
-    with open_sets([clean_valid], model.num_classes) as sets:
+    with open_sets([clean_valid], classes_of(defense), **set_checks(defense)) as sets:
         pixels, labels = read_all(sets[clean_valid.name])
+    if defense.sweep.thresholds and any(t.reached for t in defense.sweep.thresholds):
+        n = int(pixels.shape[0])
+        defense.warnings += warn(finetune_warnings(config.epochs, holdout_size(n, config.holdout), n), log)
     eval_specs = [s for s in specs if s.split == "test"] or [s for s in specs if s.split == "valid" and s.kind == "poisoned"]
     tuned = {}
     for t, pruned in defense.sweep.pruned_models(model):
@@ -336,6 +394,18 @@ def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: F
             log(f"fine-tuning B'_{t.x:g} ({len(t.pruned_channels)} channels pruned)")
         tuned[t.x] = finetune_and_evaluate(model, pruned, pixels, labels, eval_specs, config, device, log)
     return tuned
+
+
+def classes_of(defense: DefenseResult) -> int:
+    return defense.sweep.net.num_classes if defense.sweep.net is not None else defense.model.num_classes
+
+
+def set_checks(defense: DefenseResult) -> dict[str, Any]:
+    """How a generic model's sets are opened: any shape, no 0..255 guard (as the sweep opened them)."""
+    if defense.sweep.net is None:
+        return {}
+    shape = getattr(defense.model, "input_shape", None)
+    return {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(defense.model, "keras_config", None) is not None}
 
 
 def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor,
@@ -365,6 +435,7 @@ class FinetuneRun:
     tuned: FinetunedNet
     before: dict[Column, float]
     context: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # sanity warnings (`sanity`), also given to `log`
 
     @property
     def model(self) -> BadNet:
@@ -379,7 +450,13 @@ class FinetuneRun:
         """B' and G before and after fine-tuning, for every metric both have."""
         after = self.tuned.metrics
         names = [c for c in self.before if c in after]
-        lines = [f"{'metric (test, percent)':<36} {'B_X / G_X':>10} {'fine-tuned':>11}"]
+        if not names:  # no test set: the held-out validation accuracy, the one number measured before and after
+            facts = self.tuned.facts
+            images = facts["holdout"]["images"]
+            held = f"holdout_acc ({images} image{'s' if images != 1 else ''})"
+            return "\n".join([f"{'metric (held-out validation, percent)':<36} {PRUNED_HEADER:>10} {'fine-tuned':>11}",
+                              f"{held:<36} {facts['holdout_acc_before']:>10.3f} {facts['holdout_acc']:>11.3f}"])
+        lines = [f"{'metric (test, percent)':<36} {PRUNED_HEADER + ' / G_X':>10} {'fine-tuned':>11}"]
         lines += [f"{c.name:<36} {self.before[c]:>10.3f} {after[c]:>11.3f}" for c in names]
         return "\n".join(lines)
 
@@ -389,7 +466,7 @@ class FinetuneRun:
         of the run is refused)."""
         inputs = [entry["path"] for entry in self.context.values() if not entry["path"].startswith("<")]
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
-        with target.staging() as staging:
+        with own_lock(target, out), target.staging() as staging:
             self.tuned.write(staging, keras_writer() if keras else None)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
             return written_files(staging)
@@ -420,19 +497,23 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     train = data_spec("valid", "clean", clean_valid)
     with open_sets([train, *specs], model.num_classes) as sets:  # every file validated before training
         pixels, labels = read_all(sets[train.name])
-    check_scale(model, pixels, labels, str(train.path))
+    b_hits, b_images = check_scale(model, pixels, labels, str(train.path)) or (None, None)
+    before, facts = evaluate_with_facts(model, pruned, specs, torch_device, allow_unpaired=True) if specs else ({}, [])
+    n = int(pixels.shape[0])
+    facts.insert(0, SetFacts.of(train.path, "clean", "valid", labels.numpy(), b_hits, b_images))
+    warnings = warn(data_warnings(facts, str(train.path)) + finetune_warnings(config.epochs, holdout_size(n, config.holdout), n),
+                    log)
     channels = pruned_channels(effective_mask(pruned))
     if log:
-        log(f"fine-tuning B' ({len(channels)} channels pruned) on {pixels.shape[0]} clean validation images")
+        log(f"fine-tuning B' ({len(channels)} channels pruned) on {n} clean validation images")
     tuned = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, torch_device, log)
-    before = evaluate_pruned(model, pruned, specs, torch_device, allow_unpaired=True) if specs else {}
     src, psrc = source_of(model), source_of(pruned)
     context = {
         "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale, **preprocessing_record(model)},
         "pruned": {"path": psrc.path, "sha256": psrc.sha256, "pruned_channels": channels},
         "clean_valid": {"path": str(train.path), "images": int(pixels.shape[0])},
     }
-    return FinetuneRun(tuned, before, context)
+    return FinetuneRun(tuned, before, context, warnings)
 
 
 __all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "ReadFile", "checked_config", "finetune",

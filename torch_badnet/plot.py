@@ -31,7 +31,8 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "Pruning defense",
             ax.axvline(at, color="0.5", linestyle=":", linewidth=1)
             ax.annotate(f"X={t.x:g}", (at, 2), rotation=90, fontsize=8, color="0.3", ha="right", va="bottom")
     _plot_finetuned(ax, result, finetuned or {}, split)
-    ax.set_xlabel("channels of pool_3 pruned (%)")
+    layer = result.net.layer if getattr(result, "net", None) is not None else "pool_3"
+    ax.set_xlabel(f"channels of {layer} pruned (%)")
     ax.set_ylabel(f"{'test' if split == 'test' else 'validation'} data (%)")
     ax.set_ylim(-2, 102)
     ax.set_xlim(0, 100)

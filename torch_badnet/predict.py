@@ -29,7 +29,7 @@ def inference_batches(x: torch.Tensor, batch_size: int | None = None) -> Iterato
     """`x` (N, 3, 55, 47) in batches ready for the network: channels_last on CPU, as they are on a GPU."""
     batch_size = batch_size or default_batch(x.device)
     for part in x.split(batch_size):
-        yield part.contiguous(memory_format=torch.channels_last) if part.device.type == "cpu" else part
+        yield part.contiguous(memory_format=torch.channels_last) if part.device.type == "cpu" and part.dim() == 4 else part
 
 
 def top_class(logits: torch.Tensor) -> torch.Tensor:

@@ -158,8 +158,13 @@ def write_models(result: SweepResult, model: BadNet, staging: Path, metadata: di
     """models/X=<x>/pruned.pt (weights + mask) and, given a writer, pruned.h5 (Keras weights, channels zeroed)."""
     for t, pruned in result.pruned_models(model):
         folder = staging / model_dir(t)
-        save_checkpoint(pruned, folder / "pruned.pt", x=t.x, step=t.step, stop=t.stop, drop=t.drop,
-                        pruned_channels=t.pruned_channels, **metadata)
+        facts = dict(x=t.x, step=t.step, stop=t.stop, drop=t.drop, pruned_channels=t.pruned_channels, **metadata)
+        if isinstance(pruned, BadNet):
+            save_checkpoint(pruned, folder / "pruned.pt", **facts)
+        else:  # a generic model's B' (engine.prunable.MaskedNet)
+            from .engine.saving import save_masked
+
+            save_masked(pruned, folder / "pruned.pt", **facts, rank_on=result.net.rank_on)
         if write_keras is not None:
             write_keras(pruned, folder / "pruned.h5")
 

@@ -150,16 +150,17 @@ def match_input_scale(pruned: BadNet, path: str | os.PathLike[str], recorded: fl
     pruned.input_scale = model.input_scale
 
 
-def check_scale(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, source: str) -> None:
+def check_scale(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, source: str) -> tuple[int, int] | None:
     """Stop (BadInputError naming --rescale and both accuracies) when another candidate scale classifies the
-    first GUARD_IMAGES clean images clearly better than the model's own scale.
+    first GUARD_IMAGES clean images clearly better than the model's own scale. Returns (images the model labels
+    right at its own scale, images compared), or None where nothing was compared.
 
     Images whose pixels all lie in [0, 1] are not compared: data on the wrong scale would make the guard advise a
     --rescale, while the fix is the data (multiplied by 255); the file's own pixel-range check says so.
     """
     x, y = pixels[:GUARD_IMAGES], labels[:GUARD_IMAGES]
     if float(x.max()) <= 1:
-        return
+        return None
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     chosen = model.input_scale
@@ -171,6 +172,7 @@ def check_scale(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, sourc
             raise BadInputError(FLAG, f"the model classifies {ours:.1f}% of the first {len(y)} clean images of "
                                       f"{source} right at input scale {format_scale(chosen)} but {theirs:.1f}% at "
                                       f"{format_scale(other)}: pass --rescale {format_scale(other)}")
+    return hits[chosen], len(y)
 
 
 def _hits(model: BadNet, x: torch.Tensor, y: torch.Tensor, scale: float) -> int:

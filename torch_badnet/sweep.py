@@ -10,6 +10,7 @@ work). `reference_sweep` is the plain procedure (mask + full forward per step) k
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -39,17 +40,23 @@ class FeatureSet:
     labels: torch.Tensor  # (N,) int64
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; 'cuda' without a GPU, or a name torch does not know, is a BadInputError
-    naming --device (the CLI's one-line error)."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' picks CUDA when available; 'cpu', 'cuda' and 'cuda:N' are taken as they are. Any other name, or CUDA
+    without a GPU (or without GPU N), is a BadInputError naming --device (the CLI's one-line error)."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError("--device", "--device cuda was asked for but no CUDA GPU is available")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise BadInputError("--device", str(exc)) from None
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda" and not re.fullmatch(r"cuda:\d+", name):
+        raise BadInputError("--device", f"'{name}' is not a device; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise BadInputError("--device", f"--device {name} was asked for but no CUDA GPU is available")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadInputError("--device", f"{name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return device
 
 
 def prepare_model(model: BadNet, device: torch.device) -> BadNet:

@@ -89,11 +89,27 @@ def add_force_argument(parser: argparse.ArgumentParser) -> None:
                         help="replace --out whole even if it is a non-empty folder that holds no torch-badnet result")
 
 
+def add_output_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists (never an input)")
+
+
 def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFolder:
-    """--out checked before any work (outdir.OutputFolder): new, empty, or a previous result unless --force."""
+    """--out checked and locked before any work (outdir.OutputFolder): new, empty, or a previous result unless
+    --force. The lock is held until the command ends (`release_output_folders`)."""
     from ..outdir import OutputFolder
 
-    return OutputFolder(out, getattr(args, "force", False), inputs)
+    folder = OutputFolder(out, getattr(args, "force", False), inputs)
+    _HELD.append(folder)
+    return folder
+
+
+_HELD: list[OutputFolder] = []  # the --out folders this command holds locked
+
+
+def release_output_folders() -> None:
+    """Release the locks of every --out taken by `output_folder` (the CLI calls it when a command ends)."""
+    while _HELD:
+        _HELD.pop().close()
 
 
 def input_paths(poisoned: Any, option: str) -> list:

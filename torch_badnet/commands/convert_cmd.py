@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import BadInputError
-from ..files import atomic_path
-from .common import add_rescale_argument, load_model, preprocessing_flags
+from ..files import atomic_path, check_output_file
+from .common import add_output_force_argument, add_rescale_argument, load_model, preprocessing_flags
 
 HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras model) or .onnx"
 TARGETS = (".pt", ".h5", ".onnx")
@@ -20,6 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="compare the result with the source run in Keras (needs the keras extra) and print the max difference")
     add_rescale_argument(p)
+    add_output_force_argument(p)
     p.set_defaults(run=run)
 
 
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.output)
     if dst.suffix.lower() not in TARGETS:
         raise BadInputError(dst, f"unknown output type '{dst.suffix}' (expected .pt, .h5 or .onnx)")
+    check_output_file(dst, [src], args.force)
     if args.verify:
         from torch_badnet.convert.keras_model import import_keras
 

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import INPUT_SHAPE, BadNet
     from ..phases import NoTimer, PhaseTimer, reading_note
     from ..pipeline import check_input_scale
+    from ..sanity import SetFacts, data_warnings
 
     if not args.clean and not args.poisoned:
         raise BadInputError("eval", "give --clean and/or --poisoned")
@@ -51,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
             goodnet = model.to(device)
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
+    facts = []
     shape = getattr(model, "input_shape", INPUT_SHAPE)
     with timer.phase("read+forward"), open_sets(specs, model.num_classes, shape) as datasets:  # files validated first
         for spec in specs:
             counts = step_counts(*b_and_pruned_labels(goodnet, datasets[spec.name], device))
+            facts.append(SetFacts.of(spec.path, spec.kind, "", datasets[spec.name].labels, counts.hits[0]))  # row 0 = B
             clean = spec.kind == "clean"
             if args.pruned:  # row 1 = B'; G's answer is right when B and B' agree on the right label
                 result["clean_accuracy" if clean else "attack_success_rate"] = counts.rate(counts.goodnet_hits)[1]
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
                 result["clean_accuracy" if clean else "attack_success_rate"] = counts.rate(counts.hits)[0]
             result[f"{spec.kind}_images"] = counts.n
         timer.note("read+forward", reading_note(sum(ds.read_seconds for ds in datasets.values()), read_ahead_pays(device)))
+    for line in data_warnings(facts):
+        log(line)
     if args.verbose:
         log(timer.line())
     if args.json:

@@ -11,6 +11,7 @@ from .common import (
     add_force_argument,
     add_model_argument,
     closing_line,
+    device_from,
     input_paths,
     load_model,
     load_pruned,
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import finetune
 
     config = config_from(args)
+    device_from(args)  # refused before any work
     out = Path(args.out)
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
                                                    *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     written = run.save(target)
     facts = run.tuned.facts
     print(run.table())
+    if not run.before:
+        print("(--clean-test and --poisoned-test add the test metrics of B'_X, G_X and the fine-tuned nets: clean "
+              "accuracy, attack success, detections)")
     print("\n" + closing_line(out, written, f" (kept epoch {facts['best_epoch']} of {facts['epochs_run']}; "
                                     f"{facts['holdout']['images']} validation images held out)"))
     if target.note():

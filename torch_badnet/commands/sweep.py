@@ -6,10 +6,23 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .common import add_device_argument, add_force_argument, add_model_argument, closing_line, input_paths, load_model, log, output_folder
+from .common import (
+    add_device_argument,
+    add_force_argument,
+    add_model_argument,
+    closing_line,
+    device_from,
+    input_paths,
+    load_model,
+    log,
+    output_folder,
+)
 from .finetune import add_finetune_options, config_from
+
+if TYPE_CHECKING:
+    from ..outdir import OutputFolder
 
 HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -26,7 +39,11 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
                         "last-within: the step before it, whose drop is still < X")
     p.add_argument("--drop", choices=DROP_KINDS, default=DROP_KINDS[0],
                    help="X in percentage points (default) or in percent of the original accuracy")
-    p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all 60)")
+    p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all of the layer's)")
+    p.add_argument("--layer", metavar="NAME", help="the layer whose output channels are pruned (default: conv_3 for the "
+                                                   "lab nets, else the last Conv2D); a Keras model's layer name")
+    p.add_argument("--rank-on", metavar="NAME", help="the layer whose output ranks the channels (default: the pooling "
+                                                     "layer right after --layer, else --layer itself)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
     p.add_argument("--verbose", action="store_true", help="print the wall time of each phase on one line (stderr)")
     add_force_argument(p)
@@ -72,16 +89,20 @@ def input_files(model_path: str | Path, clean_valid: Any, poisoned_valid: Any, c
 
 
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
-                clean_test: Any = None, poisoned_test: Any = None, title: str | None = None) -> None:
-    """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table."""
+                clean_test: Any = None, poisoned_test: Any = None, title: str | None = None,
+                target: OutputFolder | None = None) -> None:
+    """Parse-free core of `sweep` and `demo`: call `pipeline.prune_sweep`, save to --out, print the table.
+    `target`: --out as the caller (the demo) already checked and locked it."""
     from ..phases import NoTimer, PhaseTimer
     from ..pipeline import prune_sweep
 
     timer = PhaseTimer() if args.verbose else NoTimer()  # its first phase, startup, covers the imports
     out = Path(args.out)
-    inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
-    target = output_folder(args, out, inputs)  # checked before any work
+    device_from(args)  # a bad --device or fine-tuning flag is refused before any work
     keywords = sweep_keywords(args)
+    if target is None:
+        inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
+        target = output_folder(args, out, inputs)  # checked and locked before any work
     with timer.phase("load model"):
         model = load_model(str(model_path), *(getattr(args, f, None) for f in ("rescale", "mean", "std"))).model  # demo: no --rescale
     with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
@@ -95,8 +116,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     if args.verbose:
         log(timer.line())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
-    print("\n" + closing_line(out, written, f" ({result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in "
-                                    f"{result.seconds:.1f} s on {result.device}){unreached_note(result)}"))
+    print("\n" + closing_line(out, written, f" ({timing_note(result, getattr(args, 'started', None))}){unreached_note(result)}"))
     if target.note():
         log(target.note())
 
@@ -104,7 +124,21 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
 def sweep_keywords(args: argparse.Namespace) -> dict[str, Any]:
     """`prune_sweep`'s keywords from the sweep's flags (shared with `batch`, whose rows hold the same flags)."""
     return {"thresholds": args.thresholds, "stop": args.stop, "drop": args.drop, "max_steps": args.max_steps,
+            "layer": getattr(args, "layer", None), "rank_on": getattr(args, "rank_on", None),
             "device": args.device, "finetune": config_from(args) if args.finetune else False}
+
+
+def timing_note(result, started: float | None) -> str:
+    """What the closing line says about time: the sweep's, fine-tuning's, and the whole run's since `started`
+    (the command's start: with the demo, its workspace too; None: the sweep's start)."""
+    import time
+
+    tuned = len(result.finetuned)
+    finetuning = f", fine-tuning {tuned} net{'s' if tuned != 1 else ''} in {result.finetune_seconds:.1f} s" if tuned else ""
+    total = time.perf_counter() - started if started is not None else None
+    whole = f"; {total:.1f} s in all" if total is not None else ""
+    return (f"{result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in {result.seconds:.1f} s"
+            f"{finetuning}{whole} on {result.device}")
 
 
 def unreached_note(result) -> str:

@@ -42,6 +42,7 @@ DATA_FILES = (CLEAN_VALID, CLEAN_TEST, POISONED_VALID, POISONED_TEST)
 SHIPPED_MODEL = Path(__file__).with_name("bd_net_demo.h5")  # the default config's BadNet, trained once
 SHIPPED_CARD = Path(__file__).with_name("bd_net_demo.json")  # its config, sha256 and training facts
 PACKAGE, TRAINED = "package", "trained"  # where a workspace's BadNet came from
+TRAIN_SECONDS = 90  # training the default config's BadNet on 2 CPU cores, roughly (measured once; see train_estimate)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,18 @@ def ensure_workspace(workdir: Path | None = None, config: DemoConfig = DemoConfi
     if not retrain and manifest is not None and _manifest_matches(manifest, root, config, source):
         log(f"demo workspace: reusing {root}")
         return _workspace(root, manifest, built=False)
+    if source == TRAINED:  # say so before the minutes it takes
+        why = "--retrain" if retrain else f"no weights ship for data seed {config.seed} and none are cached"
+        log(f"demo workspace: {why}: training the demo BadNet here first, {train_estimate(config)}")
     return build_workspace(root, config, log, retrain)
+
+
+def train_estimate(config: DemoConfig) -> str:
+    """'about N s on 2 CPU cores': TRAIN_SECONDS scaled by the images times epochs `config` trains on."""
+    default = DemoConfig()
+    def work(c: DemoConfig) -> float:
+        return c.identities * c.train_per_identity * (1 + c.poison_share) * c.epochs
+    return f"about {max(1, round(TRAIN_SECONDS * work(config) / work(default)))} s on 2 CPU cores"
 
 
 def shipped_card() -> dict[str, Any] | None:

@@ -1,0 +1,267 @@
+"""The seam between an architecture and the defense: which layer is pruned, where channels are ranked, the mask.
+
+A `PrunableNet` is all the generic sweep, the GoodNet, fine-tuning and the report see of a model:
+
+- `layer`: a dotted name from `module.named_modules()` (default: the last nn.Conv2d); pruning switches off
+  output channels (dim 1) of that module with a forward hook, weights untouched, nothing rebuilt around BatchNorm.
+  A pruned channel takes `getattr(layer_module, "pruned_fill", 0.0)`: what the layer outputs with that channel's
+  kernel and bias zeroed (0 for a plain conv; activation(0) for a Keras Conv2D with a fused activation).
+- `rank_on`: the module whose output ranks the channels (per-channel mean over (N, H, W) on the clean validation
+  set, `pruning.channel_scores`/`pruning_order`). Default: the pooling layer directly after the pruned layer (through
+  at most one activation), else the pruned layer itself.
+- `masked(channels)`: B' as a `MaskedNet`, a wrapper whose mask is a buffer (it survives state_dict save/load).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import BadInputError
+
+POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+               nn.Hardtanh, nn.Mish, nn.PReLU, nn.Identity)
+
+
+def is_pooling(module: nn.Module) -> bool:
+    """A pooling module: torch's, or one whose class says so (the lab's ReluMaxPool, a Keras MaxPooling2D)."""
+    return isinstance(module, POOLING) or "pool" in type(module).__name__.lower()
+
+
+def is_activation(module: nn.Module) -> bool:
+    """A torch activation, or one whose class says so (a Keras Activation / ReLU layer as a module)."""
+    return isinstance(module, ACTIVATIONS) or type(module).__name__.endswith(("Activation", "ReLU"))
+
+
+def module_name(module: nn.Module, name: str | None) -> str | None:
+    """A layer name as the user gives it: a Keras-origin net maps Keras layer names to its submodules'."""
+    names = getattr(module, "layer_names", None)
+    return names.get(name, name) if isinstance(names, dict) and name is not None else name
+
+
+def is_conv_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) or "conv" in type(module).__name__.lower()
+
+
+def conv_layers(module: nn.Module) -> list[str]:
+    """Names of the Conv2d-like layers, in registration order (the candidates an error message lists)."""
+    return [name for name, m in module.named_modules() if name and is_conv_like(m)]
+
+
+def default_layer(module: nn.Module) -> str:
+    """The last nn.Conv2d (a Keras model's last Conv2D), in registration order."""
+    convs = [name for name, m in module.named_modules() if name and isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise BadInputError("--layer", "the model has no Conv2d layer; name the layer to prune with --layer")
+    return convs[-1]
+
+
+def find_layer(module: nn.Module, name: str, flag: str = "--layer") -> nn.Module:
+    """The submodule `name`, or a BadInputError listing the Conv2d-like candidates."""
+    modules = dict(module.named_modules())
+    if not name or name not in modules:
+        candidates = conv_layers(module)
+        listed = ", ".join(candidates[:20]) + (", ..." if len(candidates) > 20 else "")
+        raise BadInputError(flag, f"the model has no layer {name!r}; its Conv2d-like layers are: {listed or 'none'}")
+    return modules[name]
+
+
+def fill_of(layer: nn.Module) -> float:
+    """A pruned channel's value: the layer's `pruned_fill` (activation(0) of a fused activation), else 0."""
+    return float(getattr(layer, "pruned_fill", 0.0))
+
+
+def mask_output(output: torch.Tensor, off: torch.Tensor, fill: float) -> torch.Tensor:
+    """`output` with the channels (dim 1) where `off` is True set to `fill`, exactly."""
+    return output.masked_fill(off.to(output.device).view(1, -1, *([1] * (output.dim() - 2))), fill)
+
+
+@contextlib.contextmanager
+def channels_off(layer: nn.Module, channels: Sequence[int], num_channels: int) -> Iterator[None]:
+    """A forward hook on `layer` switching `channels` off while the block runs."""
+    off = torch.zeros(num_channels, dtype=torch.bool)
+    if len(channels):
+        off[torch.as_tensor(list(channels), dtype=torch.long)] = True
+    fill = fill_of(layer)
+    handle = layer.register_forward_hook(lambda _m, _i, out: mask_output(out, off, fill))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class MaskedNet(nn.Module):
+    """B': a module `net` with output channels of its layer `layer` switched off by the buffer `channel_mask`
+    (1 = kept, 0 = pruned). The weights are `net`'s, untouched; the mask is part of the state_dict.
+
+    >>> b4 = result.pruned(4)          # a MaskedNet for a generic model
+    >>> b4(x).argmax(1), b4.pruned_channels
+    """
+
+    def __init__(self, net: nn.Module, layer: str, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.layer = layer
+        self.register_buffer("channel_mask", mask.detach().clone().float())
+        target = net.get_submodule(layer)
+        self.fill = fill_of(target)
+        self._handle = target.register_forward_hook(self._hook)
+
+    def _hook(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return mask_output(output, self.channel_mask == 0, self.fill)
+
+    @property
+    def pruned_channels(self) -> list[int]:
+        return [int(c) for c in (self.channel_mask == 0).nonzero().flatten()]
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.net, "num_classes", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def __deepcopy__(self, memo: dict) -> MaskedNet:
+        """A copy with its own hook (the net is copied without this one's, which points back at `self`)."""
+        import copy
+
+        self._handle.remove()
+        try:
+            net = copy.deepcopy(self.net, memo)
+        finally:
+            self._handle = self.net.get_submodule(self.layer).register_forward_hook(self._hook)
+        copied = MaskedNet(net, self.layer, self.channel_mask).train(self.training)
+        copied.__dict__.update({k: v for k, v in self.__dict__.items() if k not in copied.__dict__})  # e.g. a fingerprint
+        return copied
+
+
+@dataclass
+class PrunableNet:
+    """A model prepared for the defense: its pruned layer, ranking point, channel count, class count, fill."""
+
+    module: nn.Module = field(repr=False)
+    layer: str
+    rank_on: str
+    channels: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    @property
+    def layer_module(self) -> nn.Module:
+        return self.module.get_submodule(self.layer)
+
+    @property
+    def fill(self) -> float:
+        return fill_of(self.layer_module)
+
+    def mask_off(self, channels: Sequence[int]) -> contextlib.AbstractContextManager[None]:
+        """The mask hook for `channels` on the pruned layer, while the block runs."""
+        return channels_off(self.layer_module, channels, self.channels)
+
+    def masked(self, channels: Sequence[int]) -> MaskedNet:
+        """B': a CPU copy of the module wrapped with `channels` switched off."""
+        import copy
+
+        mask = torch.ones(self.channels)
+        if len(channels):
+            mask[torch.as_tensor(list(channels), dtype=torch.long)] = 0.0
+        return MaskedNet(copy.deepcopy(self.module).cpu().eval(), self.layer, mask).eval()
+
+
+def check_single_input(module: nn.Module) -> None:
+    """A model whose forward needs more than one argument cannot be swept (one line)."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise BadInputError("--model", f"the model takes {len(required)} inputs ({', '.join(p.name for p in required)}); "
+                                       "the defense needs a model with one image input")
+
+
+@torch.inference_mode()
+def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, rank_on: str | None = None) -> PrunableNet:
+    """Check `module` on a small `sample` batch and resolve its pruned layer and ranking point.
+
+    One-line BadInputErrors: an unknown layer (candidates listed), a layer output without a channel dimension,
+    a model with several inputs or outputs, a ranking point with another channel count.
+    """
+    module.eval()
+    check_single_input(module)
+    layer, rank_on = module_name(module, layer), module_name(module, rank_on)
+    layer = layer or default_layer(module)
+    target = find_layer(module, layer)
+    if rank_on is not None:
+        find_layer(module, rank_on, "--rank-on")
+    seen: dict[str, list] = {}
+    handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in module.named_modules() if name]
+    try:
+        output = module(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(output, torch.Tensor):
+        count = len(output) if isinstance(output, (tuple, list, dict)) else "several"
+        raise BadInputError("--model", f"the model returns {count} outputs ({type(output).__name__}); the defense needs "
+                                       "one logits tensor (N, classes)")
+    if output.dim() != 2:
+        raise BadInputError("--model", f"the model's output has shape {tuple(output.shape)}; expected logits (N, classes)")
+    out = seen.get(layer)
+    if not out:
+        raise BadInputError("--layer", f"layer {layer!r} did not run in the model's forward pass")
+    if len(out) > 1:
+        raise BadInputError("--layer", f"layer {layer!r} runs {len(out)} times in one forward pass; prune a layer "
+                                       "that runs once")
+    shape = out[0][1]
+    if shape is None or len(shape) < 3:
+        kind = "no tensor" if shape is None else f"shape {tuple(shape)}"
+        raise BadInputError("--layer", f"layer {layer!r} ({type(target).__name__}) outputs {kind}, which has no channel "
+                                       "dimension (N, C, H, W); prune a convolution")
+    channels = int(shape[1])
+    rank_on = rank_on or ranking_point(module, layer, seen)
+    rank_shape = seen.get(rank_on, [(None, None)])[0][1]
+    if rank_shape is None or len(rank_shape) < 2 or int(rank_shape[1]) != channels:
+        got = "no tensor" if rank_shape is None else f"shape {tuple(rank_shape)}"
+        raise BadInputError("--rank-on", f"layer {rank_on!r} outputs {got}; ranking needs (N, {channels}, ...), the "
+                                         f"channels of {layer!r}")
+    num_classes = int(output.shape[1])
+    return PrunableNet(module, layer, rank_on, channels, num_classes, tuple(sample.shape[1:]))
+
+
+def _recorder(name: str, seen: dict[str, list]):
+    def hook(_module: nn.Module, inputs: tuple, output: object) -> None:
+        ins = tuple(id(t) for t in inputs if isinstance(t, torch.Tensor))
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+        # the tensors themselves are kept, so that no id is reused by a later tensor during this forward pass
+        seen.setdefault(name, []).append((ins, shape, id(output) if isinstance(output, torch.Tensor) else None, (inputs, output)))
+    return hook
+
+
+def ranking_point(module: nn.Module, layer: str, seen: dict[str, list]) -> str:
+    """The pooling module that takes the pruned layer's output (directly, or through one activation module),
+    else the pruned layer itself. Found from the forward pass just run: which module took which tensor (an
+    in-place activation hands on the same tensor, so the pool then takes the layer's output object itself)."""
+    modules = dict(module.named_modules())
+    consumers: dict[int, list[str]] = {}
+    for name, calls in seen.items():
+        for ins, _shape, _out, _value in calls:
+            if ins:
+                consumers.setdefault(ins[0], []).append(name)
+    produced = seen[layer][0][2]
+    for hop in range(2):
+        takers = [n for n in consumers.get(produced, []) if n != layer and not n.startswith(layer + ".")]
+        pools = [n for n in takers if is_pooling(modules[n])]
+        acts = [n for n in takers if is_activation(modules[n])]
+        if len(pools) == 1 and all(n in pools or (n in acts and seen[n][0][2] == produced) for n in takers):
+            return pools[0]
+        if hop or len(takers) != 1 or not acts:
+            return layer
+        produced = seen[acts[0]][0][2]
+    return layer

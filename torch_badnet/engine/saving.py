@@ -1,0 +1,121 @@
+"""B' of a generic model on disk: pruned.pt = state_dict + channel mask + layer name + architecture, loaded with
+weights_only=True (no code from the file ever runs).
+
+The architecture: a Keras-origin net (h3's KerasGraphNet, which has `keras_config`) records its Keras config as
+JSON, so it can be rebuilt without code; any other module records its class name only, and the user rebuilds the
+module in code and passes it to `load_masked(path, module)`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BadInputError, first_line
+from ..files import check_is_file, write_bytes
+from ..pairing import FINGERPRINT_KEY, base_fingerprint
+from .prunable import MaskedNet
+
+FORMAT = "torch-badnet-masked"
+FORMAT_VERSION = 1
+
+
+def architecture(net: nn.Module) -> dict[str, Any]:
+    """What rebuilds `net`: its Keras config (Keras-origin nets), else its class (the user rebuilds it)."""
+    config = getattr(net, "keras_config", None)
+    if config is not None:
+        mean, std = getattr(net, "mean", None), getattr(net, "std", None)
+        return {"kind": "keras", "keras_config": json.dumps(config, sort_keys=True),
+                "input_shape": list(getattr(net, "input_shape", []) or []),
+                "input_scale": float(getattr(net, "input_scale", 1.0)),
+                "mean": None if mean is None else [float(v) for v in mean],
+                "std": None if std is None else [float(v) for v in std]}
+    cls = type(net)
+    return {"kind": "torch", "class": f"{cls.__module__}.{cls.__qualname__}",
+            "note": "rebuild this module in code and load the file with torch_badnet.engine.saving.load_masked(path, module)"}
+
+
+def save_masked(pruned: MaskedNet, path: str | os.PathLike[str], **metadata: Any) -> None:
+    """Write B' (a MaskedNet) atomically: the inner net's state_dict, the mask, the layer, the architecture."""
+    if base_fingerprint(pruned) is not None:
+        metadata = {**metadata, FINGERPRINT_KEY: base_fingerprint(pruned)}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "layer": pruned.layer,
+        "channel_mask": pruned.channel_mask.detach().cpu().clone(),
+        "num_classes": pruned.num_classes,
+        "architecture": architecture(pruned.net),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in pruned.net.state_dict().items()},
+        "metadata": metadata,
+    }
+    buffer = io.BytesIO()  # as checkpoint.save_checkpoint: reproducible bytes
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_masked(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The payload of a pruned.pt of a generic model (weights_only load), checked."""
+    path = check_is_file(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise BadInputError(path, f"not a loadable checkpoint (refused by weights_only load: {first_line(exc)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("format_version") != FORMAT_VERSION:
+        raise BadInputError(path, f"not a torch-badnet pruned generic model ({FORMAT} v{FORMAT_VERSION})")
+    return payload
+
+
+def load_masked(path: str | os.PathLike[str], module: nn.Module | None = None) -> MaskedNet:
+    """B' from `path`: `module` (a freshly built net of the recorded architecture) gets the weights and the mask.
+    Without `module`, a Keras-origin file is rebuilt from its Keras config (with the Keras graph converter)."""
+    payload = read_masked(path)
+    arch = payload["architecture"]
+    if module is None:
+        module = _rebuild(arch, Path(path))
+    try:
+        module.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise BadInputError(path, f"the weights do not fit the module given ({first_line(exc)})") from None
+    pruned = MaskedNet(module.eval(), payload["layer"], payload["channel_mask"]).eval()
+    meta = payload.get("metadata") or {}
+    if isinstance(meta.get(FINGERPRINT_KEY), str):
+        setattr(pruned, FINGERPRINT_KEY, meta[FINGERPRINT_KEY])
+    return pruned
+
+
+def _rebuild(arch: dict[str, Any], path: Path) -> nn.Module:
+    """A Keras-origin net from its recorded Keras config and preprocessing (h3's KerasGraphNet; no code runs)."""
+    if arch.get("kind") != "keras":
+        raise BadInputError(path, f"holds the weights of a {arch.get('class')}; build that module in code and pass it "
+                                  "to load_masked(path, module)")
+    try:
+        from ..convert.keras_graph import KerasGraphNet  # lazy: the core never imports the converter at import time
+    except ImportError:
+        raise BadInputError(path, "rebuilding a Keras graph needs the Keras graph converter, which this install lacks") from None
+    return KerasGraphNet(json.loads(arch["keras_config"]), where=str(path), input_scale=arch.get("input_scale", 1.0),
+                         mean=arch.get("mean"), std=arch.get("std"))
+
+
+def keras_graph_writer(model: nn.Module):
+    """The full-model Keras 2 .h5 writer for Keras-origin nets (`convert.keras_graph.write_keras_graph`, with the
+    pruned layer's mask), or None (a plain torch module, or a converter without it)."""
+    if getattr(model, "keras_config", None) is None:
+        return None
+    try:
+        from ..convert.keras_graph import write_keras_graph as write  # lazy, as above
+    except ImportError:
+        return None
+
+    def write_pruned(pruned: MaskedNet, target: Path) -> None:
+        write(pruned.net, target, {pruned.layer: pruned.channel_mask.detach().cpu()})
+
+    return write_pruned
