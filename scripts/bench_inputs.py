@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from real_faces import REAL_DIR, augment_indexed, face_files, face_label  # the tests' real material and augmentation
 
 from torch_badnet.model import BadNet
+from torch_badnet.real_faces import REAL_DIR, augment_indexed, face_files, face_label  # the tests' real material and augmentation
 
 LAB_SIZES = {"valid": 11_547, "test": 12_830}  # images per set in the lab's files (clean and poisoned alike)
 SET_NAMES = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")

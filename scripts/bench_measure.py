@@ -245,11 +245,13 @@ class CliRunner:
                 "cli_last_line": self.last_line}
 
 
-def _run_child(root: Path, args: list[str]) -> tuple[float, float, str]:
-    """Run `python -m torch_badnet ARGS` through bench_cli_child.py: (wall seconds, peak RSS MiB, output)."""
+def _run_child(root: Path, args: list[str], launcher: list[str] | None = None) -> tuple[float, float, str]:
+    """Run `python -m torch_badnet ARGS` through bench_cli_child.py (or `launcher`, which takes the same arguments:
+    PEAK_FILE ARGS...): (wall seconds, peak RSS MiB, output)."""
     peak_file = root / "peak_rss_mib"
     peak_file.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).with_name("bench_cli_child.py")), str(peak_file), *args]
+    launcher = launcher or [sys.executable, str(Path(__file__).with_name("bench_cli_child.py"))]
+    command = [*launcher, str(peak_file), *args]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     with open(root / "cli.log", "wb") as out:
         start = time.perf_counter()

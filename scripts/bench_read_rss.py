@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from torch_badnet.files import write_text
+from torch_badnet.real_faces import REAL_DIR
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
-
-from real_faces import REAL_DIR  # noqa: E402  (../shared/real, or $TORCH_BADNET_REAL, as the tests read it)
-
-from torch_badnet.files import write_text  # noqa: E402
 
 REAL_MODEL = REAL_DIR / "models" / "lab3_bd_weights.h5"
 IMAGES = 11_547

@@ -31,13 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and tests/real_faces.py (real faces, augmentation)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from bench_inputs import load_inputs  # noqa: E402
-from bench_measure import (  # noqa: E402
+from bench_inputs import load_inputs
+from bench_measure import (
     CliRunner,
     KerasReference,
     Sets,
@@ -49,12 +44,15 @@ from bench_measure import (  # noqa: E402
     timed,
 )
 
-from torch_badnet.files import write_text  # noqa: E402
-from torch_badnet.model import BadNet  # noqa: E402
-from torch_badnet.phases import PhaseTimer  # noqa: E402
-from torch_badnet.precision import exact_float32  # noqa: E402
-from torch_badnet.predict import GPU_FORWARD_BATCH  # noqa: E402
-from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device  # noqa: E402
+from torch_badnet.files import write_text
+from torch_badnet.model import BadNet
+from torch_badnet.phases import PhaseTimer
+from torch_badnet.precision import exact_float32
+from torch_badnet.predict import GPU_FORWARD_BATCH
+from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ENV_KNOBS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "TF_NUM_INTRAOP_THREADS")
 TARGET_KERAS_SPEEDUP = 30.0  # seed_keras_s_per_step * steps / sweep_s at least this

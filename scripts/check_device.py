@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from real_faces import REAL_DIR, augment, face_files  # noqa: E402  (the tests' own face augmentation)
-
-from torch_badnet.convert import load_model  # noqa: E402
-from torch_badnet.data import load_images  # noqa: E402
-from torch_badnet.goodnet import GoodNet  # noqa: E402
-from torch_badnet.precision import exact_float32  # noqa: E402
-from torch_badnet.predict import labels_in_batches  # noqa: E402
-from torch_badnet.pruning import channel_scores, pruning_order  # noqa: E402
-from torch_badnet.sweep import FeatureSet, extract_features, fast_sweep, prepare_model  # noqa: E402
+from torch_badnet.convert import load_model
+from torch_badnet.data import load_images
+from torch_badnet.goodnet import GoodNet
+from torch_badnet.precision import exact_float32
+from torch_badnet.predict import labels_in_batches
+from torch_badnet.pruning import channel_scores, pruning_order
+from torch_badnet.real_faces import REAL_DIR, augment, face_files
+from torch_badnet.sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
 
 def faces(kind: str, count: int, seed: int) -> torch.Tensor:

@@ -19,19 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_inputs import load_inputs
+from bench_measure import timed
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from bench_inputs import load_inputs  # noqa: E402
-from bench_measure import timed  # noqa: E402
-
-from torch_badnet import sweep  # noqa: E402
-from torch_badnet.files import write_text  # noqa: E402
-from torch_badnet.goodnet import GoodNet  # noqa: E402
-from torch_badnet.precision import exact_float32  # noqa: E402
-from torch_badnet.predict import labels_in_batches  # noqa: E402
-from torch_badnet.pruning import channel_scores, mask_for, pruning_order  # noqa: E402
+from torch_badnet import sweep
+from torch_badnet.files import write_text
+from torch_badnet.goodnet import GoodNet
+from torch_badnet.precision import exact_float32
+from torch_badnet.predict import labels_in_batches
+from torch_badnet.pruning import channel_scores, mask_for, pruning_order
 
 
 def trunk_features(model: torch.nn.Module, sets: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int,

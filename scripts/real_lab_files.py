@@ -8,12 +8,9 @@ copies (shifts, flips, brightness, noise) of the 5 faces of each kind, exactly t
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from real_faces import write_lab_files  # noqa: E402  (the tests' real material and augmentation)
+from torch_badnet.real_faces import write_lab_files
 
 
 def main() -> None:

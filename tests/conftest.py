@@ -98,3 +98,112 @@ def sweep_args(lab_files: dict[str, Path], model: Path, out: Path, *extra: objec
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+# --- tiers: markers applied by what a test uses, so a new test file needs no edit --------------------------------
+
+KERAS_WORDS = ("tensorflow", "tf_keras", "import keras", "import_keras(", "load_into_keras(", "build_keras_badnet(",
+               '"--verify"', "verify=True", "tf2onnx")
+REAL_FIXTURES = {"real_dir", "lab3_path", "sunglasses_path", "face_paths", "faces", "lab3_model", "lab_files"}
+REAL_WORDS = ("REAL_DIR", "face_files(", "write_lab_files(")
+# What makes a test slow beyond Keras: training a BadNet, a whole demo, lab-size reference runs. Named here once.
+SLOW_FIXTURES = {"other_seed", "demo_run", "data_sets", "keras_run", "engine_run", "sweeps", "pruned_and_data",
+                 "lab3_sets", "ray_cluster"}
+# The rest of the slow tier: the longest tests of the fast tier's first run (2026-12-05, 2 cores at load 12: 40-120 s
+# each there) whose modules other fast tests also run (TORCH_BADNET_TIER_COVERAGE=1 checks that).
+SLOW_TESTS = {
+    "test_retrain_trains_into_the_workspace_and_plain_run_restores_the_package",
+    "test_rendering_gives_the_same_bytes_without_cpu_extensions",
+    "test_second_call_reuses_and_missing_file_rebuilds",
+    "test_same_seed_gives_same_files",
+    "test_several_triggers_equal_separate_runs",
+    "test_max_steps_and_stop_rules",
+    "test_rerun_into_a_result_replaces_it_whole",
+    "test_verbose_prints_one_phase_line",
+    "test_sweep_refuses_0_1_pixels_in_a_late_chunk_file_before_writing",
+    "test_finetune_into_a_sweep_result_replaces_it",
+    "test_closing_line_names_only_written_files",
+    # batch (issue 25): worker kills, Ctrl-C and reruns; test_results_equal_separate_sweeps_... stays fast
+    "test_a_changed_option_or_rerun_runs_the_model_again",
+    "test_a_killed_local_worker_is_replaced_and_the_batch_completes",
+    "test_ctrl_c_keeps_finished_models_and_a_rerun_runs_the_rest",
+}
+KERAS_TESTS = {"test_convert_keras_to_onnx_and_use_it_as_model"}  # .h5 -> .onnx goes through tf2onnx
+
+
+def _sources(item: pytest.Item) -> str:
+    """The source of the test function and of every fixture it uses (directly or not)."""
+    import inspect
+
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None:
+        funcs += [d.func for defs in info.name2fixturedefs.values() for d in defs]
+    texts = []
+    for func in funcs:
+        try:
+            texts.append(inspect.getsource(func))
+        except (OSError, TypeError):
+            pass
+    return "\n".join(texts)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        source = _sources(item)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if any(word in source for word in KERAS_WORDS) or getattr(item, "originalname", item.name) in KERAS_TESTS:
+            item.add_marker(pytest.mark.keras)
+        if fixtures & REAL_FIXTURES or any(word in source for word in REAL_WORDS):
+            item.add_marker(pytest.mark.real_data)
+        if (item.get_closest_marker("keras") or fixtures & SLOW_FIXTURES
+                or getattr(item, "originalname", item.name) in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
+
+
+# --- which modules a tier runs: TORCH_BADNET_TIER_COVERAGE=1 python -m pytest -m "not slow" -----------------------
+# Records every package function called in the test process (sys.settrace on call events only: no line tracing)
+# and fails the session if a module of torch_badnet (convert included) had none of its functions run, except the
+# modules that exist to run Keras (their tests are keras, hence slow).
+KERAS_ONLY_MODULES = {"convert/verify.py"}  # runs the source model in real Keras
+
+PACKAGE_ROOTS = [Path(__file__).resolve().parents[1] / "torch_badnet", Path(__file__).resolve().parents[1] / "convert"]
+_called: set[str] = set()
+
+
+def _trace_calls(frame, event, arg):  # noqa: ANN001, ANN202  (sys.settrace's signature)
+    if frame.f_code.co_name != "<module>":
+        _called.add(frame.f_code.co_filename)
+    return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("TORCH_BADNET_TIER_COVERAGE"):
+        import sys
+        import threading
+
+        sys.settrace(_trace_calls)
+        threading.settrace(_trace_calls)
+
+
+def package_modules() -> list[Path]:
+    return sorted(p for root in PACKAGE_ROOTS for p in root.rglob("*.py") if p.name != "__main__.py")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not os.environ.get("TORCH_BADNET_TIER_COVERAGE"):
+        return
+    import sys
+
+    sys.settrace(None)
+    called = {str(Path(f).resolve()) for f in _called}
+    root = PACKAGE_ROOTS[0].parent
+    missing = [p for p in package_modules() if str(p) not in called and p.read_text().count("def ") > 0
+               and str(p.relative_to(root)) not in KERAS_ONLY_MODULES]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"tier coverage: {len(package_modules()) - len(missing)} of {len(package_modules())} modules ran a function"]
+    lines += [f"  no function run: {p.relative_to(root)}" for p in missing]
+    if reporter is not None:
+        reporter.write_line("\n".join(lines))
+    if missing:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -157,28 +157,3 @@ def test_finetune_api_keeps_the_mask_and_saves(swept: tb.DefenseResult, bd: tb.B
     assert summary["pruned"]["pruned_channels"] == pruned
     assert summary["test_clean_acc"] == run.tuned.metrics[tb.Column("pruned", "test", "clean_acc")]
     assert "goodnet_test_asr" in summary["before_finetuning"]
-
-
-def readme_script() -> str:
-    """The complete script of the README's "Python API" section."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Python API"):]
-    start = section.index("```python\n") + len("```python\n")
-    return section[start : section.index("```\n", start)]
-
-
-def test_readme_script_runs_as_printed(tmp_path: Path):
-    import os
-    import subprocess
-    import sys
-
-    script = readme_script()
-    assert "tb.prune_sweep(" in script and "result.save(" in script and "tb.finetune(" in script
-    env = {**os.environ, "TORCH_BADNET_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "B'_4 prunes" in done.stdout and "G flags" in done.stdout and "fine-tuned" in done.stdout
-    summary = json.loads((tmp_path / "api-results" / "summary.json").read_text())
-    assert [t["x"] for t in summary["thresholds"]] == [2.0, 4.0, 10.0]
-    assert (tmp_path / "api-results" / "finetuned-X4" / "finetuned.pt").is_file()

@@ -110,6 +110,22 @@ def test_prefetch_without_a_child_hashes_in_this_process(tmp_path, monkeypatch):
     assert files.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_thread_hashing_starts_no_child_and_gives_the_same_digests(tmp_path, monkeypatch):
+    """files.HASHING = "thread" (the variant scripts/bench_hashing.py compares): one background thread, no child."""
+    monkeypatch.setattr(files, "HASHING", "thread")
+    monkeypatch.setattr(files.subprocess, "Popen", lambda *a, **k: pytest.fail("no child process in thread mode"))
+    threads = []
+    start = files.threading.Thread.start
+    monkeypatch.setattr(files.threading.Thread, "start", lambda self: threads.append(self.name) or start(self))
+    paths = [tmp_path / f"{name}.bin" for name in "abc"]
+    for size, path in zip((3 << 20, 1000, 9 << 20), paths):
+        path.write_bytes(np.random.default_rng(size + 1).bytes(size))
+    files.prefetch_sha256(paths)
+    assert threads == ["torch-badnet-sha256"]
+    for path in paths:
+        assert files.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_a_child_that_prints_no_digest_is_made_good_here(tmp_path, monkeypatch):
     path = tmp_path / "data.bin"
     path.write_bytes(b"faces" * 100_000)

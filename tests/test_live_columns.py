@@ -8,6 +8,9 @@ reproduce the dense GEMM on fresh blocks either, and the head runs dense.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from real_faces import augment
@@ -114,9 +117,70 @@ def test_sweep_labels_equal_the_dense_heads(lab3_sets, monkeypatch: pytest.Monke
     to Keras in test_keras_reference.py) gives the same labels."""
     model, sets, order = lab3_sets
     live = fast_sweep(model, sets, order)
-    monkeypatch.setattr(sweep, "exact_group", lambda *_: None)
+    monkeypatch.setattr(sweep, "verified_group", lambda *_: None)
     assert HeadUpdater(model).group is None
     dense = fast_sweep(model, sets, order)
     for name in dense:
         assert torch.equal(live[name], dense[name]), name
         assert (dense[name][1:] != dense[name][:-1]).any(), "pruning changes labels"
+
+
+def verdict_files(root: Path) -> list[Path]:
+    return sorted((root / "live-columns").glob("*.json"))
+
+
+def test_the_verdict_is_cached_and_a_cached_none_skips_the_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                  group: int | None) -> None:
+    """The first process probes and writes its verdict; later ones read it. A cached "none" probes nothing, a
+    cached group is probed again alone, and the full probe runs only when that fails."""
+    monkeypatch.setenv("TORCH_BADNET_CACHE", str(tmp_path))
+    calls: list[tuple[int, ...]] = []
+    probe = live_columns._exact_group
+    monkeypatch.setattr(live_columns, "_exact_group", lambda *a: calls.append(a[-1]) or probe(*a))
+    verified = live_columns.verified_group.__wrapped__
+    threads = torch.get_num_threads()
+    assert verified(ROW_BLOCK, HEAD_SHAPES, threads) == group
+    assert calls == [GROUP_CANDIDATES]
+    [path] = verdict_files(tmp_path)
+    record = json.loads(path.read_text())
+    assert record["group"] == group and json.loads(record["key"])["threads"] == threads
+    calls.clear()
+    assert verified(ROW_BLOCK, HEAD_SHAPES, threads) == group
+    assert calls == ([] if group is None else [(group,)])
+    path.write_text(json.dumps({**record, "group": None}))  # a cached "none" is trusted: dense is always exact
+    calls.clear()
+    assert verified(ROW_BLOCK, HEAD_SHAPES, threads) is None and calls == []
+    wrong = next(c for c in GROUP_CANDIDATES if c != group)  # a cached group that fails is probed afresh
+    path.write_text(json.dumps({**record, "group": wrong}))
+    calls.clear()
+    assert verified(ROW_BLOCK, HEAD_SHAPES, threads) == group
+    assert calls == [(wrong,), GROUP_CANDIDATES]
+    assert json.loads(path.read_text())["group"] == group
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"key": "other", "group": 192}', '{"group": 7}', "[]"])
+def test_a_corrupt_or_foreign_verdict_is_ignored_and_rewritten(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               group: int | None, content: str) -> None:
+    monkeypatch.setenv("TORCH_BADNET_CACHE", str(tmp_path))
+    verified = live_columns.verified_group.__wrapped__
+    assert verified(ROW_BLOCK, HEAD_SHAPES, 1) == exact_group(ROW_BLOCK, HEAD_SHAPES, 1)
+    [path] = verdict_files(tmp_path)
+    path.write_text(content)
+    assert verified(ROW_BLOCK, HEAD_SHAPES, 1) == exact_group(ROW_BLOCK, HEAD_SHAPES, 1)
+    assert json.loads(path.read_text())["key"] == live_columns.verdict_key(ROW_BLOCK, HEAD_SHAPES, 1, torch.float32)
+
+
+def test_an_unwritable_cache_only_means_probing_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      group: int | None) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TORCH_BADNET_CACHE", str(blocker))
+    assert live_columns.verified_group.__wrapped__(ROW_BLOCK, HEAD_SHAPES, torch.get_num_threads()) == group
+
+
+def test_the_key_names_what_the_summation_order_depends_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = json.loads(live_columns.verdict_key(ROW_BLOCK, HEAD_SHAPES, 2, torch.float64))
+    assert key["cpu"] and key["torch"] == torch.__version__ and key["dtype"] == "torch.float64" and key["threads"] == 2
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    assert json.loads(live_columns.verdict_key(ROW_BLOCK, HEAD_SHAPES, 2, torch.float64))["env"] == {
+        **key["env"], "MKL_ENABLE_INSTRUCTIONS": "AVX2"}

@@ -1,7 +1,8 @@
 """exact_float32: the GPU precision flags are set inside the block, restored after, and every entry point uses it.
 
 The flags are plain settings, readable without a GPU; what they change on a GPU is measured by
-scripts/tf32_effect.py and checked by scripts/check_device.py when a GPU is lent.
+scripts/tf32_effect.py (a finished experiment, removed; its numbers are in docs/determinism.md, the
+script in git history at 788a2a0) and checked by scripts/check_device.py when a GPU is lent.
 """
 
 from __future__ import annotations

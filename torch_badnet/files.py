@@ -52,6 +52,16 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
 
 
+def cache_dir() -> Path:
+    """The user's cache folder for torch-badnet: $TORCH_BADNET_CACHE, else $XDG_CACHE_HOME/torch-badnet, else
+    ~/.cache/torch-badnet (the demo's workspace and the live-column verdicts live there)."""
+    base = os.environ.get("TORCH_BADNET_CACHE")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = str(Path(xdg) / "torch-badnet") if xdg else str(Path.home() / ".cache" / "torch-badnet")
+    return Path(base).expanduser()
+
+
 def check_is_file(path: str | os.PathLike[str]) -> Path:
     """Return `path` as a Path, or raise BadInputError unless it is an existing, non-empty regular file."""
     path = Path(path)
@@ -99,6 +109,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 _PREFETCHED: dict[tuple[str, int, int], Future] = {}  # (real path, size, mtime_ns) -> its sha256, being computed
 WORKER = Path(__file__).with_name("sha256_worker.py")
 HASH_WORKERS = 4  # hashing child processes at most (and at most one per core)
+HASHING = "processes"  # or "thread": one plain background thread in this process (scripts/bench_hashing.py compares them)
 
 
 def prefetch_sha256(paths: Iterable[str | os.PathLike[str]]) -> None:
@@ -112,6 +123,9 @@ def prefetch_sha256(paths: Iterable[str | os.PathLike[str]]) -> None:
         key = _file_key(path)
         if key is not None and key not in _PREFETCHED and key not in jobs:
             jobs[key] = os.fspath(path)
+    if HASHING == "thread":
+        _start_worker([(jobs[key], _PREFETCHED.setdefault(key, Future())) for key in jobs], in_child=False)
+        return
     workers = min(len(jobs), HASH_WORKERS, os.cpu_count() or 1)
     shares: list[list[tuple[str, Future]]] = [[] for _ in range(workers)]
     loads = [0] * workers
@@ -124,11 +138,13 @@ def prefetch_sha256(paths: Iterable[str | os.PathLike[str]]) -> None:
         _start_worker([(jobs[key], _PREFETCHED.setdefault(key, Future())) for key in sorted(share, key=order.get)])
 
 
-def _start_worker(share: list[tuple[str, Future]]) -> None:
-    """One child hashing `share`'s files in order, and a thread handing its digests to their futures."""
+def _start_worker(share: list[tuple[str, Future]], in_child: bool = True) -> None:
+    """One child hashing `share`'s files in order, and a thread handing its digests to their futures; with
+    `in_child=False`, or where no child starts, that thread hashes them itself."""
     try:
         child = subprocess.Popen([sys.executable, "-I", "-S", str(WORKER), *(path for path, _ in share)],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True) if in_child else None
     except (OSError, ValueError):  # no usable interpreter to start (an embedded Python): hash on demand
         child = None
     threading.Thread(target=_collect, args=(child, share), daemon=True, name="torch-badnet-sha256").start()

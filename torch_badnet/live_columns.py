@@ -8,19 +8,29 @@ within groups of K inputs (its K block: 192 on the AMD EPYC with AVX-512 measure
 output in turn; `addmm_live` reproduces that with one GEMM per group over the group's live columns.
 
 Whether the BLAS at hand sums that way, and in which groups, is not assumed: `exact_group` tries each candidate
-group size once per process on random blocks of the sweep's shapes and keeps the first that gives the dense
-GEMM's bits in every case; where none does, callers keep the dense GEMM.
+group size on random blocks of the sweep's shapes and keeps the first that gives the dense GEMM's bits in every
+case; where none does, callers keep the dense GEMM. Trying all 15 costs about a second where none passes, so
+`verified_group` keeps the verdict in the user's cache folder, per CPU, BLAS, torch version, dtype, threads and
+shapes: a cached "none" is taken as it is (the dense GEMM is always exact), a cached group is probed again alone
+(the cost of the likeliest candidate passing, tens of ms) and the full probe runs only when that fails.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import os
+import platform
 
 import torch
 
+from .files import cache_dir, write_text
+
 GROUP_CANDIDATES = (192, 256, 384, 128, 96, 64, 160, 224, 288, 320, 448, 512, 640, 768, 1024)  # likeliest first
 PROBE_KEEP_SHARES = (0.9, 0.4, 0.02)  # share of live columns in the probe's blocks: near-dense, the head's, nearly empty
+VERDICT_VERSION = 1  # bump when the probe changes what it accepts
 
 
 def live_indices(x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +58,61 @@ def addmm_live(bias: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor, grou
 
 
 @functools.cache
+def verified_group(rows: int, shapes: tuple[tuple[int, int], ...], threads: int,
+                   dtype: torch.dtype = torch.float32) -> int | None:
+    """`exact_group`'s answer, through the verdict cached for this machine (see the module's docstring); once per
+    process. An unreadable or foreign cache file is ignored and rewritten; an unwritable cache folder only means
+    probing again next time."""
+    key = verdict_key(rows, shapes, threads, dtype)
+    path = cache_dir() / "live-columns" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        valid = cached["key"] == key and (cached["group"] is None or cached["group"] in GROUP_CANDIDATES)
+    except (OSError, ValueError, TypeError, KeyError):
+        valid = False
+    if valid:
+        if cached["group"] is None:
+            return None
+        if _exact_group(rows, shapes, threads, dtype, (cached["group"],)) == cached["group"]:
+            return cached["group"]
+    group = _exact_group(rows, shapes, threads, dtype, GROUP_CANDIDATES)
+    try:
+        write_text(path, json.dumps({"key": key, "group": group}) + "\n")
+    except OSError:
+        pass
+    return group
+
+
+def verdict_key(rows: int, shapes: tuple[tuple[int, int], ...], threads: int, dtype: torch.dtype) -> str:
+    """What the BLAS's summation order may depend on: CPU model and the kernels torch picks for it, BLAS build and
+    its environment knobs, torch version, dtype, threads, and the probe itself (shapes, rows, candidates)."""
+    return json.dumps({"version": VERDICT_VERSION, "cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
+                       "blas": blas_build(), "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("MKL_", "OMP_", "KMP_"))},
+                       "torch": torch.__version__, "dtype": str(dtype), "threads": threads, "rows": rows,
+                       "shapes": [list(s) for s in shapes], "candidates": list(GROUP_CANDIDATES)}, sort_keys=True)
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what the platform says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}".strip()
+
+
+@functools.cache
+def blas_build() -> str:
+    """The lines of torch's build configuration that name its BLAS and math libraries."""
+    return "\n".join(line.strip() for line in torch.__config__.show().splitlines()
+                     if any(word in line for word in ("Math Kernel", "BLAS", "LAPACK", "oneDNN", "OpenMP")))
+
+
+@functools.cache
 def exact_group(rows: int, shapes: tuple[tuple[int, int], ...], threads: int,
                 dtype: torch.dtype = torch.float32) -> int | None:
     """The candidate group for which `addmm_live` gives `torch.addmm`'s bits on every probe block of `rows` x
@@ -57,12 +122,18 @@ def exact_group(rows: int, shapes: tuple[tuple[int, int], ...], threads: int,
     At most one candidate below in_features can pass: a group smaller than the BLAS's K block adds sums the BLAS
     does not, and a larger one hands the BLAS more live columns than its block, which it then splits elsewhere.
     """
+    return _exact_group(rows, shapes, threads, dtype, GROUP_CANDIDATES)
+
+
+def _exact_group(rows: int, shapes: tuple[tuple[int, int], ...], threads: int, dtype: torch.dtype,
+                 candidates: tuple[int, ...]) -> int | None:
+    """The first of `candidates` that gives the dense bits on every probe block (`threads` only keys caches)."""
     generator = torch.Generator().manual_seed(0)
     probes = [probe_block(rows, inputs, outputs, keep, generator, dtype) for inputs, outputs in shapes
               for keep in PROBE_KEEP_SHARES]
     with torch.inference_mode():
         dense = [torch.addmm(b, x, w) for b, x, w in probes]
-        for group in GROUP_CANDIDATES:
+        for group in candidates:
             if all(torch.equal(addmm_live(b, x, w, group), d) for (b, x, w), d in zip(probes, dense)):
                 return group
     return None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BadInputError
-from .live_columns import addmm_live, exact_group
+from .live_columns import addmm_live, verified_group
 from .model import POOL3_CHANNELS, POOL3_SHAPE, BadNet
 from .predict import FORWARD_BATCH, inference_batches, top_class
 from .pruning import mask_for, record_pool3
@@ -112,7 +112,7 @@ class HeadUpdater:
         self.group = None  # the live-column GEMMs' group (CPU, where the BLAS is proven to sum that way), else dense
         if fc_1.weight.device.type == "cpu":
             shapes = ((model.fc_2.in_features, model.fc_2.out_features), (model.output.in_features, model.output.out_features))
-            self.group = exact_group(ROW_BLOCK, shapes, torch.get_num_threads(), fc_1.weight.dtype)
+            self.group = verified_group(ROW_BLOCK, shapes, torch.get_num_threads(), fc_1.weight.dtype)
 
     def initial(self, features: torch.Tensor) -> torch.Tensor:
         """pre for unpruned features, (N, 1120), from fc_1 and conv_4 themselves (5x fewer FLOPs than `M`)."""

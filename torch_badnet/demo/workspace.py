@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 
 from ..data import write_lab_h5
 from ..errors import BadInputError
-from ..files import file_sha256, write_bytes, write_text
+from ..files import cache_dir, file_sha256, write_bytes, write_text
 from ..model import POOL3_CHANNELS
 from .faces import Identities, random_identities, render_faces
 from .train import TrainResult, TrainSettings, predict, train_badnet
@@ -126,14 +125,10 @@ def default_workdir(config: DemoConfig = DemoConfig()) -> Path:
 
     Configs that differ from the default in more than the seed get their config digest appended.
     """
-    base = os.environ.get("TORCH_BADNET_CACHE")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = str(Path(xdg) / "torch-badnet") if xdg else str(Path.home() / ".cache" / "torch-badnet")
     name = f"demo-v{DEMO_VERSION}-seed{config.seed}"
     if dataclasses.replace(config, seed=0) != DemoConfig():
         name += f"-{config.key()}"
-    return Path(base).expanduser() / name
+    return cache_dir() / name
 
 
 def ensure_workspace(workdir: Path | None = None, config: DemoConfig = DemoConfig(),
