@@ -190,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"sequential {sequential:.1f} s; batch ...")
         batch, pss, rss, last = run_batch(folder, paths, nets, args.device, args.workers)
         log(f"batch {batch:.1f} s: {last}")
+        rows = json.loads((folder / "batch" / "batch.json").read_text())["models"]  # before the rerun marks them reused
         rerun, _, _, rerun_last = run_batch(folder, paths, nets, args.device, args.workers)
         log(f"rerun {rerun:.1f} s: {rerun_last}")
         reused = json.loads((folder / "batch" / "batch.json").read_text())["counts"]["reused"]
         from torch_badnet.batch import available_cores
 
         workers = min(args.workers or available_cores(), len(nets))
-        rows = json.loads((folder / "batch" / "batch.json").read_text())["models"]
         sizes = {n: round(p.stat().st_size / 2**20, 1) for n, p in paths.items()}
     memory_limit = TARGET_MEMORY_FACTOR * sweep_peak + TARGET_MEMORY_PER_WORKER_MIB * (workers - 1)
     results = {

@@ -27,7 +27,7 @@ from typing import Any
 
 from .batch_data import SharedData
 from .batch_report import model_row, plot_batch, progress_line, write_tables
-from .batch_task import FINGERPRINT, Task, init_worker, run_task
+from .batch_task import FINGERPRINT, Task, init_worker, run_task, warm_up
 from .errors import BadInputError, first_line
 from .manifest import DATA_COLUMNS, BatchItem, ManifestParseError, cell_argv, option_columns, option_parser, read_manifest
 from .outdir import MARKER, OutputFolder, is_result
@@ -246,8 +246,11 @@ class Batch:
         prefetch_sha256(dict.fromkeys(p for item in self.items for p in item.files()))
         shared = SharedData(self.ray)
         self.bar = tqdm(total=len(self.items), unit="model", desc="batch", disable=not self.progress, file=sys.stderr)
+        maybe = {i.name for i in self.items if not rerun and (self.out / i.name / FINGERPRINT).is_file()}
+        pool = None
         try:
-            maybe = {i.name for i in self.items if not rerun and (self.out / i.name / FINGERPRINT).is_file()}
+            if self.ray is None and len(self.items) > len(maybe):  # workers import torch while the data is read
+                pool = LocalPool(workers, len(self.items) - len(maybe))
             for item in self.items:  # read what must run while the inputs are hashed
                 if item.name not in maybe:
                     self._read(shared, item)
@@ -263,8 +266,10 @@ class Batch:
                 if self.ray is not None:
                     self._run_ray(tasks, gpus_per_model)
                 else:
-                    self._run_local(tasks, workers)
+                    self._run_local(tasks, workers, pool)
         finally:
+            if pool is not None:
+                pool.close()
             self.bar.close()
             shared.close()
             self._write()  # also when interrupted: the finished models' rows
@@ -308,38 +313,32 @@ class Batch:
     def _write(self) -> None:
         write_tables(self.out, self._ordered(), {**self.meta, "models_in_manifest": len(self.items)})
 
-    def _run_local(self, tasks: list[Task], workers: int | None) -> None:
-        """A process pool (spawned workers: torch imported once each); a pool whose worker died is replaced and
-        its unfinished models run again, at most MAX_RETRIES times each."""
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    def _run_local(self, tasks: list[Task], workers: int | None, pool: LocalPool | None) -> None:
+        """On the local pool (`pool`, if started early); a pool whose worker died is replaced and its unfinished
+        models run again, at most MAX_RETRIES times each."""
+        from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
-        cores = available_cores()
         pending = {t.name: t for t in tasks}
         tries = dict.fromkeys(pending, 0)
         while pending:
-            count = min(workers or cores, len(pending))
-            threads = max(1, cores // count)
-            pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
-                                       initargs=(threads,))
-            broken, futures = False, {}
+            pool = pool if pool is not None and not pool.broken else LocalPool(workers, len(pending))
+            futures = {pool.submit(run_task, t, str(self.out)): t for t in pending.values()}
             try:
-                futures = {pool.submit(run_task, t, str(self.out)): t for t in pending.values()}
                 for future in as_completed(futures):
                     try:
                         outcome = future.result()
                     except BrokenProcessPool:
-                        broken = True
+                        pool.broken = True
                         continue
                     del pending[futures[future].name]
                     self._outcome(outcome)
             except BaseException:
-                _stop_workers(pool)
+                pool.kill()
                 raise
             finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            if broken:
+                pool.close()  # every pool this made, too (closing twice is harmless)
+            if pool.broken:
                 self._retry(pending, tries)
 
     def _retry(self, pending: dict[str, Task], tries: dict[str, int]) -> None:
@@ -379,6 +378,33 @@ class Batch:
             for ref in waiting:
                 ray.cancel(ref, force=True)
             raise
+
+
+class LocalPool:
+    """Spawned worker processes, each importing torch (and the sweep's modules) once, with its share of the
+    cores' torch threads; started before the data is read, so the imports overlap the reading."""
+
+    def __init__(self, workers: int | None, tasks: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        cores = available_cores()
+        count = min(workers or cores, tasks)
+        self.broken = False
+        self.executor = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=init_worker, initargs=(max(1, cores // count),))
+        for _ in range(count):  # starts every worker now (the executor spawns one per waiting call)
+            self.executor.submit(warm_up)
+
+    def submit(self, *call: Any):
+        return self.executor.submit(*call)
+
+    def kill(self) -> None:
+        """Stop the workers now (Ctrl-C, SIGTERM)."""
+        _stop_workers(self.executor)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def fingerprint_of(item: BatchItem) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:

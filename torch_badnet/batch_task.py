@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import tempfile
@@ -65,6 +66,15 @@ def init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def warm_up() -> None:
+    """Import what a task needs (the sweep, its report and plot), while the parent still reads the data."""
+    from . import pipeline  # noqa: F401
+    from .commands import sweep  # noqa: F401
+    from .plot import import_pyplot
+
+    import_pyplot()
+
+
 def run_task(task: Task, out: str | None) -> dict[str, Any]:
     """Sweep one model; write DIR/<name> (`out` = DIR) or, with `out` None (Ray), return its files' bytes.
 
@@ -106,7 +116,7 @@ def sweep_model(task: Task):
     model = load_file(task.model, args.rescale).model
 
     def read(path: str | None):
-        return None if path is None else open_file(task.handles[file_key(path)], path)
+        return None if path is None else dataclasses.replace(open_file(task.handles[file_key(path)]), path=path)
 
     def read_poisoned(column: str):
         values = task.data[column]

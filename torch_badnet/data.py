@@ -88,6 +88,11 @@ class LabDataset(_Set):
             raise BadInputError(where, "the set is empty (0 images)")
         return data, check_labels(label[()], num_classes, where)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The 'data' dataset's shape, in the file's layout."""
+        return tuple(self._data.shape)
+
     def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels.
 

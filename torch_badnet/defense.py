@@ -27,6 +27,7 @@ from .precision import exact_float32
 from .pruning import channel_scores, mask_for, pruning_order
 from .sanity import SetFacts
 from .set_names import check_unique
+from .shared_file import ReadFile, SharedSet
 from .sweep import FeatureSet, extract_features, fast_sweep, prepare_model
 
 VALID_CLEAN = Column("pruned", "valid", "clean_acc")  # the curve that defines every B'_X
@@ -41,6 +42,12 @@ class DataSpec:
     path: Path  # the lab .h5 file (for in-memory data, a name such as "<clean_valid>")
     trigger: str = ""  # "" = the plain, unnamed poisoned set
     arrays: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)  # in-memory (pixels, labels)
+    shared: ReadFile | None = field(default=None, compare=False, repr=False)  # the file, read once by `batch`
+
+    @property
+    def reads_file(self) -> bool:
+        """Whether the sweep reads `path` itself (not in-memory arrays, nor a file `batch` read once and shares)."""
+        return self.arrays is None and self.shared is None
 
     @property
     def name(self) -> str:
@@ -137,9 +144,11 @@ def check_specs(specs: Sequence[DataSpec]) -> None:
 
 
 def open_set(spec: DataSpec, num_classes: int | None, input_shape: tuple[int, int, int] | None = INPUT_SHAPE,
-             guard: bool = True) -> LabDataset | ArraySet:
-    """A validated set for a model of `input_shape`: the lab file, or the in-memory pixels and labels (`input_shape`
-    None and `guard` False for a user's module: its data as given, see LabDataset)."""
+             guard: bool = True) -> LabDataset | ArraySet | SharedSet:
+    """A validated set for a model of `input_shape`: the lab file, the in-memory pixels and labels, or the file as
+    `batch` shares it (`input_shape` None and `guard` False for a user's module: its data as given, see LabDataset)."""
+    if spec.shared is not None:
+        return SharedSet(spec.shared, num_classes, input_shape, guard)
     if spec.arrays is None:
         return LabDataset(spec.path, num_classes, input_shape, guard)
     return ArraySet(*spec.arrays, str(spec.path), num_classes, input_shape, guard)

@@ -49,22 +49,13 @@ from .report import csv_table, model_dir, named, table, versions, write_report
 from .rescale import GUARD_IMAGES, check_scale
 from .sanity import SetFacts, data_warnings, finetune_warnings
 from .set_names import parse_poisoned
+from .shared_file import ReadFile
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 PRUNABLE_LAYERS = ("conv_3",)
 PRUNED_HEADER = "B'_X"  # the pruned net's column in finetune's table  # the lab architecture prunes conv_3's channels (= pool_3's)
 
 Pixels = torch.Tensor | np.ndarray
-
-
-@dataclass(frozen=True)
-class ReadFile:
-    """A lab file already read into memory (by `batch`, once for every model that uses it): reports name its
-    path, the sweep reads its pixels (float32 as LabDataset reads them) and labels."""
-
-    path: str
-    pixels: Pixels
-    labels: Pixels
 
 
 DataSource = str | os.PathLike | tuple[Pixels, Pixels] | ReadFile  # a lab .h5 file, (pixels, labels) in memory, or both
@@ -155,7 +146,7 @@ class DefenseResult:
         return self.sweep.pruned_model(self.model, t).eval()
 
     def _input_paths(self) -> list[str]:
-        paths = [str(spec.path) for spec in self.sweep.specs if spec.arrays is None]
+        paths = [str(spec.path) for spec in self.sweep.specs if spec.reads_file]
         return paths + ([source_of(self.model).path] if source_of(self.model).sha256 else [])
 
     def summary(self) -> dict[str, Any]:
@@ -180,7 +171,7 @@ class DefenseResult:
         while the models and plot are written.
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
-        prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.arrays is None)
+        prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.reads_file)
         write_keras = (keras_writer() if isinstance(self.model, BadNet) else keras_graph_writer(self.model)) if keras else None
         with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
@@ -235,7 +226,7 @@ def data_spec(split: str, kind: str, source: DataSource, trigger: str = "") -> D
     if isinstance(source, (str, os.PathLike)):
         return DataSpec(split, kind, Path(source), trigger)
     if isinstance(source, ReadFile):
-        return DataSpec(split, kind, Path(source.path), trigger, arrays=(source.pixels, source.labels))
+        return DataSpec(split, kind, Path(source.path), trigger, shared=source)
     if isinstance(source, tuple) and len(source) == 2:
         name = f"<{kind}_{split}{'_' + trigger if trigger else ''}>"
         return DataSpec(split, kind, Path(name), trigger, arrays=source)
