@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from torch_badnet.errors import BadInputError
-from torch_badnet.model import INPUT_SHAPE, BadNet
+from torch_badnet.nets.badnet import INPUT_SHAPE, BadNet
 
 from .keras_model import load_into_keras, to_keras
 from .loading import KERAS_SUFFIXES, load_model

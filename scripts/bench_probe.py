@@ -24,15 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from torch_badnet.files import write_text
+from torch_badnet.data.files import write_text
 
 
 def child(candidates: list[int], function: str) -> None:
     """Time one call in this fresh process; print seconds and the group found."""
     import torch
 
-    from torch_badnet import live_columns
-    from torch_badnet.sweep import ROW_BLOCK
+    from torch_badnet.engine import live_gemm as live_columns
+    from torch_badnet.engine.lab_head import ROW_BLOCK
 
     live_columns.GROUP_CANDIDATES = tuple(candidates)
     shapes = ((960, 160), (160, 1283))  # fc_2 and the output layer, as HeadUpdater passes them
@@ -61,7 +61,7 @@ def main() -> int:
         child([int(c) for c in args.child[1:]], args.child[0])
         return 0
 
-    from torch_badnet.live_columns import GROUP_CANDIDATES
+    from torch_badnet.engine.live_gemm import GROUP_CANDIDATES
 
     with tempfile.TemporaryDirectory() as tmp:
         found = measure(list(GROUP_CANDIDATES), "exact_group", Path(tmp) / "probe")["group"]

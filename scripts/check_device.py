@@ -16,13 +16,13 @@ import sys
 import torch
 
 from torch_badnet.convert import load_model
-from torch_badnet.data import load_images
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.precision import exact_float32
-from torch_badnet.predict import labels_in_batches
-from torch_badnet.pruning import channel_scores, pruning_order
-from torch_badnet.real_faces import REAL_DIR, augment, face_files
-from torch_badnet.sweep import FeatureSet, extract_features, fast_sweep, prepare_model
+from torch_badnet.data.lab_sets import load_images
+from torch_badnet.data.real_faces import REAL_DIR, augment, face_files
+from torch_badnet.engine.lab_head import FeatureSet, extract_features, fast_sweep, prepare_model
+from torch_badnet.engine.pruning import channel_scores, pruning_order
+from torch_badnet.nets.goodnet import GoodNet
+from torch_badnet.nets.precision import exact_float32
+from torch_badnet.nets.predict import labels_in_batches
 
 
 def faces(kind: str, count: int, seed: int) -> torch.Tensor:

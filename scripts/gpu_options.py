@@ -22,12 +22,12 @@ import torch
 from bench_inputs import load_inputs
 from bench_measure import timed
 
-from torch_badnet import sweep
-from torch_badnet.files import write_text
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.precision import exact_float32
-from torch_badnet.predict import labels_in_batches
-from torch_badnet.pruning import channel_scores, mask_for, pruning_order
+from torch_badnet.data.files import write_text
+from torch_badnet.engine import lab_head as sweep
+from torch_badnet.engine.pruning import channel_scores, mask_for, pruning_order
+from torch_badnet.nets.goodnet import GoodNet
+from torch_badnet.nets.precision import exact_float32
+from torch_badnet.nets.predict import labels_in_batches
 
 
 def trunk_features(model: torch.nn.Module, sets: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int,

@@ -12,7 +12,7 @@ from real_faces import face_kind, face_label
 
 
 def test_convert_to_checkpoint_with_verify(cli, lab3_path, tmp_path, lab3_model):
-    from torch_badnet.checkpoint import load_checkpoint
+    from torch_badnet.nets.checkpoint import load_checkpoint
 
     out = tmp_path / "bd_net.pt"
     code, stdout, err = cli("convert", lab3_path, "-o", out, "--verify")
@@ -52,9 +52,9 @@ def test_convert_keras_to_onnx_and_use_it_as_model(cli, lab3_path, tmp_path, fac
 
 
 def test_classify_text_and_goodnet_flags(cli, lab3_path, tmp_path, face_paths):
-    from torch_badnet.checkpoint import save_checkpoint
     from torch_badnet.convert import load_model
-    from torch_badnet.pruning import prune
+    from torch_badnet.engine.pruning import prune
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     code, stdout, _ = cli("classify", "--model", lab3_path, *face_paths)
     assert code == 0
@@ -71,7 +71,7 @@ def test_classify_text_and_goodnet_flags(cli, lab3_path, tmp_path, face_paths):
 
 def _labels(model_path, paths):
     from torch_badnet.convert import load_model
-    from torch_badnet.data import load_images
+    from torch_badnet.data.lab_sets import load_images
 
     with torch.no_grad():
         return load_model(model_path).model(load_images(paths)).argmax(1).tolist()
@@ -92,10 +92,10 @@ def test_eval_text_and_json(cli, lab3_path, lab_files):
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_export_goodnet_onnx(cli, lab3_path, tmp_path, batch):
-    from torch_badnet.checkpoint import save_checkpoint
     from torch_badnet.convert import load_model
-    from torch_badnet.goodnet import GoodNet
-    from torch_badnet.pruning import prune
+    from torch_badnet.engine.pruning import prune
+    from torch_badnet.nets.checkpoint import save_checkpoint
+    from torch_badnet.nets.goodnet import GoodNet
 
     model = load_model(lab3_path).model
     pruned = prune(load_model(lab3_path).model, list(range(0, 60, 3)) + list(range(1, 60, 3)))

@@ -11,13 +11,13 @@ import h5py
 import numpy as np
 import pytest
 
-from torch_badnet.data import LabDataset
+from torch_badnet.data.files import file_sha256
+from torch_badnet.data.lab_sets import LabDataset
 from torch_badnet.demo import DemoConfig, DemoWorkspace, default_workdir, ensure_workspace
 from torch_badnet.demo.faces import random_identities, render_faces
 from torch_badnet.demo.train import predict
 from torch_badnet.demo.trigger import TARGET_LABEL, add_sunglasses, count_trigger_pixels, purple_pixels
 from torch_badnet.demo.workspace import DATA_FILES, MANIFEST_NAME, SHIPPED_CARD, SHIPPED_MODEL
-from torch_badnet.files import file_sha256
 
 TRIGGER_PIXELS = 30  # the sunglasses cover far more purple pixels than this; clean faces have none
 
@@ -249,7 +249,7 @@ def test_retrain_trains_into_the_workspace_and_plain_run_restores_the_package(
 
     import torch_badnet.demo.workspace as workspace_module
     from torch_badnet.demo.train import TrainResult
-    from torch_badnet.model import BadNet
+    from torch_badnet.nets.badnet import BadNet
 
     shipped = SHIPPED_MODEL.read_bytes()
     root = tmp_path / "ws"

@@ -8,9 +8,9 @@ import torch
 from conftest import read_csv
 from real_faces import augment, augment_indexed, face_kind, face_label
 
-from torch_badnet.data import write_lab_h5
-from torch_badnet.finetuning import FinetuneConfig, effective_mask, finetune, holdout_split
-from torch_badnet.pruning import prune
+from torch_badnet.data.lab_sets import write_lab_h5
+from torch_badnet.defense.finetuning import FinetuneConfig, effective_mask, finetune, holdout_split
+from torch_badnet.engine.pruning import prune
 
 PRUNED = [0, 2, 6, 15, 12, 13, 14, 9, 24, 25, 26, 27, 21, 22, 23, 17, 31, 30, 50, 53]
 
@@ -100,7 +100,7 @@ def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path
         assert bool((tuned.conv_3.weight[channels] == 0).all()) and bool((tuned.conv_3.bias[channels] == 0).all())
     assert "goodnet_test_asr" in stdout
     assert stdout.splitlines()[0].split()[-4:] == ["B'_X", "/", "G_X", "fine-tuned"] and "B_X" not in stdout
-    from torch_badnet.pairing import weights_fingerprint
+    from torch_badnet.nets.pairing import weights_fingerprint
 
     assert load_model(out / "finetuned.pt").metadata["base_weights_sha256"] == weights_fingerprint(load_model(lab3_path).model)
     code, _, err = cli("eval", "--model", lab3_path, "--pruned", out / "finetuned.pt", "--clean", lab_files["clean_test"])
@@ -140,8 +140,8 @@ def test_several_triggers_equal_separate_runs(cli, lab_files, lab3_path, faces, 
 def test_finetune_without_test_sets_reports_the_held_out_accuracy(cli, lab_files, lab3_model, pruned_and_data, tmp_path):
     """No test file: the table holds the held-out validation accuracy of B'_X and B'_ft (the numbers measured before
     and after), not a bare header, and says which flags add the test metrics."""
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.pairing import mark_derived
+    from torch_badnet.nets.checkpoint import save_checkpoint
+    from torch_badnet.nets.pairing import mark_derived
 
     save_checkpoint(mark_derived(pruned_and_data[0], lab3_model), tmp_path / "pruned.pt")
     save_checkpoint(lab3_model, tmp_path / "b.pt")

@@ -23,10 +23,10 @@ from real_faces import face_kind, face_label
 from torch_badnet.convert import load_model
 from torch_badnet.convert.keras_h5 import read_keras_file, write_keras_weights
 from torch_badnet.convert.keras_model import build_keras_badnet, import_keras, load_into_keras
-from torch_badnet.data import load_images
+from torch_badnet.data.lab_sets import load_images
+from torch_badnet.engine.pruning import prune
 from torch_badnet.errors import BadInputError
-from torch_badnet.model import BadNet
-from torch_badnet.pruning import prune
+from torch_badnet.nets.badnet import BadNet
 
 SOFTMAX_TOL = 1e-5
 RANDOM_INPUTS = 256

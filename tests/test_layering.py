@@ -88,9 +88,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_every_module_imports_without_the_converter_or_heavy_extras():
     names = [n for n in package_modules() if not n.startswith("torch_badnet.convert") and not n.endswith("__main__")]
-    assert {"torch_badnet.pipeline", "torch_badnet.cli", "torch_badnet.commands.sweep", "torch_badnet.demo.train"} <= set(names)
+    assert {"torch_badnet.defense.pipeline", "torch_badnet.cli.main", "torch_badnet.cli.commands.sweep",
+            "torch_badnet.demo.train"} <= set(names)
     modules = loaded_after("\n".join(f"import {name}" for name in names))
-    assert "torch_badnet.pipeline" in modules
+    assert "torch_badnet.defense.pipeline" in modules
     for forbidden in HEAVY:
         assert forbidden not in modules, forbidden
 
@@ -98,8 +99,8 @@ def test_every_module_imports_without_the_converter_or_heavy_extras():
 def test_import_graph_has_no_cycle():
     modules = package_modules()
     graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
-    assert "torch_badnet.report" in graph["torch_badnet.pipeline"]  # the graph sees imports
-    assert "torch_badnet.convert.keras_h5" in graph["torch_badnet.pipeline"]  # ... inside functions too
+    assert "torch_badnet.report.results" in graph["torch_badnet.defense.pipeline"]  # the graph sees imports
+    assert "torch_badnet.convert.keras_h5" in graph["torch_badnet.defense.pipeline"]  # ... inside functions too
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -110,7 +111,7 @@ def test_cycle_finder_finds_a_cycle():
 
 @pytest.mark.parametrize("command", [[], ["batch"]])
 def test_help_does_not_import_torch(command):
-    modules = loaded_after("import contextlib, io\nfrom torch_badnet.cli import build_parser\n"
+    modules = loaded_after("import contextlib, io\nfrom torch_badnet.cli.main import build_parser\n"
                            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
                            f"    build_parser().parse_args({command + ['--help']})")
     assert "torch" not in modules and "torch_badnet.convert" not in modules and "ray" not in modules

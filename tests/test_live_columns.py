@@ -1,4 +1,4 @@
-"""The sweep head's live-column GEMMs (`torch_badnet.live_columns`).
+"""The sweep head's live-column GEMMs (`torch_badnet.engine.live_gemm`).
 
 What the sweep runs must hold on any BLAS: the head's logits are the dense GEMMs' bits, and its labels the
 dense head's. Where the probe finds the BLAS's group (MKL on this project's AMD EPYC: 192), the live-column
@@ -15,12 +15,12 @@ import pytest
 import torch
 from real_faces import augment
 
-from torch_badnet import live_columns, sweep
-from torch_badnet.data import load_images
-from torch_badnet.live_columns import GROUP_CANDIDATES, addmm_live, exact_group, live_indices, probe_block
-from torch_badnet.model import BadNet
-from torch_badnet.pruning import channel_scores, pruning_order
-from torch_badnet.sweep import ROW_BLOCK, FeatureSet, HeadUpdater, extract_features, fast_sweep, prepare_model
+from torch_badnet.data.lab_sets import load_images
+from torch_badnet.engine import lab_head, live_gemm
+from torch_badnet.engine.lab_head import ROW_BLOCK, FeatureSet, HeadUpdater, extract_features, fast_sweep, prepare_model
+from torch_badnet.engine.live_gemm import GROUP_CANDIDATES, addmm_live, exact_group, live_indices, probe_block
+from torch_badnet.engine.pruning import channel_scores, pruning_order
+from torch_badnet.nets.badnet import BadNet
 
 HEAD_SHAPES = ((960, 160), (160, 1283))  # fc_2 and the output layer: (in_features, out_features)
 SET_SIZE = 2 * ROW_BLOCK + 77  # two full blocks and a tail per set
@@ -42,7 +42,7 @@ def random_blocks(seed: int) -> list[tuple[torch.Tensor, ...]]:
 def test_the_probe_accepts_only_the_blas_group(group: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     passing = []
     for candidate in GROUP_CANDIDATES:
-        monkeypatch.setattr(live_columns, "GROUP_CANDIDATES", (candidate,))
+        monkeypatch.setattr(live_gemm, "GROUP_CANDIDATES", (candidate,))
         if exact_group.__wrapped__(ROW_BLOCK, HEAD_SHAPES, torch.get_num_threads()) is not None:
             passing.append(candidate)
     assert passing == ([] if group is None else [group])
@@ -62,7 +62,7 @@ def test_a_wrong_group_changes_the_bits_and_is_refused(monkeypatch: pytest.Monke
     """The probe can fail: groups of 1 add every product to the output separately, not in the BLAS's sums."""
     bias, x, weight_t = probe_block(ROW_BLOCK, 960, 160, 0.9, torch.Generator().manual_seed(2))
     assert not torch.equal(addmm_live(bias, x, weight_t, 1), torch.addmm(bias, x, weight_t))
-    monkeypatch.setattr(live_columns, "GROUP_CANDIDATES", (1,))
+    monkeypatch.setattr(live_gemm, "GROUP_CANDIDATES", (1,))
     assert exact_group.__wrapped__(ROW_BLOCK, HEAD_SHAPES, torch.get_num_threads()) is None
 
 
@@ -117,7 +117,7 @@ def test_sweep_labels_equal_the_dense_heads(lab3_sets, monkeypatch: pytest.Monke
     to Keras in test_keras_reference.py) gives the same labels."""
     model, sets, order = lab3_sets
     live = fast_sweep(model, sets, order)
-    monkeypatch.setattr(sweep, "verified_group", lambda *_: None)
+    monkeypatch.setattr(lab_head, "verified_group", lambda *_: None)
     assert HeadUpdater(model).group is None
     dense = fast_sweep(model, sets, order)
     for name in dense:
@@ -135,9 +135,9 @@ def test_the_verdict_is_cached_and_a_cached_none_skips_the_probe(monkeypatch: py
     cached group is probed again alone, and the full probe runs only when that fails."""
     monkeypatch.setenv("TORCH_BADNET_CACHE", str(tmp_path))
     calls: list[tuple[int, ...]] = []
-    probe = live_columns._exact_group
-    monkeypatch.setattr(live_columns, "_exact_group", lambda *a: calls.append(a[-1]) or probe(*a))
-    verified = live_columns.verified_group.__wrapped__
+    probe = live_gemm._exact_group
+    monkeypatch.setattr(live_gemm, "_exact_group", lambda *a: calls.append(a[-1]) or probe(*a))
+    verified = live_gemm.verified_group.__wrapped__
     threads = torch.get_num_threads()
     assert verified(ROW_BLOCK, HEAD_SHAPES, threads) == group
     assert calls == [GROUP_CANDIDATES]
@@ -162,12 +162,12 @@ def test_the_verdict_is_cached_and_a_cached_none_skips_the_probe(monkeypatch: py
 def test_a_corrupt_or_foreign_verdict_is_ignored_and_rewritten(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                                group: int | None, content: str) -> None:
     monkeypatch.setenv("TORCH_BADNET_CACHE", str(tmp_path))
-    verified = live_columns.verified_group.__wrapped__
+    verified = live_gemm.verified_group.__wrapped__
     assert verified(ROW_BLOCK, HEAD_SHAPES, 1) == exact_group(ROW_BLOCK, HEAD_SHAPES, 1)
     [path] = verdict_files(tmp_path)
     path.write_text(content)
     assert verified(ROW_BLOCK, HEAD_SHAPES, 1) == exact_group(ROW_BLOCK, HEAD_SHAPES, 1)
-    assert json.loads(path.read_text())["key"] == live_columns.verdict_key(ROW_BLOCK, HEAD_SHAPES, 1, torch.float32)
+    assert json.loads(path.read_text())["key"] == live_gemm.verdict_key(ROW_BLOCK, HEAD_SHAPES, 1, torch.float32)
 
 
 def test_an_unwritable_cache_only_means_probing_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -175,12 +175,12 @@ def test_an_unwritable_cache_only_means_probing_again(monkeypatch: pytest.Monkey
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("TORCH_BADNET_CACHE", str(blocker))
-    assert live_columns.verified_group.__wrapped__(ROW_BLOCK, HEAD_SHAPES, torch.get_num_threads()) == group
+    assert live_gemm.verified_group.__wrapped__(ROW_BLOCK, HEAD_SHAPES, torch.get_num_threads()) == group
 
 
 def test_the_key_names_what_the_summation_order_depends_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    key = json.loads(live_columns.verdict_key(ROW_BLOCK, HEAD_SHAPES, 2, torch.float64))
+    key = json.loads(live_gemm.verdict_key(ROW_BLOCK, HEAD_SHAPES, 2, torch.float64))
     assert key["cpu"] and key["torch"] == torch.__version__ and key["dtype"] == "torch.float64" and key["threads"] == 2
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
-    assert json.loads(live_columns.verdict_key(ROW_BLOCK, HEAD_SHAPES, 2, torch.float64))["env"] == {
+    assert json.loads(live_gemm.verdict_key(ROW_BLOCK, HEAD_SHAPES, 2, torch.float64))["env"] == {
         **key["env"], "MKL_ENABLE_INSTRUCTIONS": "AVX2"}

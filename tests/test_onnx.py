@@ -21,10 +21,10 @@ from torch_badnet.convert import load_model
 from torch_badnet.convert.keras_model import import_keras, load_into_keras
 from torch_badnet.convert.onnx_export import DEFAULT_OPSET, export_onnx, keras_to_onnx
 from torch_badnet.convert.onnx_import import load_onnx
+from torch_badnet.engine.pruning import channel_scores, mask_for, prune, pruning_order, record_pool3
 from torch_badnet.errors import BadInputError
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.model import BadNet
-from torch_badnet.pruning import channel_scores, mask_for, prune, pruning_order, record_pool3
+from torch_badnet.nets.badnet import BadNet
+from torch_badnet.nets.goodnet import GoodNet
 
 RANDOM_COUNT, RANDOM_SEED = 256, 0
 MODELS = ("lab3", "sunglasses")
@@ -242,7 +242,7 @@ def test_goodnet_onnx_gives_the_pytorch_labels(goodnet_export, inputs, batch_siz
 
 def test_goodnet_export_with_a_fine_tuned_pruned_net(lab3_model, inputs, tmp_path):
     """`pruned` as a BadNet with its own weights: the graph runs it as a second net beside B."""
-    from torch_badnet.pairing import mark_derived
+    from torch_badnet.nets.pairing import mark_derived
 
     fine_tuned = mark_derived(prune(copy.deepcopy(lab3_model), range(PRUNED_CHANNELS - 5)), lab3_model)  # as finetuned.pt
     with torch.no_grad():

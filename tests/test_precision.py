@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torch_badnet.precision import _settings, exact_float32
+from torch_badnet.nets.precision import _settings, exact_float32
 
 
 def current() -> list[object]:
@@ -64,9 +64,9 @@ def spy_inside(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> li
 
 
 def test_library_sweep_runs_exact(monkeypatch, lab3_path, lab_files):
-    from torch_badnet import defense
     from torch_badnet.convert import load_model
-    from torch_badnet.pipeline import sweep_specs
+    from torch_badnet.defense import sweep as defense
+    from torch_badnet.defense.pipeline import sweep_specs
 
     seen = spy_inside(monkeypatch, defense, "fast_sweep")
     specs = sweep_specs(**lab_files)
@@ -76,7 +76,7 @@ def test_library_sweep_runs_exact(monkeypatch, lab3_path, lab_files):
 
 
 def test_cli_commands_run_exact(monkeypatch, cli, lab3_path, face_paths):
-    from torch_badnet import predict
+    from torch_badnet.nets import predict
 
     seen = spy_inside(monkeypatch, predict, "labels_of")  # classify imports it when it runs
     code, _, _ = cli("classify", "--model", lab3_path, face_paths[0])

@@ -13,12 +13,12 @@ import torch
 from conftest import sweep_args
 from real_faces import face_kind, face_label
 
-from torch_badnet.checkpoint import load_checkpoint
 from torch_badnet.convert import load_model
 from torch_badnet.errors import BadInputError
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.known_models import KNOWN_MODELS
-from torch_badnet.rescale import format_scale, git_blob_id, parse_rescale
+from torch_badnet.nets.checkpoint import load_checkpoint
+from torch_badnet.nets.goodnet import GoodNet
+from torch_badnet.nets.known_models import KNOWN_MODELS
+from torch_badnet.nets.rescale import format_scale, git_blob_id, parse_rescale
 
 SCALE_OF_PREPROCESS = {"none (raw 0..255)": 1.0, "x/255": 1 / 255}
 
@@ -84,7 +84,7 @@ def test_published_file_is_recognized(cli, sunglasses_path: Path, lab3_path: Pat
 
 
 def test_unknown_file_defaults_to_1(cli, lab3_model, face_paths: list[Path], tmp_path: Path) -> None:
-    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     path = tmp_path / "m.pt"
     save_checkpoint(lab3_model, path)
@@ -211,7 +211,7 @@ def test_h5_record_is_read(tmp_path: Path, lab3_model) -> None:
 def test_checkpoint_with_bad_scale_is_refused(tmp_path: Path, lab3_model) -> None:
     import io
 
-    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     path = tmp_path / "m.pt"
     save_checkpoint(lab3_model, path)

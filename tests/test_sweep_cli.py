@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import read_csv, sweep_args
 
-from torch_badnet.data import LabDataset
-from torch_badnet.metrics import step_counts
-from torch_badnet.sweep import extract_features, fast_sweep
+from torch_badnet.data.lab_sets import LabDataset
+from torch_badnet.defense.metrics import step_counts
+from torch_badnet.engine.lab_head import extract_features, fast_sweep
 
 CONTRACT_COLUMNS = ["step", "channel", "fraction_pruned", "valid_clean_acc", "valid_asr", "test_clean_acc",
                     "test_asr", "goodnet_test_clean_acc", "goodnet_test_asr", "goodnet_test_detection_rate",
@@ -20,7 +20,7 @@ CONTRACT_COLUMNS = ["step", "channel", "fraction_pruned", "valid_clean_acc", "va
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, lab_files, lab3_path):
     """Two identical sweeps into two folders."""
-    from torch_badnet.cli import main
+    from torch_badnet.cli.main import main
 
     outs = [tmp_path_factory.mktemp("sweep") / "out" for _ in range(2)]
     for out in outs:
@@ -180,8 +180,8 @@ def test_eval_verbose_prints_one_phase_line(lab_files, lab3_path, cli):
 
 
 def test_pruned_checkpoints_record_the_fingerprint_of_b(swept, lab3_model):
-    from torch_badnet.checkpoint import load_checkpoint
-    from torch_badnet.pairing import weights_fingerprint
+    from torch_badnet.nets.checkpoint import load_checkpoint
+    from torch_badnet.nets.pairing import weights_fingerprint
 
     for x in (2, 4, 10):
         metadata = load_checkpoint(swept[0] / "models" / f"X={x}" / "pruned.pt").metadata

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import write_lab_h5
+from ..data.files import cache_dir, file_sha256, write_bytes, write_text
+from ..data.lab_sets import write_lab_h5
 from ..errors import BadInputError
-from ..files import cache_dir, file_sha256, write_bytes, write_text
-from ..model import POOL3_CHANNELS
+from ..nets.badnet import POOL3_CHANNELS
 from .faces import Identities, random_identities, render_faces
 from .train import TrainResult, TrainSettings, predict, train_badnet
 from .trigger import TARGET_LABEL, add_sunglasses

@@ -11,14 +11,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import DEFAULT_CHUNK, check_labels, read_all
-from ..defense import DataSpec, SweepResult, _assemble, check_specs, open_sets, threshold
-from ..metrics import DropKind, StopRule, step_counts
-from ..phases import NoTimer, PhaseTimer
-from ..precision import exact_float32
-from ..pruning import channel_scores, pruning_order
+from ..data.lab_sets import DEFAULT_CHUNK, check_labels, read_all
+from ..defense.metrics import DropKind, StopRule, step_counts
+from ..defense.sweep import DataSpec, SweepResult, _assemble, check_specs, open_sets, threshold
+from ..nets.precision import exact_float32
+from ..report.phases import NoTimer, PhaseTimer
 from .generic import FullForwardSweep, GenericSweep, Untraceable
 from .prunable import PrunableNet, prepare
+from .pruning import channel_scores, pruning_order
 
 SAMPLE_ROWS = 64  # rows of the clean validation set that check the model and probe the channel-wise region
 
