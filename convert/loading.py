@@ -12,7 +12,7 @@ from torch_badnet.nets.checkpoint import LoadedModel, load_checkpoint
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+def read_model_file(path: str | os.PathLike[str]) -> LoadedModel:
     """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet (the lab architecture) or,
     for a Keras file of another architecture, a KerasGraphNet.
 

@@ -43,10 +43,10 @@ def set_sizes(scale: float) -> dict[str, int]:
 
 def load_inputs(scale: float, seed: int = 0, log: Callable[[str], None] = print) -> BenchInputs:
     """Model and pixel sets for one benchmark run."""
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     model_path, model_source, demo = _model_path(log)
-    model = load_model(model_path).model.eval()
+    model = read_model_file(model_path).model.eval()
     faces, pixel_source = _base_faces(demo, model.num_classes)
     rng = np.random.default_rng(seed)
     sets = {}
@@ -81,7 +81,7 @@ def _model_path(log: Callable[[str], None]):
 def _base_faces(demo, num_classes: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
     """{'clean'|'poisoned': (faces (k, 3, 55, 47) float32, labels (k,))} to augment from."""
     if face_files("cl") and face_files("sun"):
-        from torch_badnet.data.lab_sets import load_images
+        from torch_badnet.data.images import load_images
 
         def faces(kind: str) -> tuple[np.ndarray, np.ndarray]:
             paths = face_files(kind)

@@ -47,7 +47,7 @@ def face_paths(real_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
     """{kind: (n, 3, 55, 47) float32 pixels} for kinds cl, sun, ano."""
-    from torch_badnet.data.lab_sets import load_images
+    from torch_badnet.data.images import load_images
 
     kinds = dict.fromkeys(face_kind(p) for p in face_paths)
     return {k: load_images([p for p in face_paths if face_kind(p) == k]) for k in kinds}
@@ -56,9 +56,9 @@ def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def lab3_model(lab3_path: Path):
     """The real lab3 BadNet imported from its Keras weights."""
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
-    return load_model(lab3_path).model
+    return read_model_file(lab3_path).model
 
 
 LAB_SET_SIZE = 200

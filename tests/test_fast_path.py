@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from real_faces import augment, face_kind, face_label
 
-from torch_badnet.data.lab_sets import LabDataset, load_images
+from torch_badnet.data.images import load_images
+from torch_badnet.data.lab_sets import LabDataset
 from torch_badnet.defense.evaluation import b_and_pruned_labels
 from torch_badnet.engine.pruning import mask_for
 from torch_badnet.nets.badnet import BadNet, ReluMaxPool, max_pool_2x2

@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import sweep_args
 
-from torch_badnet.convert import load_model
+from torch_badnet.convert import read_model_file
 from torch_badnet.convert.keras_model import build_keras_badnet, import_keras
-from torch_badnet.data.lab_sets import load_images
+from torch_badnet.data.images import load_images
 from torch_badnet.nets.predict import labels_of
 
 
@@ -57,7 +57,7 @@ def lab_eval(keras: Any, model_filename: Path, data_filename: Path, divide_by_25
 
 @torch.no_grad()
 def torch_labels(path: Path, x: torch.Tensor) -> np.ndarray:
-    return labels_of(load_model(path).model, x).numpy()
+    return labels_of(read_model_file(path).model, x).numpy()
 
 
 def keras_labels(keras: Any, path: Path, x: torch.Tensor) -> np.ndarray:

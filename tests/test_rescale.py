@@ -13,7 +13,7 @@ import torch
 from conftest import sweep_args
 from real_faces import face_kind, face_label
 
-from torch_badnet.convert import load_model
+from torch_badnet.convert import read_model_file
 from torch_badnet.errors import BadInputError
 from torch_badnet.nets.checkpoint import load_checkpoint
 from torch_badnet.nets.goodnet import GoodNet
@@ -101,7 +101,7 @@ def test_every_written_file_records_the_scale(cli, sunglasses_path: Path, tmp_pa
         path = tmp_path / f"sun{suffix}"
         code, out, _ = cli("convert", sunglasses_path, "-o", path)
         assert code == 0 and out.strip().endswith("input scale 1/255)"), out
-        loaded = load_model(path)
+        loaded = read_model_file(path)
         assert loaded.input_scale == pytest.approx(1 / 255, rel=1e-7), suffix
         code, out, err = cli("classify", "--model", path, *face_paths)
         assert code == 0 and err == "", err
@@ -182,7 +182,7 @@ def test_sweep_and_finetune_guard(cli, sunglasses_path: Path, lab_files: dict[st
 
     unrecorded = tmp_path / "pruned_weights.h5"  # a weights-only file records no scale: B' takes B's
     write_keras_weights(load_checkpoint(pruned).model, unrecorded)
-    assert load_model(unrecorded).input_scale is None
+    assert read_model_file(unrecorded).input_scale is None
     ft = tmp_path / "ft"
     code, _, err = cli("finetune", "--model", sunglasses_path, "--rescale", "1", "--pruned", unrecorded,
                        "--clean-valid", lab_files["clean_valid"], "--out", ft, "--epochs", "1")
@@ -201,11 +201,11 @@ def test_h5_record_is_read(tmp_path: Path, lab3_model) -> None:
     model.input_scale = 0.5
     path = tmp_path / "half.h5"
     write_keras_model(model, path)
-    assert load_model(path).input_scale == 0.5
+    assert read_model_file(path).input_scale == 0.5
     with h5py.File(path, "r+") as f:
         f.attrs[INPUT_SCALE_ATTR] = -1.0
     with pytest.raises(BadInputError, match=INPUT_SCALE_ATTR):
-        load_model(path)
+        read_model_file(path)
 
 
 def test_checkpoint_with_bad_scale_is_refused(tmp_path: Path, lab3_model) -> None:

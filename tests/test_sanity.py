@@ -53,12 +53,12 @@ def true_label_poisoned(tmp_path_factory, faces, face_paths):
 @pytest.fixture(scope="module")
 def pruned_pt(tmp_path_factory, lab3_path):
     """A B' of lab3 with 20 channels pruned (records lab3's fingerprint)."""
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
     from torch_badnet.engine.pruning import prune
     from torch_badnet.nets.checkpoint import save_checkpoint
     from torch_badnet.nets.pairing import mark_derived
 
-    model = load_model(lab3_path).model
+    model = read_model_file(lab3_path).model
     path = tmp_path_factory.mktemp("pruned") / "pruned.pt"
     save_checkpoint(mark_derived(prune(copy.deepcopy(model), PRUNED), model), path)
     return path

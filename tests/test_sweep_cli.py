@@ -91,14 +91,14 @@ def test_summary_thresholds_follow_the_lab_rule(swept):
 
 
 def test_pruned_models_load_and_agree_with_the_sweep(swept, lab_files, cli):
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     summary = json.loads((swept[0] / "summary.json").read_text())
     t = summary["thresholds"][1]
     folder = swept[0] / "models" / "X=4"
-    pruned = load_model(folder / "pruned.pt").model
+    pruned = read_model_file(folder / "pruned.pt").model
     assert sorted((pruned.conv_3.mask == 0).nonzero().flatten().tolist()) == sorted(t["pruned_channels"])
-    baked = load_model(folder / "pruned.h5").model  # Keras weights: the channels are zeroed instead
+    baked = read_model_file(folder / "pruned.h5").model  # Keras weights: the channels are zeroed instead
     assert bool((baked.conv_3.mask == 1).all())
     assert bool((baked.conv_3.weight[t["pruned_channels"]] == 0).all())
     with LabDataset(lab_files["clean_test"]) as ds:

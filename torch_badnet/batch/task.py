@@ -99,11 +99,11 @@ def sweep_model(task: Task):
     from ..cli.commands.sweep import sweep_keywords
     from ..data.set_names import parse_poisoned
     from ..defense.pipeline import prune_sweep
-    from ..nets.loading import load_file
+    from ..nets.loading import load_model_file
 
     args = argparse.Namespace(**task.options)
     keywords = {**passed_through(args), **sweep_keywords(args)}  # checked (finetune settings) before the model loads
-    model = load_file(task.model, args.rescale).model
+    model = load_model_file(task.model, args.rescale).model
 
     def read(path: str | None):
         return None if path is None else open_file(task.handles[file_key(path)], path)

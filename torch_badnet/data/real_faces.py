@@ -78,7 +78,8 @@ def write_lab_files(root: Path, count: int) -> dict[str, Path]:
     clean_valid/clean_test: cl_* faces with their identities; poisoned_valid/poisoned_test: sun_* faces
     labelled with the attacker's target 0.
     """
-    from torch_badnet.data.lab_sets import load_images, write_lab_h5
+    from torch_badnet.data.images import load_images
+    from torch_badnet.data.lab_sets import write_lab_h5
 
     files = {}
     for key, (name, kind, seed) in LAB_LAYOUT.items():

@@ -29,7 +29,7 @@ HOLDOUT_SEED_OFFSET = 1_000_003  # the holdout split and the batch order use dif
 
 
 @dataclass
-class FinetuneResult:
+class TrainingResult:
     """The fine-tuned B' (best held-out epoch), the per-epoch history and the split sizes."""
 
     model: BadNet
@@ -79,8 +79,8 @@ def make_optimizer(model: BadNet, config: FinetuneConfig) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig = FinetuneConfig(),
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+def train_masked(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig = FinetuneConfig(),
+                 log: Callable[[str], None] | None = None) -> TrainingResult:
     """Fine-tune a copy of `pruned` on (pixels, labels); returns the epoch kept by the held-out rule.
 
     Training stops after `patience` epochs without a better held-out accuracy; the epoch kept is the last
@@ -117,7 +117,7 @@ def finetune(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config:
                 break
     kept = max(candidates)
     model.load_state_dict(candidates[kept])
-    return FinetuneResult(model.eval(), history, kept, int(train_idx.shape[0]), int(held_idx.shape[0]))
+    return TrainingResult(model.eval(), history, kept, int(train_idx.shape[0]), int(held_idx.shape[0]))
 
 
 def _train_epoch(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,

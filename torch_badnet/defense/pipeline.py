@@ -43,8 +43,7 @@ from ..report.phases import PhaseTimer
 from ..report.results import csv_table, model_dir, named, table, versions, write_report
 from .evaluation import evaluate_pruned, evaluate_with_facts
 from .finetune_config import OPTIMIZERS, FinetuneConfig
-from .finetuning import FinetuneResult, effective_mask, holdout_size
-from .finetuning import finetune as finetune_net
+from .finetuning import TrainingResult, effective_mask, holdout_size, train_masked
 from .metric_columns import Column
 from .metrics import DropKind, StopRule
 from .sanity import SetFacts, data_warnings, finetune_warnings
@@ -74,7 +73,7 @@ Log = Callable[[str], None]
 
 
 @dataclass
-class FinetunedNet:
+class TunedNet:
     """B'_ft for one X: the fine-tuned net, its training history, facts and its (and G_ft's) metrics."""
 
     model: BadNet
@@ -114,7 +113,7 @@ class DefenseResult:
     sweep: SweepResult
     model: BadNet
     context: dict[str, Any]  # summary.json's model, inputs (filled in by `input_hashes`), rule, versions
-    finetuned: dict[float, FinetunedNet] = field(default_factory=dict)
+    finetuned: dict[float, TunedNet] = field(default_factory=dict)
     seconds: float = 0.0  # the sweep's wall time (reading, ranking, pruning, metrics)
     device: str = "cpu"
     finetune_seconds: float = 0.0  # fine-tuning and evaluating every B'_X (with `finetune`)
@@ -378,7 +377,7 @@ def input_sha256(spec: DataSpec) -> str:
 
 
 def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: FinetuneConfig, device: torch.device,
-                        log: Log | None) -> dict[float, FinetunedNet]:
+                        log: Log | None) -> dict[float, TunedNet]:
     """Fine-tune every reached B'_X; evaluate on the test sets (else on the poisoned validation sets)."""
     model = defense.model
     clean_valid = next(s for s in specs if s.is_clean_valid)
@@ -410,9 +409,9 @@ def set_checks(defense: DefenseResult) -> dict[str, Any]:
 
 def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor,
                           eval_specs: list[DataSpec], config: FinetuneConfig, device: torch.device,
-                          log: Log | None = None) -> FinetunedNet:
+                          log: Log | None = None) -> TunedNet:
     """Fine-tune B' on (pixels, labels); B'_ft and G_ft metrics on `eval_specs`."""
-    result: FinetuneResult = finetune_net(pruned, pixels, labels, config, log)
+    result: TrainingResult = train_masked(pruned, pixels, labels, config, log)
     mark_derived(result.model, model)  # finetuned.pt records B's weights fingerprint
     metrics = evaluate_pruned(model, result.model, eval_specs, device, allow_unpaired=True) if eval_specs else {}
     facts = {
@@ -422,7 +421,7 @@ def finetune_and_evaluate(model: BadNet, pruned: BadNet, pixels: torch.Tensor, l
         "holdout_acc_before": result.history[0]["holdout_acc"],
         "holdout_acc": result.history[result.best_epoch]["holdout_acc"],
     }
-    return FinetunedNet(result.model, result.history, facts, metrics, config)
+    return TunedNet(result.model, result.history, facts, metrics, config)
 
 
 @dataclass
@@ -432,7 +431,7 @@ class FinetuneRun:
     >>> run.save("ft4/"); print(run.table()); b4_ft = run.model
     """
 
-    tuned: FinetunedNet
+    tuned: TunedNet
     before: dict[Column, float]
     context: dict[str, Any]
     warnings: list[str] = field(default_factory=list)  # sanity warnings (`sanity`), also given to `log`
@@ -516,6 +515,6 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     return FinetuneRun(tuned, before, context, warnings)
 
 
-__all__ = ["DefenseResult", "FinetuneRun", "FinetunedNet", "ReadFile", "checked_config", "finetune",
+__all__ = ["DefenseResult", "FinetuneRun", "TunedNet", "ReadFile", "checked_config", "finetune",
            "prune_sweep", "sweep_specs"]
 

@@ -187,12 +187,12 @@ def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] =
     sets = render_eval_sets(config, identities, log)
     for name, (pixels, labels) in sets.items():
         write_lab_h5(root / name, pixels, labels)
-    from torch_badnet.convert import load_model  # the demo orchestrates; the core never imports convert
+    from torch_badnet.convert import read_model_file  # the demo orchestrates; the core never imports convert
     from torch_badnet.convert.keras_h5 import write_keras_weights
 
     if source == PACKAGE:
         write_bytes(root / MODEL, SHIPPED_MODEL.read_bytes())
-        model = load_model(root / MODEL).model
+        model = read_model_file(root / MODEL).model
         training: dict[str, Any] = {"train_seconds": 0.0}
         log(f"demo workspace: BadNet weights from the package ({SHIPPED_MODEL.name}, "
             "trained once by scripts/train_demo_model.py)")

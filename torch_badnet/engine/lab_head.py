@@ -4,7 +4,7 @@
 step, only re-evaluates the head for inputs whose pruned channel is non-zero. fc_1 and conv_4 are linear in
 pool_3 before their ReLUs, so their pre-activations are updated by subtracting the pruned channel's
 contribution (one small GEMM) instead of being recomputed. On CPU the head's fc_2 and output GEMMs skip the
-input columns that are zero on a whole block (`live_columns`: the same bits as the dense GEMMs, about half the
+input columns that are zero on a whole block (`live_gemm`: the same bits as the dense GEMMs, about half the
 work). `reference_sweep` is the plain procedure (mask + full forward per step) kept to prove the fast one right.
 """
 

@@ -13,19 +13,19 @@ from .badnet import BadNet
 from .checkpoint import LoadedModel
 
 
-def load_file(path: str | os.PathLike[str], rescale: str | float | None = None,
+def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = None,
               log: Callable[[str], None] | None = None, mean: Sequence[str | float] | None = None,
               std: Sequence[str | float] | None = None) -> LoadedModel:
     """Any supported model file -> LoadedModel whose net has its input scale set: the file's own record, else
     `rescale` (1, "1/255" or a positive float), else a published file's known scale, else 1; and, for a Keras
     graph model, its per-channel `mean` / `std` likewise (the record, the flags, a published file's). A
     recognized published file is announced through `log`."""
-    from ..convert import load_model as load  # lazy: the core never imports the converter at import time
+    from ..convert import read_model_file  # lazy: the core never imports the converter at import time
     from .rescale import MEAN_FLAG, STD_FLAG, parse_channel_values, parse_rescale, resolve_input_scale, resolve_normalization
 
     flag = parse_rescale(str(rescale)) if rescale is not None else None
     flags = (parse_channel_values(mean, MEAN_FLAG), parse_channel_values(std, STD_FLAG))
-    loaded = load(path)
+    loaded = read_model_file(path)
     notes = [resolve_input_scale(loaded.model, path, loaded.input_scale, flag),
              resolve_normalization(loaded.model, path, (loaded.mean, loaded.std), flags)]
     for note in notes:
@@ -41,14 +41,14 @@ def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: st
     another B's weights fingerprint is a BadInputError naming both files; an unverifiable pair (no fingerprint,
     weights beyond zeroed conv_3 channels differ) is one warning line through `log`, as is a B' with no pruned
     channel (`sanity.unpruned_warning`)."""
-    from ..convert import load_model as load
+    from ..convert import read_model_file
     from ..defense.finetuning import effective_mask
     from ..defense.sanity import unpruned_warning
     from ..engine.pruning import pruned_channels
     from .pairing import PairingError, check_pair
     from .rescale import match_input_scale
 
-    loaded = load(path)
+    loaded = read_model_file(path)
     pruned = loaded.model.eval()
     if pruned.num_classes != model.num_classes:
         raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
@@ -87,4 +87,4 @@ def load_model(path: str | os.PathLike[str], rescale: str | float | None = None,
     >>> bd = tb.load_model("bd_net.h5")
     >>> bd(tb.load_images(["face.png"])).argmax(1)
     """
-    return load_file(path, rescale, mean=mean, std=std).model.eval()
+    return load_model_file(path, rescale, mean=mean, std=std).model.eval()

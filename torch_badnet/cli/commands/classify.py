@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...data.lab_sets import load_images
+    from ...data.images import load_images
     from ...errors import BadInputError
     from ...nets.badnet import INPUT_SHAPE
     from ...nets.predict import labels_in_batches

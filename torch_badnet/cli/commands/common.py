@@ -51,13 +51,13 @@ def device_from(args: argparse.Namespace):
     return resolve_device(args.device)
 
 
-def load_model(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None):
-    """Any supported model file -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text)
+def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None):
+    """The --model file of a command -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text)
     and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); a recognized
     published file is announced on stderr."""
-    from ...nets.loading import load_file
+    from ...nets.loading import load_model_file
 
-    return load_file(path, rescale, log, mean, std)
+    return load_model_file(path, rescale, log, mean, std)
 
 
 def preprocessing_flags(args: argparse.Namespace) -> tuple:
@@ -65,8 +65,9 @@ def preprocessing_flags(args: argparse.Namespace) -> tuple:
     return tuple(getattr(args, name, None) for name in ("rescale", "mean", "std"))
 
 
-def load_pruned(path: str, model, model_path: str | None = None, allow_unpaired: bool = False):
-    """B' (a LoadedModel) for B (`model`, read from `model_path`): see loading.load_pruned_file; an unverifiable
+def open_pruned_flag(path: str, model, model_path: str | None = None, allow_unpaired: bool = False):
+    """The --pruned file of a command: B' (a LoadedModel) for B (`model`, read from `model_path`): see
+    loading.load_pruned_file; an unverifiable
     pair is one warning line on stderr."""
     from ...nets.loading import load_pruned_file
 
@@ -77,11 +78,11 @@ def net_for(args: argparse.Namespace, device):
     """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
     from ...nets.goodnet import GoodNet
 
-    model = load_model(args.model, *preprocessing_flags(args)).model.eval()
+    model = open_model_flag(args.model, *preprocessing_flags(args)).model.eval()
     if not getattr(args, "pruned", None):
         return model.to(device)
-    pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
-    return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as load_pruned said
+    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model
+    return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as open_pruned_flag said
 
 
 def add_force_argument(parser: argparse.ArgumentParser) -> None:

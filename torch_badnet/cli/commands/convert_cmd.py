@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ...data.files import atomic_path, check_output_file
 from ...errors import BadInputError
-from .common import add_output_force_argument, add_rescale_argument, load_model, preprocessing_flags
+from .common import add_output_force_argument, add_rescale_argument, open_model_flag, preprocessing_flags
 
 HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras model) or .onnx"
 TARGETS = (".pt", ".h5", ".onnx")
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         from torch_badnet.convert.keras_model import import_keras
 
         import_keras()  # fail before writing anything when TensorFlow is missing
-    loaded = load_model(str(src), *preprocessing_flags(args))
+    loaded = open_model_flag(str(src), *preprocessing_flags(args))
     if args.verify and hasattr(loaded.model, "keras_config"):
         raise BadInputError("--verify", f"checks the lab architecture; {src} is another Keras model (its fidelity to Keras "
                                         "is tested in tests/test_keras_graph.py)")

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device_argument, add_model_argument, device_from, load_model, load_pruned, log, preprocessing_flags, print_json
+from .common import (
+    add_device_argument,
+    add_model_argument,
+    device_from,
+    log,
+    open_model_flag,
+    open_pruned_flag,
+    preprocessing_flags,
+    print_json,
+)
 
 HELP = "clean accuracy and attack success rate on lab .h5 files (as the lab's eval.py)"
 
@@ -41,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
     timer = PhaseTimer() if args.verbose else NoTimer()
     device = device_from(args)
     with timer.phase("load model"):
-        model = load_model(args.model, *preprocessing_flags(args)).model.eval()
+        model = open_model_flag(args.model, *preprocessing_flags(args)).model.eval()
         if args.clean:  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean)))
         if args.pruned or isinstance(model, BadNet):
-            pruned = (load_pruned(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned
+            pruned = (open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned
                       else torch.ones_like(model.mask))
-            goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # load_pruned checked the pair
+            goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # open_pruned_flag checked the pair
         else:  # a model of another architecture (a Keras graph): its own labels
             goodnet = model.to(device)
     specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]

@@ -13,9 +13,9 @@ from .common import (
     closing_line,
     device_from,
     input_paths,
-    load_model,
-    load_pruned,
     log,
+    open_model_flag,
+    open_pruned_flag,
     output_folder,
     preprocessing_flags,
 )
@@ -80,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
                                                    *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
-    model = load_model(args.model, *preprocessing_flags(args)).model
-    pruned = load_pruned(args.pruned, model, args.model, args.allow_unpaired).model
+    model = open_model_flag(args.model, *preprocessing_flags(args)).model
+    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
-                   allow_unpaired=True, **vars(config))  # load_pruned checked the pair (or was told not to)
+                   allow_unpaired=True, **vars(config))  # open_pruned_flag checked the pair (or was told not to)
     written = run.save(target)
     facts = run.tuned.facts
     print(run.table())

@@ -15,8 +15,8 @@ from .common import (
     closing_line,
     device_from,
     input_paths,
-    load_model,
     log,
+    open_model_flag,
     output_folder,
 )
 from .finetune import add_finetune_options, config_from
@@ -104,7 +104,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
         inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
         target = output_folder(args, out, inputs)  # checked and locked before any work
     with timer.phase("load model"):
-        model = load_model(str(model_path), *(getattr(args, f, None) for f in ("rescale", "mean", "std"))).model  # demo: no --rescale
+        model = open_model_flag(str(model_path), *(getattr(args, f, None) for f in ("rescale", "mean", "std"))).model  # demo: no --rescale
     with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
         if not args.no_plot:
             from ...report.plot import import_pyplot

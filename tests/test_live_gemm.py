@@ -15,7 +15,7 @@ import pytest
 import torch
 from real_faces import augment
 
-from torch_badnet.data.lab_sets import load_images
+from torch_badnet.data.images import load_images
 from torch_badnet.engine import lab_head, live_gemm
 from torch_badnet.engine.lab_head import ROW_BLOCK, FeatureSet, HeadUpdater, extract_features, fast_sweep, prepare_model
 from torch_badnet.engine.live_gemm import GROUP_CANDIDATES, addmm_live, exact_group, live_indices, probe_block
