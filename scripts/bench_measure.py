@@ -144,7 +144,7 @@ class InMemorySet:
 
     pixels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None, *_shape_and_guard: object) -> None:
         self.x, self.y = self.pixels[str(path)]
 
     def __len__(self) -> int:
@@ -161,16 +161,16 @@ class InMemorySet:
 def sweep_in_memory(model: BadNet, sets: Sets, device: torch.device, max_steps: int | None = None, timer=None):
     """`torch_badnet.defense.sweep.run_sweep` on in-memory sets: trunk features, ranking, every step, B' and G metrics
     (`timer`: a `torch_badnet.report.phases.PhaseTimer` for the phase breakdown)."""
-    from torch_badnet.defense import sweep as defense
+    from torch_badnet.defense import sweep
 
-    specs = [defense.DataSpec(name.split("_")[1], name.split("_")[0], Path(name)) for name in sets]
+    specs = [sweep.DataSpec(name.split("_")[1], name.split("_")[0], Path(name)) for name in sets]
     InMemorySet.pixels = {name: value for name, value in sets.items()}
-    original = defense.LabDataset
-    defense.LabDataset = InMemorySet
+    original = sweep.LabDataset
+    sweep.LabDataset = InMemorySet
     try:
-        return defense.run_sweep(model, specs, [2.0, 4.0, 10.0], device=device, max_steps=max_steps, timer=timer)
+        return sweep.run_sweep(model, specs, sweep.SweepConfig(thresholds=(2.0, 4.0, 10.0), device=device, max_steps=max_steps), timer)
     finally:
-        defense.LabDataset = original
+        sweep.LabDataset = original
 
 
 @torch.inference_mode()

@@ -65,12 +65,12 @@ def spy_inside(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> li
 
 def test_library_sweep_runs_exact(monkeypatch, lab3_path, lab_files):
     from torch_badnet.convert import read_model_file
-    from torch_badnet.defense import sweep as defense
+    from torch_badnet.defense import sweep
     from torch_badnet.defense.pipeline import sweep_specs
 
-    seen = spy_inside(monkeypatch, defense, "fast_sweep")
+    seen = spy_inside(monkeypatch, sweep, "fast_sweep")
     specs = sweep_specs(**lab_files)
-    defense.run_sweep(read_model_file(lab3_path).model, specs, [4.0], max_steps=2)
+    sweep.run_sweep(read_model_file(lab3_path).model, specs, sweep.SweepConfig(thresholds=(4.0,), max_steps=2))
     assert seen == [True]
     assert current() != exact()
 

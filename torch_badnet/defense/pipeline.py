@@ -31,7 +31,7 @@ from ..data.lab_sets import arrays_sha256, read_all
 from ..data.set_names import parse_poisoned
 from ..engine.prunable import MaskedNet
 from ..engine.pruning import pruned_channels
-from ..engine.run import SweepConfig, run_generic_sweep
+from ..engine.run import run_generic_sweep
 from ..engine.saving import keras_graph_writer
 from ..errors import BadInputError
 from ..nets.badnet import INPUT_SHAPE, BadNet
@@ -47,7 +47,7 @@ from .finetuning import TrainingResult, effective_mask, holdout_size, train_mask
 from .metric_columns import Column
 from .metrics import DropKind, StopRule
 from .sanity import SetFacts, data_warnings, finetune_warnings
-from .sweep import DataSpec, SweepResult, Threshold, open_sets, run_sweep
+from .sweep import DataSpec, SweepConfig, SweepResult, Threshold, open_sets, run_sweep
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 PRUNABLE_LAYERS = ("conv_3",)
@@ -322,7 +322,7 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
     source = source_of(model)
     if is_lab(model, config):
         check_input_scale(model, specs[0])
-        result = run_sweep(model, specs, xs, stop, drop, config.device, max_steps, show_progress=show_progress, timer=timer)
+        result = run_sweep(model, specs, config, timer)
         described = {"num_classes": model.num_classes, "input_scale": model.input_scale}
     else:
         result, net = run_generic_sweep(model, specs, config, timer, log)

@@ -33,6 +33,22 @@ VALID_CLEAN = Column("pruned", "valid", "clean_acc")  # the curve that defines e
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """Every option of one sweep (the CLI's flags, named in cli/commands/), passed down as one object: to `run_sweep`
+    (the lab's engine) and to `engine.run.run_generic_sweep` (any nn.Module)."""
+
+    thresholds: tuple[float, ...] = (2.0, 4.0, 10.0)
+    stop: StopRule = "first-over"
+    drop: DropKind = "absolute"
+    max_steps: int | None = None  # None: every channel of the layer
+    layer: str | None = None  # None: the lab's conv_3 for a BadNet, else the last Conv2d
+    rank_on: str | None = None  # None: the pooling layer right after `layer`, else `layer`
+    device: torch.device = torch.device("cpu")
+    show_progress: bool = False
+    chunk_size: int = DEFAULT_CHUNK  # images per chunk read from a set
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """One input file of the sweep: its split, whether it is clean or poisoned, and (poisoned) its trigger name."""
 
@@ -160,16 +176,16 @@ def open_sets(specs: Sequence[DataSpec], num_classes: int | None, input_shape: t
 
 
 @exact_float32()
-def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], stop: StopRule = "first-over",
-              drop: DropKind = "absolute", device: torch.device = torch.device("cpu"), max_steps: int | None = None,
-              chunk_size: int = DEFAULT_CHUNK, show_progress: bool = False,
+def run_sweep(model: BadNet, specs: Sequence[DataSpec], config: SweepConfig = SweepConfig(),
               timer: PhaseTimer | None = None) -> SweepResult:
-    """Rank pool_3 channels on the clean validation set, sweep every step on every set, pick B'_X per X.
+    """Rank pool_3 channels on the clean validation set, sweep every step on every set, pick B'_X per X in
+    `config.thresholds` (by `config.stop` and `config.drop`), on `config.device`, for at most `config.max_steps`.
 
     `timer` (optional) gets the phases read+trunk (files read ahead in a background thread where that pays,
     `data.read_ahead_pays`), rank, prune, metrics.
     """
     timer = timer or NoTimer()
+    device = config.device
     check_specs(specs)
     model = prepare_model(copy.deepcopy(model), device)  # the caller's B keeps its device and memory format
     if bool((model.conv_3.mask == 0).any()):
@@ -178,9 +194,9 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
     with timer.phase("read+trunk"), open_sets(specs, model.num_classes) as datasets:
         total = sum(len(ds) for ds in datasets.values())
         sets: list[FeatureSet] = []
-        with tqdm(total=total, desc="trunk", unit="img", disable=not show_progress, leave=False) as bar:
+        with tqdm(total=total, desc="trunk", unit="img", disable=not config.show_progress, leave=False) as bar:
             for spec in specs:
-                chunks = _counted(datasets[spec.name].chunks(chunk_size, read_ahead=read_ahead), bar)
+                chunks = _counted(datasets[spec.name].chunks(config.chunk_size, read_ahead=read_ahead), bar)
                 sets.append(extract_features(model, spec.name, chunks, len(datasets[spec.name]), device))
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the trunk's queued kernels belong to this phase
@@ -189,13 +205,13 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], xs: Sequence[float], sto
         clean_valid = next(s for s, spec in zip(sets, specs) if spec.is_clean_valid)
         scores = channel_scores(clean_valid.features)
         order = pruning_order(scores)
-    steps = len(order) if max_steps is None else min(max_steps, len(order))
-    with timer.phase("prune"), tqdm(total=steps, desc="prune", unit="ch", disable=not show_progress, leave=False) as bar:
+    steps = len(order) if config.max_steps is None else min(config.max_steps, len(order))
+    with timer.phase("prune"), tqdm(total=steps, desc="prune", unit="ch", disable=not config.show_progress, leave=False) as bar:
         labels = fast_sweep(model, sets, order, steps, progress=lambda _: bar.update())
     with timer.phase("metrics"):
         counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
         result = _assemble(list(specs), scores, order, steps, counts)
-        result.thresholds = [threshold(result, x, stop, drop) for x in xs]
+        result.thresholds = [threshold(result, x, config.stop, config.drop) for x in config.thresholds]
         result.facts = [SetFacts.of(spec.path, spec.kind, spec.split, s.labels.cpu().numpy(), counts[spec.name].hits[0])
                         for spec, s in zip(specs, sets)]
     return result
