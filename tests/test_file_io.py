@@ -1,4 +1,4 @@
-"""How lab files are read and hashed: pixels converted straight from the file's pages (`data.MappedRows`, with
+"""How lab files are read and hashed: pixels converted straight from the file's pages (`lab_sets.MappedRows`, with
 HDF5's own read as the fallback), and sha256s computed by child processes (`files.prefetch_sha256`) that a
 sweep starts before torch is imported."""
 

@@ -3,6 +3,7 @@
 - no module of torch_badnet (the converter aside) imports torch_badnet.convert, TensorFlow, Keras, onnx or
   matplotlib when it is imported: the converter and the heavy extras are imported only inside the functions that use them;
 - the import graph (every import statement, at module level or inside functions) has no cycle;
+- the modules live in subpackages by role (docs/layout.md), whose `__init__.py` files import nothing;
 - `--help` never loads torch.
 """
 
@@ -102,6 +103,24 @@ def test_import_graph_has_no_cycle():
     assert "torch_badnet.report.results" in graph["torch_badnet.defense.pipeline"]  # the graph sees imports
     assert "torch_badnet.convert.keras_h5" in graph["torch_badnet.defense.pipeline"]  # ... inside functions too
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+ROLES = ("data", "nets", "engine", "defense", "report", "batch", "cli", "cli.commands")  # docs/layout.md
+
+
+def test_modules_live_in_subpackages_by_role():
+    top = sorted(p.stem for p in PACKAGE_DIR.glob("*.py"))
+    assert top == ["__init__", "__main__", "errors"], f"a flat module belongs in one of {ROLES}: {top}"
+    folders = sorted(p.parent.relative_to(PACKAGE_DIR).as_posix().replace("/", ".") for p in PACKAGE_DIR.glob("*/**/__init__.py"))
+    assert folders == sorted((*ROLES, "demo"))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_packages_import_nothing(role):
+    init = PACKAGE_DIR.joinpath(*role.split("."), "__init__.py")
+    tree = ast.parse(init.read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))], init
+    assert loaded_after(f"import torch_badnet.{role}") & {"torch", "numpy", "h5py"} == set()
 
 
 def test_cycle_finder_finds_a_cycle():

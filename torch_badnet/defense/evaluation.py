@@ -23,7 +23,7 @@ def b_and_pruned_labels(goodnet: GoodNet | torch.nn.Module, dataset: LabDataset 
     """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a set (`goodnet` a plain net
     returning logits: both rows are its labels).
 
-    A file is read ahead in a background thread while the network runs, where that pays (`data.read_ahead_pays`).
+    A file is read ahead in a background thread while the network runs, where that pays (`lab_sets.read_ahead_pays`).
     """
     rows, truth = [], []
     for x, y in dataset.chunks(read_ahead=read_ahead_pays(device)):

@@ -182,7 +182,7 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], config: SweepConfig = Sw
     `config.thresholds` (by `config.stop` and `config.drop`), on `config.device`, for at most `config.max_steps`.
 
     `timer` (optional) gets the phases read+trunk (files read ahead in a background thread where that pays,
-    `data.read_ahead_pays`), rank, prune, metrics.
+    `lab_sets.read_ahead_pays`), rank, prune, metrics.
     """
     timer = timer or NoTimer()
     device = config.device

@@ -2,7 +2,7 @@
 
 On CPU each batch goes through the network channels_last (the layout oneDNN's convolutions are fastest in)
 in batches of `FORWARD_BATCH` images (the activations stay in cache); under inference mode the pools skip
-their indices (see `model.ReluMaxPool`). The sweep's trunk (`sweep.extract_features`), eval, classify,
+their indices (see `badnet.ReluMaxPool`). The sweep's trunk (`lab_head.extract_features`), eval, classify,
 fine-tuning's evaluations, the demo and the GoodNet all batch through `inference_batches`.
 """
 

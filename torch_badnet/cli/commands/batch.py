@@ -1,4 +1,4 @@
-"""`torch-badnet batch MANIFEST --out DIR`: the sweep on every model of a manifest (`batch.prune_batch`)."""
+"""`torch-badnet batch MANIFEST --out DIR`: the sweep on every model of a manifest (`batch.run.prune_batch`)."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def device_from(args: argparse.Namespace):
-    """The torch device asked for; 'cuda' without a GPU is a one-line error (`sweep.resolve_device`)."""
+    """The torch device asked for; 'cuda' without a GPU is a one-line error (`lab_head.resolve_device`)."""
     from ...engine.lab_head import resolve_device
 
     return resolve_device(args.device)
