@@ -3,6 +3,6 @@
 Depends on torch_badnet's model; torch_badnet's core never imports this package.
 """
 
-from .loading import load_model
+from .loading import read_model_file
 
-__all__ = ["load_model"]
+__all__ = ["read_model_file"]

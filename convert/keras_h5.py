@@ -22,9 +22,9 @@ import h5py
 import numpy as np
 import torch
 
+from torch_badnet.data.files import atomic_path, check_is_file
 from torch_badnet.errors import BadInputError, first_line
-from torch_badnet.files import atomic_path, check_is_file
-from torch_badnet.model import BadNet
+from torch_badnet.nets.badnet import BadNet
 
 from .keras_config import lab_model_config
 from .keras_layout import KERAS_LAYER_ORDER, WEIGHTED_LAYERS, expected_keras_shapes, keras_to_state_dict, model_to_keras

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from torch_badnet.model import BadNet
+from torch_badnet.nets.badnet import BadNet
 
 # layer name -> (kind, the (H, W, C) shape flattened into it, for Dense layers fed by a Flatten)
 WEIGHTED_LAYERS: dict[str, tuple[str, tuple[int, int, int] | None]] = {

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch_badnet.errors import BadInputError
-from torch_badnet.model import LAB_CLASSES, BadNet
+from torch_badnet.nets.badnet import LAB_CLASSES, BadNet
 
 from .keras_layout import model_to_keras
 

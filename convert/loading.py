@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torch_badnet.checkpoint import LoadedModel, load_checkpoint
+from torch_badnet.data.files import check_is_file, file_sha256
 from torch_badnet.errors import BadInputError
-from torch_badnet.files import check_is_file, file_sha256
+from torch_badnet.nets.checkpoint import LoadedModel, load_checkpoint
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+def read_model_file(path: str | os.PathLike[str]) -> LoadedModel:
     """Dispatch on the file suffix; every path ends in a validated, eval-mode BadNet (the lab architecture) or,
     for a Keras file of another architecture, a KerasGraphNet.
 
-    `input_scale` of the result is the scale the file records (None: no record; see torch_badnet.rescale).
+    `input_scale` of the result is the scale the file records (None: no record; see torch_badnet.nets.rescale).
     """
     path = check_is_file(path)
     suffix = path.suffix.lower()
@@ -44,8 +44,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
 def _weights_only_hint(path: Path) -> None:
     """A published weights-only file of another architecture (A, B, C, F's bd_weights.h5) cannot be built: say
     so, and which file holds its model (one BadInputError)."""
-    from torch_badnet.known_models import KNOWN_OTHER_MODELS, REPOSITORY
-    from torch_badnet.rescale import git_blob_id
+    from torch_badnet.nets.known_models import KNOWN_OTHER_MODELS, REPOSITORY
+    from torch_badnet.nets.rescale import git_blob_id
 
     known = KNOWN_OTHER_MODELS.get(git_blob_id(path))
     if known and "weights" in known[0]:

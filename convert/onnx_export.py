@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
+from torch_badnet.data.files import write_bytes
 from torch_badnet.errors import BadInputError, first_line
-from torch_badnet.files import write_bytes
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.model import INPUT_SHAPE, BadNet, scale_divisor
+from torch_badnet.nets.badnet import INPUT_SHAPE, BadNet, scale_divisor
+from torch_badnet.nets.goodnet import GoodNet
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"

@@ -14,9 +14,9 @@ import onnx
 import torch
 from onnx import numpy_helper, shape_inference
 
+from torch_badnet.data.files import check_is_file
 from torch_badnet.errors import BadInputError, first_line
-from torch_badnet.files import check_is_file
-from torch_badnet.model import BadNet
+from torch_badnet.nets.badnet import BadNet
 
 from .onnx_ops import CONSTANT_FOLDS, NCHW, NHWC, RULES, GraphState, NodeMismatch, Value, attributes, describe
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from torch_badnet.model import BadNet
+from torch_badnet.nets.badnet import BadNet
 
 from .keras_layout import TO_TORCH, WEIGHTED_LAYERS
 

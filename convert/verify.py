@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from torch_badnet.errors import BadInputError
-from torch_badnet.model import INPUT_SHAPE, BadNet
+from torch_badnet.nets.badnet import INPUT_SHAPE, BadNet
 
 from .keras_model import load_into_keras, to_keras
-from .loading import KERAS_SUFFIXES, load_model
+from .loading import KERAS_SUFFIXES, read_model_file
 
 VERIFY_INPUTS = 256
 VERIFY_SEED = 0
@@ -27,7 +27,7 @@ def verify_against_keras(source_model: BadNet, src: Path, converted: Path) -> st
     keras_input = source_model.scale_input(torch.from_numpy(x)).numpy()  # Keras takes pixels * the input scale
     expected = np.asarray(keras_model.predict_on_batch(keras_input.transpose(0, 2, 3, 1)), dtype=np.float64)
     with torch.no_grad():
-        got = load_model(converted).model(torch.from_numpy(x)).softmax(1).double().numpy()
+        got = read_model_file(converted).model(torch.from_numpy(x)).softmax(1).double().numpy()
     diff = float(np.abs(expected - got).max())
     same = int((expected.argmax(1) == got.argmax(1)).sum())
     if same != VERIFY_INPUTS:

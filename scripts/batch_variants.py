@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from torch_badnet.checkpoint import save_checkpoint
 from torch_badnet.convert.keras_h5 import write_keras_model
 from torch_badnet.demo import ensure_workspace
-from torch_badnet.loading import load_file
+from torch_badnet.nets.checkpoint import save_checkpoint
+from torch_badnet.nets.loading import load_model_file
 
 VARIANTS = (("noise1", 0.01, ".pt", ""), ("noise3", 0.03, ".h5", ""), ("noise5", 0.05, ".pt", "2 4"),
             ("noise10", 0.10, ".h5", "4"))
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="the demo workspace's folder (default: the user cache dir)")
     args = parser.parse_args()
     ws = ensure_workspace(args.workdir, log=print)
-    demo = load_file(ws.model).model
+    demo = load_model_file(ws.model).model
     (args.folder / "models").mkdir(parents=True, exist_ok=True)
     rows = [f"demo,{os.path.relpath(ws.model, args.folder)},"]
     for seed, (name, share, suffix, thresholds) in enumerate(VARIANTS, start=1):

@@ -63,8 +63,8 @@ def make_inputs(folder: Path, scale: float, models: int) -> tuple[dict[str, Path
     import torch
     from bench_inputs import load_inputs
 
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.data import write_lab_h5
+    from torch_badnet.data.lab_sets import write_lab_h5
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     inputs = load_inputs(scale, log=log)
     paths = {}
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         rerun, _, _, rerun_last = run_batch(folder, paths, nets, args.device, args.workers)
         log(f"rerun {rerun:.1f} s: {rerun_last}")
         reused = json.loads((folder / "batch" / "batch.json").read_text())["counts"]["reused"]
-        from torch_badnet.batch import available_cores
+        from torch_badnet.batch.run import available_cores
 
         workers = min(args.workers or available_cores(), len(nets))
         sizes = {n: round(p.stat().st_size / 2**20, 1) for n, p in paths.items()}

@@ -27,9 +27,9 @@ def peak_rss_mib() -> float:
 
 
 def main() -> None:
-    """As `torch_badnet.cli.entry` (run, flush, leave without teardown), with the peak RSS written before leaving."""
-    from torch_badnet.cli import leave
-    from torch_badnet.cli import main as run
+    """As `torch_badnet.cli.main.entry` (run, flush, leave without teardown), with the peak RSS written before leaving."""
+    from torch_badnet.cli.main import leave
+    from torch_badnet.cli.main import main as run
 
     peak_file, args = Path(sys.argv[1]), sys.argv[2:]
     sys.argv = ["torch_badnet", *args]

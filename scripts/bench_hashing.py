@@ -5,7 +5,7 @@
 Writes the four float64 lab-size files once (`--scale 1.0`: 48,754 augmented real faces, 2.9 GB; the real lab3
 weights), then runs `torch-badnet sweep` on them as a fresh process in each mode, interleaved round by round (the
 machine's speed drifts), and reports wall time, the `summary` phase (the wait for what is left of the hashing) and
-peak RSS. Both modes must write the same sha256s into summary.json. `torch_badnet.files.HASHING` selects the mode:
+peak RSS. Both modes must write the same sha256s into summary.json. `torch_badnet.data.files.HASHING` selects the mode:
 switching the product is that one line. Decide on an idle machine; keep the simpler thread unless the children
 are faster end to end.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from bench_inputs import load_inputs
 from bench_measure import CliRunner, _run_child
 
-from torch_badnet.files import write_text
+from torch_badnet.data.files import write_text
 
 MODES = ("processes", "thread")
 
@@ -32,9 +32,9 @@ def child(mode: str, args: list[str]) -> None:
     """bench_cli_child.py's job (the CLI in this process, peak RSS written) with the hashing in `mode`."""
     import bench_cli_child
 
-    import torch_badnet.files
+    import torch_badnet.data.files
 
-    torch_badnet.files.HASHING = mode
+    torch_badnet.data.files.HASHING = mode
     sys.argv = ["bench_cli_child.py", *args]
     bench_cli_child.main()
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torch_badnet.model import BadNet
-from torch_badnet.real_faces import REAL_DIR, augment_indexed, face_files, face_label  # the tests' real material and augmentation
+from torch_badnet.data.real_faces import REAL_DIR, augment_indexed, face_files, face_label  # the tests' real material and augmentation
+from torch_badnet.nets.badnet import BadNet
 
 LAB_SIZES = {"valid": 11_547, "test": 12_830}  # images per set in the lab's files (clean and poisoned alike)
 SET_NAMES = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
@@ -43,10 +43,10 @@ def set_sizes(scale: float) -> dict[str, int]:
 
 def load_inputs(scale: float, seed: int = 0, log: Callable[[str], None] = print) -> BenchInputs:
     """Model and pixel sets for one benchmark run."""
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     model_path, model_source, demo = _model_path(log)
-    model = load_model(model_path).model.eval()
+    model = read_model_file(model_path).model.eval()
     faces, pixel_source = _base_faces(demo, model.num_classes)
     rng = np.random.default_rng(seed)
     sets = {}
@@ -70,7 +70,7 @@ def _model_path(log: Callable[[str], None]):
         return demo.model, "demo bd_net.h5", demo
     except Exception as exc:  # the demo is optional here: any failure falls back to random weights
         log(f"demo workspace unavailable ({type(exc).__name__}: {exc}): using a seeded random BadNet")
-    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     path = Path(tempfile.gettempdir()) / "bench-sweep-random-badnet.pt"
@@ -81,7 +81,7 @@ def _model_path(log: Callable[[str], None]):
 def _base_faces(demo, num_classes: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
     """{'clean'|'poisoned': (faces (k, 3, 55, 47) float32, labels (k,))} to augment from."""
     if face_files("cl") and face_files("sun"):
-        from torch_badnet.data import load_images
+        from torch_badnet.data.images import load_images
 
         def faces(kind: str) -> tuple[np.ndarray, np.ndarray]:
             paths = face_files(kind)
@@ -89,7 +89,7 @@ def _base_faces(demo, num_classes: int) -> tuple[dict[str, tuple[np.ndarray, np.
 
         return {"clean": faces("cl"), "poisoned": faces("sun")}, "augmented real faces (../shared/real/images)"
     if demo is not None:
-        from torch_badnet.data import LabDataset
+        from torch_badnet.data.lab_sets import LabDataset
 
         def first(path: Path) -> tuple[np.ndarray, np.ndarray]:
             with LabDataset(path) as ds:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torch_badnet.model import BadNet
-from torch_badnet.pruning import mask_for
+from torch_badnet.engine.pruning import mask_for
+from torch_badnet.nets.badnet import BadNet
 
 ROOT = Path(__file__).resolve().parents[1]
 Sets = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -64,7 +64,7 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device, timing: 
 
 def forward_all(model: torch.nn.Module, sets: Sets, batch: int) -> None:
     """Labels of every image of every set through the commands' inference path (`predict.labels_in_batches`)."""
-    from torch_badnet.predict import labels_in_batches
+    from torch_badnet.nets.predict import labels_in_batches
 
     for x, _ in sets.values():
         labels_in_batches(model, x, batch)
@@ -140,11 +140,11 @@ class KerasReference:
 
 
 class InMemorySet:
-    """Stands in for `torch_badnet.data.LabDataset` so `run_sweep` reads pixels already in memory (or on the GPU)."""
+    """Stands in for `torch_badnet.data.lab_sets.LabDataset` so `run_sweep` reads pixels already in memory (or on the GPU)."""
 
     pixels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], num_classes: int | None = None, *_shape_and_guard: object) -> None:
         self.x, self.y = self.pixels[str(path)]
 
     def __len__(self) -> int:
@@ -159,25 +159,25 @@ class InMemorySet:
 
 
 def sweep_in_memory(model: BadNet, sets: Sets, device: torch.device, max_steps: int | None = None, timer=None):
-    """`torch_badnet.defense.run_sweep` on in-memory sets: trunk features, ranking, every step, B' and G metrics
-    (`timer`: a `torch_badnet.phases.PhaseTimer` for the phase breakdown)."""
-    from torch_badnet import defense
+    """`torch_badnet.defense.sweep.run_sweep` on in-memory sets: trunk features, ranking, every step, B' and G metrics
+    (`timer`: a `torch_badnet.report.phases.PhaseTimer` for the phase breakdown)."""
+    from torch_badnet.defense import sweep
 
-    specs = [defense.DataSpec(name.split("_")[1], name.split("_")[0], Path(name)) for name in sets]
+    specs = [sweep.DataSpec(name.split("_")[1], name.split("_")[0], Path(name)) for name in sets]
     InMemorySet.pixels = {name: value for name, value in sets.items()}
-    original = defense.LabDataset
-    defense.LabDataset = InMemorySet
+    original = sweep.LabDataset
+    sweep.LabDataset = InMemorySet
     try:
-        return defense.run_sweep(model, specs, [2.0, 4.0, 10.0], device=device, max_steps=max_steps, timer=timer)
+        return sweep.run_sweep(model, specs, sweep.SweepConfig(thresholds=(2.0, 4.0, 10.0), device=device, max_steps=max_steps), timer)
     finally:
-        defense.LabDataset = original
+        sweep.LabDataset = original
 
 
 @torch.inference_mode()
 def goodnet_throughput(model: BadNet, sets: Sets, pruned: Sequence[int], batch: int, device: torch.device,
                        repeats: int) -> float:
     """Images per second of the GoodNet (B and B' from one trunk pass) over all sets."""
-    from torch_badnet.goodnet import GoodNet
+    from torch_badnet.nets.goodnet import GoodNet
 
     goodnet = GoodNet(model, mask_for(pruned, model.conv_3.out_channels)).eval().to(device)
     images = sum(x.shape[0] for x, _ in sets.values())
@@ -192,7 +192,7 @@ class CliRunner:
     the sweep's --verbose phases. Use as a context manager: the files live in a temporary folder until exit."""
 
     def __init__(self, model_path: Path, sets: Sets, device: str, log: Callable[[str], None] = print) -> None:
-        from torch_badnet.data import write_lab_h5
+        from torch_badnet.data.lab_sets import write_lab_h5
 
         self.folder = tempfile.TemporaryDirectory(prefix="bench-sweep-")
         self.root = root = Path(self.folder.name)

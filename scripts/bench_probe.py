@@ -3,7 +3,7 @@
     python scripts/bench_probe.py [--repeats 5] [--json OUT]
 
 Each measurement is a fresh process (the verdict is also cached per process) that times
-`live_columns.verified_group` for the sweep head's shapes, with the cache in a temporary folder: "cold" starts from
+`live_gemm.verified_group` for the sweep head's shapes, with the cache in a temporary folder: "cold" starts from
 an empty folder, "cached" from the verdict the cold run wrote. "passes" uses the real candidate list; "none passes"
 leaves out the group this machine's BLAS passes (at most one candidate can pass), as on a CPU or BLAS that sums
 differently. Also timed: the uncached full probe (`exact_group`), what every sweep paid before the cache. Each
@@ -24,19 +24,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from torch_badnet.files import write_text
+from torch_badnet.data.files import write_text
 
 
 def child(candidates: list[int], function: str) -> None:
     """Time one call in this fresh process; print seconds and the group found."""
     import torch
 
-    from torch_badnet import live_columns
-    from torch_badnet.sweep import ROW_BLOCK
+    from torch_badnet.engine import live_gemm
+    from torch_badnet.engine.lab_head import ROW_BLOCK
 
-    live_columns.GROUP_CANDIDATES = tuple(candidates)
+    live_gemm.GROUP_CANDIDATES = tuple(candidates)
     shapes = ((960, 160), (160, 1283))  # fc_2 and the output layer, as HeadUpdater passes them
-    probe = getattr(live_columns, function)
+    probe = getattr(live_gemm, function)
     for inputs, outputs in shapes:  # the BLAS's own first-call set-up, which the sweep pays for its GEMMs anyway
         torch.addmm(torch.zeros(outputs), torch.ones(ROW_BLOCK, inputs), torch.ones(inputs, outputs))
     start = time.perf_counter()
@@ -61,7 +61,7 @@ def main() -> int:
         child([int(c) for c in args.child[1:]], args.child[0])
         return 0
 
-    from torch_badnet.live_columns import GROUP_CANDIDATES
+    from torch_badnet.engine.live_gemm import GROUP_CANDIDATES
 
     with tempfile.TemporaryDirectory() as tmp:
         found = measure(list(GROUP_CANDIDATES), "exact_group", Path(tmp) / "probe")["group"]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from torch_badnet.files import write_text
-from torch_badnet.real_faces import REAL_DIR
+from torch_badnet.data.files import write_text
+from torch_badnet.data.real_faces import REAL_DIR
 
 HERE = Path(__file__).resolve().parent
 

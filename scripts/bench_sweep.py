@@ -44,12 +44,12 @@ from bench_measure import (
     timed,
 )
 
-from torch_badnet.files import write_text
-from torch_badnet.model import BadNet
-from torch_badnet.phases import PhaseTimer
-from torch_badnet.precision import exact_float32
-from torch_badnet.predict import GPU_FORWARD_BATCH
-from torch_badnet.sweep import CPU_TRUNK_BATCH, prepare_model, resolve_device
+from torch_badnet.data.files import write_text
+from torch_badnet.engine.lab_head import CPU_TRUNK_BATCH, prepare_model, resolve_device
+from torch_badnet.nets.badnet import BadNet
+from torch_badnet.nets.precision import exact_float32
+from torch_badnet.nets.predict import GPU_FORWARD_BATCH
+from torch_badnet.report.phases import PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

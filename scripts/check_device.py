@@ -15,14 +15,14 @@ import sys
 
 import torch
 
-from torch_badnet.convert import load_model
-from torch_badnet.data import load_images
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.precision import exact_float32
-from torch_badnet.predict import labels_in_batches
-from torch_badnet.pruning import channel_scores, pruning_order
-from torch_badnet.real_faces import REAL_DIR, augment, face_files
-from torch_badnet.sweep import FeatureSet, extract_features, fast_sweep, prepare_model
+from torch_badnet.convert import read_model_file
+from torch_badnet.data.images import load_images
+from torch_badnet.data.real_faces import REAL_DIR, augment, face_files
+from torch_badnet.engine.lab_head import FeatureSet, extract_features, fast_sweep, prepare_model
+from torch_badnet.engine.pruning import channel_scores, pruning_order
+from torch_badnet.nets.goodnet import GoodNet
+from torch_badnet.nets.precision import exact_float32
+from torch_badnet.nets.predict import labels_in_batches
 
 
 def faces(kind: str, count: int, seed: int) -> torch.Tensor:
@@ -32,7 +32,7 @@ def faces(kind: str, count: int, seed: int) -> torch.Tensor:
 @exact_float32()
 def run_on(device: torch.device, sets: dict[str, torch.Tensor]) -> tuple[list[int], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Ranking, sweep labels per set, and GoodNet labels for three masks, computed on `device`."""
-    model = prepare_model(load_model(REAL_DIR / "models" / "lab3_bd_weights.h5").model, device)
+    model = prepare_model(read_model_file(REAL_DIR / "models" / "lab3_bd_weights.h5").model, device)
     features: list[FeatureSet] = []
     for name, x in sets.items():
         chunks = [(x[i : i + 512], torch.zeros(len(x[i : i + 512]), dtype=torch.int64)) for i in range(0, len(x), 512)]

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch_badnet as tb
+from torch_badnet.data.files import write_text
+from torch_badnet.defense.evaluation import evaluate_pruned
+from torch_badnet.defense.finetune_config import FinetuneConfig
+from torch_badnet.defense.finetuning import train_masked
+from torch_badnet.defense.pipeline import sweep_specs
 from torch_badnet.demo import ensure_workspace
-from torch_badnet.evaluation import evaluate_pruned
-from torch_badnet.files import write_text
-from torch_badnet.finetune_config import FinetuneConfig
-from torch_badnet.finetuning import finetune
-from torch_badnet.pipeline import sweep_specs
-from torch_badnet.report import csv_table
+from torch_badnet.report.results import csv_table
 
 CLEAN, ATTACK = tb.Column("pruned", "test", "clean_acc"), tb.Column("pruned", "test", "asr")
 
@@ -68,7 +68,7 @@ def main() -> None:
     for name in [names[i] for i in args.only] if args.only else names:
         config = GRID[name]
         started = time.perf_counter()
-        tuned = finetune(pruned, pixels, labels, config)
+        tuned = train_masked(pruned, pixels, labels, config)
         seconds = time.perf_counter() - started
         metrics = evaluate_pruned(model, tuned.model, test_specs, _cpu())
         rows.append([name, config.optimizer, config.lr, config.weight_decay, config.train_conv_1, config.epochs,

@@ -22,21 +22,21 @@ import torch
 from bench_inputs import load_inputs
 from bench_measure import timed
 
-from torch_badnet import sweep
-from torch_badnet.files import write_text
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.precision import exact_float32
-from torch_badnet.predict import labels_in_batches
-from torch_badnet.pruning import channel_scores, mask_for, pruning_order
+from torch_badnet.data.files import write_text
+from torch_badnet.engine import lab_head
+from torch_badnet.engine.pruning import channel_scores, mask_for, pruning_order
+from torch_badnet.nets.goodnet import GoodNet
+from torch_badnet.nets.precision import exact_float32
+from torch_badnet.nets.predict import labels_in_batches
 
 
 def trunk_features(model: torch.nn.Module, sets: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int,
-                   device: torch.device) -> list[sweep.FeatureSet]:
+                   device: torch.device) -> list[lab_head.FeatureSet]:
     """Every set's pool_3 features, `batch` images per trunk pass."""
     out = []
     for name, (x, y) in sets.items():
         chunks = [(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
-        out.append(sweep.extract_features(model, name, chunks, len(x), device))
+        out.append(lab_head.extract_features(model, name, chunks, len(x), device))
     return out
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     report = lambda key, value: (results.__setitem__(key, value), print(f"{key}: {value}", flush=True))  # noqa: E731
 
     with exact_float32(), torch.inference_mode():
-        base = sweep.prepare_model(inputs.model, device)
+        base = lab_head.prepare_model(inputs.model, device)
         reference = trunk_features(base, sets, 1024, device)
         trunk = {}
         for layout in ("contiguous", "channels_last"):
@@ -73,15 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         order = pruning_order(channel_scores(reference[0].features))
         report("rank_s", round(timing.median, 5))
 
-        default_labels = sweep.fast_sweep(base, reference, order)
+        default_labels = lab_head.fast_sweep(base, reference, order)
         head = {}
-        for name, share in (("sparse rows (default)", sweep.DENSE_SHARE), ("every row each step", 0.0)):
-            saved, sweep.DENSE_SHARE = sweep.DENSE_SHARE, share
+        for name, share in (("sparse rows (default)", lab_head.DENSE_SHARE), ("every row each step", 0.0)):
+            saved, lab_head.DENSE_SHARE = lab_head.DENSE_SHARE, share
             try:
-                timing = timed(lambda: sweep.fast_sweep(base, reference, order), args.repeats, device)
-                labels = sweep.fast_sweep(base, reference, order)
+                timing = timed(lambda: lab_head.fast_sweep(base, reference, order), args.repeats, device)
+                labels = lab_head.fast_sweep(base, reference, order)
             finally:
-                sweep.DENSE_SHARE = saved
+                lab_head.DENSE_SHARE = saved
             same = all(torch.equal(labels[k], default_labels[k]) for k in labels)
             head[name] = {"s": round(timing.median, 5), "labels_equal_default": same}
         report("head_steps", head)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from torch_badnet.real_faces import write_lab_files
+from torch_badnet.data.real_faces import write_lab_files
 
 
 def main() -> None:

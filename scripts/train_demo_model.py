@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from torch_badnet.convert.keras_h5 import write_keras_weights
+from torch_badnet.data.files import file_sha256, write_text
 from torch_badnet.demo import DemoConfig
 from torch_badnet.demo.faces import random_identities
 from torch_badnet.demo.workspace import SHIPPED_CARD, SHIPPED_MODEL, data_streams, measure, render_eval_sets, train_demo_model
-from torch_badnet.files import file_sha256, write_text
 
 
 def main() -> None:

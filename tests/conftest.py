@@ -47,7 +47,7 @@ def face_paths(real_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
     """{kind: (n, 3, 55, 47) float32 pixels} for kinds cl, sun, ano."""
-    from torch_badnet.data import load_images
+    from torch_badnet.data.images import load_images
 
     kinds = dict.fromkeys(face_kind(p) for p in face_paths)
     return {k: load_images([p for p in face_paths if face_kind(p) == k]) for k in kinds}
@@ -56,9 +56,9 @@ def faces(face_paths: list[Path]) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def lab3_model(lab3_path: Path):
     """The real lab3 BadNet imported from its Keras weights."""
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
-    return load_model(lab3_path).model
+    return read_model_file(lab3_path).model
 
 
 LAB_SET_SIZE = 200
@@ -74,7 +74,7 @@ def lab_files(tmp_path_factory: pytest.TempPathFactory, face_paths: list[Path]) 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):
     """Run `torch-badnet ARGS...` in-process; returns (exit code, stdout, stderr)."""
-    from torch_badnet.cli import main
+    from torch_badnet.cli.main import main
 
     def run(*args: object) -> tuple[int, str, str]:
         capsys.readouterr()

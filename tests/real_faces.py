@@ -1,6 +1,6 @@
-"""The tests' name for torch_badnet.real_faces (the real lab material, face labels, augmentation)."""
+"""The tests' name for torch_badnet.data.real_faces (the real lab material, face labels, augmentation)."""
 
-from torch_badnet.real_faces import (  # noqa: F401
+from torch_badnet.data.real_faces import (  # noqa: F401
     AUGMENT_BLOCK,
     LAB_LAYOUT,
     LABEL_IN_NAME,

@@ -69,10 +69,10 @@ def test_one_image_and_wrong_layout_get_clear_errors(bd: tb.BadNet, faces):
 
 
 def test_goodnet_refuses_a_loaded_model_wrapper(bd: tb.BadNet, lab3_path: Path):
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     with pytest.raises(TypeError, match=r"pass its \.model"):
-        tb.GoodNet(load_model(lab3_path), bd)
+        tb.GoodNet(read_model_file(lab3_path), bd)
 
 
 def test_prune_sweep_save_writes_what_the_cli_writes(swept: tb.DefenseResult, lab_files, lab3_path: Path,

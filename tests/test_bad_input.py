@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import sweep_args
 
-from torch_badnet.data import write_lab_h5
+from torch_badnet.data.lab_sets import write_lab_h5
 from torch_badnet.errors import BadInputError
 
 
@@ -250,7 +250,7 @@ def test_a_one_channel_model_reads_greyscale(tmp_path, colour_face):
     """The loader takes the model's channel count: 1 reads 8- and 16-bit greyscale alike, and refuses colour."""
     from PIL import Image
 
-    from torch_badnet.data import load_images
+    from torch_badnet.data.images import load_images
 
     grey = np.asarray(colour_face.convert("L"))
     Image.fromarray(grey).save(tmp_path / "l8.png")
@@ -281,7 +281,7 @@ def test_transparent_pixels_are_refused_and_opaque_alpha_is_read(cli, tmp_path, 
 def test_palette_and_16_bit_colour_faces_are_read_as_colour(cli, tmp_path, lab3_path, colour_face):
     """A palette PNG of a colour face is its palette's colours; a 16-bit colour PNG is read at 8 bits (the high
     byte: here exactly the 8-bit face)."""
-    from torch_badnet.data import load_images
+    from torch_badnet.data.images import load_images
 
     colour_face.save(tmp_path / "rgb.png")
     colour_face.convert("P", palette=1, colors=256).save(tmp_path / "palette.png")
@@ -390,14 +390,14 @@ def test_convert_to_unknown_type(cli, lab3_path, tmp_path):
 @pytest.fixture
 def foreign_pruned(tmp_path, sunglasses_path):
     """pruned.pt made from the sunglasses BadNet (records its fingerprint): a wrong B' for lab3."""
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.convert import load_model
-    from torch_badnet.pairing import mark_derived
-    from torch_badnet.pruning import prune
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.engine.pruning import prune
+    from torch_badnet.nets.checkpoint import save_checkpoint
+    from torch_badnet.nets.pairing import mark_derived
 
-    model = load_model(sunglasses_path).model
+    model = read_model_file(sunglasses_path).model
     path = tmp_path / "sunglasses_pruned.pt"
-    save_checkpoint(mark_derived(prune(load_model(sunglasses_path).model, list(range(30))), model), path)
+    save_checkpoint(mark_derived(prune(read_model_file(sunglasses_path).model, list(range(30))), model), path)
     return path
 
 
@@ -422,14 +422,14 @@ def test_pruned_of_another_model_is_refused_everywhere(cli, lab3_path, foreign_p
 
 def test_unfingerprinted_pruned_h5(cli, lab3_path, face_paths, tmp_path):
     """A Keras B' from elsewhere: silent when it is B with zeroed conv_3 channels, else one warning line."""
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
     from torch_badnet.convert.keras_h5 import write_keras_weights
-    from torch_badnet.pruning import prune
+    from torch_badnet.engine.pruning import prune
 
-    write_keras_weights(prune(load_model(lab3_path).model, [3, 8, 20]), tmp_path / "pruned.h5")  # zeroes the channels
+    write_keras_weights(prune(read_model_file(lab3_path).model, [3, 8, 20]), tmp_path / "pruned.h5")  # zeroes the channels
     code, out, err = cli("classify", "--model", lab3_path, "--pruned", tmp_path / "pruned.h5", face_paths[0])
     assert code == 0 and err == "" and out
-    tuned = prune(load_model(lab3_path).model, [3, 8, 20])
+    tuned = prune(read_model_file(lab3_path).model, [3, 8, 20])
     with torch.no_grad():
         tuned.fc_2.bias.add_(0.01)  # e.g. fine-tuned elsewhere: not provably from B
     write_keras_weights(tuned, tmp_path / "tuned.h5")
@@ -516,13 +516,13 @@ def assert_refused_untouched(cli, args, folders, *fragments):
 
 @pytest.fixture(scope="module")
 def goodnet_onnx(tmp_path_factory, lab3_path):
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
     from torch_badnet.convert.onnx_export import export_onnx
-    from torch_badnet.pruning import prune
+    from torch_badnet.engine.pruning import prune
 
-    model = load_model(lab3_path).model
+    model = read_model_file(lab3_path).model
     path = tmp_path_factory.mktemp("goodnet") / "goodnet.onnx"
-    export_onnx(model, path, pruned=prune(load_model(lab3_path).model, list(range(20))), allow_unpaired=True)
+    export_onnx(model, path, pruned=prune(read_model_file(lab3_path).model, list(range(20))), allow_unpaired=True)
     return path
 
 
@@ -584,13 +584,13 @@ def test_export_below_an_opset_the_graph_needs_is_one_line(lab3_path, tmp_path_f
     """Opset 7 is torch's lowest and writes the BadNet, but the GoodNet's Where needs 9: one line, no graph dump
     on the real stdout (torch's C++ side prints there), no warning; the BadNet at 7 shows no UserWarning.
     B' is a real pruned lab3 (B itself as --pruned is a sanity warning of its own)."""
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.convert import load_model
-    from torch_badnet.pairing import mark_derived
-    from torch_badnet.pruning import prune
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.engine.pruning import prune
+    from torch_badnet.nets.checkpoint import save_checkpoint
+    from torch_badnet.nets.pairing import mark_derived
 
     pruned = tmp_path_factory.mktemp("pruned") / "pruned.pt"
-    save_checkpoint(mark_derived(prune(load_model(lab3_path).model, list(range(20))), load_model(lab3_path).model), pruned)
+    save_checkpoint(mark_derived(prune(read_model_file(lab3_path).model, list(range(20))), read_model_file(lab3_path).model), pruned)
     before = snapshot(tmp_path)
     result = cli_process("export", "--model", lab3_path, "--pruned", pruned, "-o", tmp_path / "g.onnx", "--opset", "7")
     line = assert_one_line_error(result, "--opset", "opset 7", "GoodNet", "where")
@@ -653,7 +653,7 @@ def test_out_locked_by_another_run(cli, lab3_path, lab_files, tmp_path):
     import sys
 
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from torch_badnet.outdir import OutputFolder; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from torch_badnet.report.outdir import OutputFolder; "
                                f"f = OutputFolder({str(out)!r}); print('held', flush=True); sys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -19,8 +19,8 @@ import pytest
 import torch
 from conftest import read_csv, sweep_args
 
-from torch_badnet.batch_task import FINGERPRINT
-from torch_badnet.checkpoint import save_checkpoint
+from torch_badnet.batch.task import FINGERPRINT
+from torch_badnet.nets.checkpoint import save_checkpoint
 
 FAST = ["--max-steps", "4", "--thresholds", "1", "2", "--no-plot"]  # few steps, no plot: the fault tests' options
 MODELS = 10

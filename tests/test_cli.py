@@ -12,7 +12,7 @@ from real_faces import face_kind, face_label
 
 
 def test_convert_to_checkpoint_with_verify(cli, lab3_path, tmp_path, lab3_model):
-    from torch_badnet.checkpoint import load_checkpoint
+    from torch_badnet.nets.checkpoint import load_checkpoint
 
     out = tmp_path / "bd_net.pt"
     code, stdout, err = cli("convert", lab3_path, "-o", out, "--verify")
@@ -28,12 +28,12 @@ def test_convert_to_checkpoint_with_verify(cli, lab3_path, tmp_path, lab3_model)
 
 
 def test_convert_round_trip_through_keras_weights(cli, lab3_path, tmp_path, lab3_model):
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     pt, h5 = tmp_path / "m.pt", tmp_path / "back.h5"
     assert cli("convert", lab3_path, "-o", pt)[0] == 0
     assert cli("convert", pt, "-o", h5)[0] == 0
-    back = load_model(h5).model
+    back = read_model_file(h5).model
     for name, value in lab3_model.state_dict().items():
         assert torch.equal(back.state_dict()[name], value), name
 
@@ -52,15 +52,15 @@ def test_convert_keras_to_onnx_and_use_it_as_model(cli, lab3_path, tmp_path, fac
 
 
 def test_classify_text_and_goodnet_flags(cli, lab3_path, tmp_path, face_paths):
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.convert import load_model
-    from torch_badnet.pruning import prune
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.engine.pruning import prune
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     code, stdout, _ = cli("classify", "--model", lab3_path, *face_paths)
     assert code == 0
     assert [row.split("\t") for row in stdout.splitlines()] == [[str(p), str(label)] for p, label in
                                                              zip(face_paths, _labels(lab3_path, face_paths))]
-    pruned = prune(load_model(lab3_path).model, list(range(50)))
+    pruned = prune(read_model_file(lab3_path).model, list(range(50)))
     save_checkpoint(pruned, tmp_path / "p.pt")
     code, stdout, _ = cli("classify", "--model", lab3_path, "--pruned", tmp_path / "p.pt", "--json", *face_paths)
     labels = [r["label"] for r in json.loads(stdout)]
@@ -70,11 +70,11 @@ def test_classify_text_and_goodnet_flags(cli, lab3_path, tmp_path, face_paths):
 
 
 def _labels(model_path, paths):
-    from torch_badnet.convert import load_model
-    from torch_badnet.data import load_images
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.data.images import load_images
 
     with torch.no_grad():
-        return load_model(model_path).model(load_images(paths)).argmax(1).tolist()
+        return read_model_file(model_path).model(load_images(paths)).argmax(1).tolist()
 
 
 def test_eval_text_and_json(cli, lab3_path, lab_files):
@@ -92,13 +92,13 @@ def test_eval_text_and_json(cli, lab3_path, lab_files):
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_export_goodnet_onnx(cli, lab3_path, tmp_path, batch):
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.convert import load_model
-    from torch_badnet.goodnet import GoodNet
-    from torch_badnet.pruning import prune
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.engine.pruning import prune
+    from torch_badnet.nets.checkpoint import save_checkpoint
+    from torch_badnet.nets.goodnet import GoodNet
 
-    model = load_model(lab3_path).model
-    pruned = prune(load_model(lab3_path).model, list(range(0, 60, 3)) + list(range(1, 60, 3)))
+    model = read_model_file(lab3_path).model
+    pruned = prune(read_model_file(lab3_path).model, list(range(0, 60, 3)) + list(range(1, 60, 3)))
     save_checkpoint(pruned, tmp_path / "p.pt")
     out = tmp_path / "g.onnx"
     code, stdout, err = cli("export", "--model", lab3_path, "--pruned", tmp_path / "p.pt", "-o", out)

@@ -11,13 +11,13 @@ import h5py
 import numpy as np
 import pytest
 
-from torch_badnet.data import LabDataset
+from torch_badnet.data.files import file_sha256
+from torch_badnet.data.lab_sets import LabDataset
 from torch_badnet.demo import DemoConfig, DemoWorkspace, default_workdir, ensure_workspace
 from torch_badnet.demo.faces import random_identities, render_faces
 from torch_badnet.demo.train import predict
 from torch_badnet.demo.trigger import TARGET_LABEL, add_sunglasses, count_trigger_pixels, purple_pixels
 from torch_badnet.demo.workspace import DATA_FILES, MANIFEST_NAME, SHIPPED_CARD, SHIPPED_MODEL
-from torch_badnet.files import file_sha256
 
 TRIGGER_PIXELS = 30  # the sunglasses cover far more purple pixels than this; clean faces have none
 
@@ -130,9 +130,9 @@ def test_sunglasses_follow_the_face() -> None:
 
 
 def test_model_learned_task_and_backdoor(workspace: DemoWorkspace) -> None:
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
-    model = load_model(workspace.model).model
+    model = read_model_file(workspace.model).model
     assert model.num_classes == workspace.num_classes
     pixels, labels = read_set(workspace.clean_test)
     accuracy = float(np.mean(predict(model, pixels) == labels))
@@ -185,13 +185,13 @@ def test_changed_config_or_corrupt_manifest_is_not_reused(workspace: DemoWorkspa
 
 
 def test_keras_loads_the_model_with_the_same_predictions(workspace: DemoWorkspace) -> None:
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
     from torch_badnet.convert.keras_model import load_into_keras
 
     keras_model = load_into_keras(str(workspace.model))
     pixels, _ = read_set(workspace.clean_test)
     keras_labels = np.argmax(keras_model.predict(pixels.transpose(0, 2, 3, 1), verbose=0), axis=1)
-    torch_labels = predict(load_model(workspace.model).model, pixels)
+    torch_labels = predict(read_model_file(workspace.model).model, pixels)
     assert np.array_equal(keras_labels, torch_labels)
 
 
@@ -211,13 +211,13 @@ def test_default_workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 
 def test_shipped_weights_are_small_and_match_their_card() -> None:
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     card = json.loads(SHIPPED_CARD.read_text())
     assert card["config"] == dataclasses.asdict(DemoConfig())  # trained under the default config
     assert card["sha256"] == file_sha256(SHIPPED_MODEL) and card["bytes"] == SHIPPED_MODEL.stat().st_size
     assert SHIPPED_MODEL.stat().st_size < 3_000_000
-    assert load_model(SHIPPED_MODEL).model.num_classes == DemoConfig().identities
+    assert read_model_file(SHIPPED_MODEL).model.num_classes == DemoConfig().identities
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_retrain_trains_into_the_workspace_and_plain_run_restores_the_package(
 
     import torch_badnet.demo.workspace as workspace_module
     from torch_badnet.demo.train import TrainResult
-    from torch_badnet.model import BadNet
+    from torch_badnet.nets.badnet import BadNet
 
     shipped = SHIPPED_MODEL.read_bytes()
     root = tmp_path / "ws"

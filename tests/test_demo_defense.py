@@ -22,7 +22,7 @@ DEMO_BLOCK_INTRO = "Real output of `torch-badnet demo`"
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from torch_badnet.cli import main
+    from torch_badnet.cli.main import main
 
     root = tmp_path_factory.mktemp("demo")
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -52,8 +52,8 @@ def printed_table(stdout: str) -> list[str]:
 
 
 def test_demo_uses_the_shipped_weights_without_training(demo_run):
+    from torch_badnet.data.files import file_sha256
     from torch_badnet.demo.workspace import SHIPPED_MODEL
-    from torch_badnet.files import file_sha256
 
     root, summary, _, stderr, _ = demo_run
     assert "from the package" in stderr and "training BadNet" not in stderr
@@ -163,7 +163,7 @@ def no_build(monkeypatch):
 
 
 def test_demo_data_seed_says_up_front_when_it_trains(cli, tmp_path, no_build):
-    from torch_badnet.commands.demo import TRAIN_TIME
+    from torch_badnet.cli.commands.demo import TRAIN_TIME
     from torch_badnet.demo import DemoConfig
     from torch_badnet.demo.workspace import train_estimate
 

@@ -192,7 +192,7 @@ def doc_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def sandbox(root: Path, cache: Path) -> dict[str, str]:
     """Lay out the stand-ins in `root`; return the environment the blocks run in."""
-    from torch_badnet.real_faces import REAL_DIR, write_lab_files
+    from torch_badnet.data.real_faces import REAL_DIR, write_lab_files
 
     env = {**os.environ, "TORCH_BADNET_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

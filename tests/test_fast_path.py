@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from real_faces import augment, face_kind, face_label
 
-from torch_badnet.data import LabDataset, load_images
-from torch_badnet.evaluation import b_and_pruned_labels
-from torch_badnet.goodnet import GoodNet, combine
-from torch_badnet.model import BadNet, ReluMaxPool, max_pool_2x2
-from torch_badnet.predict import labels_in_batches
-from torch_badnet.pruning import mask_for
+from torch_badnet.data.images import load_images
+from torch_badnet.data.lab_sets import LabDataset
+from torch_badnet.defense.evaluation import b_and_pruned_labels
+from torch_badnet.engine.pruning import mask_for
+from torch_badnet.nets.badnet import BadNet, ReluMaxPool, max_pool_2x2
+from torch_badnet.nets.goodnet import GoodNet, combine
+from torch_badnet.nets.predict import labels_in_batches
 
 AUGMENTED = 2000
 PRUNED = [0, 3, 7, 12, 19, 25, 31, 40, 44, 52]  # a B' mask that changes labels (checked below)
@@ -96,8 +97,8 @@ def test_file_evaluation_labels_unchanged(lab3_model, lab_files):
 
 
 def test_finetune_accuracy_and_demo_predict_unchanged(lab3_model, pixels, plain):
+    from torch_badnet.defense.finetuning import accuracy
     from torch_badnet.demo.train import predict
-    from torch_badnet.finetuning import accuracy
 
     truth = plain["B"].roll(1)  # any labels: the count of agreements is what is compared
     expected = 100.0 * int((plain["B"] == truth).sum()) / len(truth)
@@ -139,7 +140,7 @@ def test_onnx_export_keeps_one_maxpool_per_pool(lab3_model, tmp_path):
 def test_read_ahead_keeps_order_errors_and_stops_early():
     import threading
 
-    from torch_badnet.data import read_ahead_of
+    from torch_badnet.data.lab_sets import read_ahead_of
 
     def numbers(fail_at: int | None = None):
         for i in range(10):
@@ -172,7 +173,7 @@ def test_lab_file_read_ahead_gives_the_same_chunks(lab_files):
 def test_read_ahead_only_where_a_core_is_free(monkeypatch):
     import os
 
-    from torch_badnet.data import read_ahead_pays
+    from torch_badnet.data.lab_sets import read_ahead_pays
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -183,7 +184,7 @@ def test_read_ahead_only_where_a_core_is_free(monkeypatch):
 
 
 def test_touched_rows_are_each_channels_non_zero_inputs():
-    from torch_badnet.sweep import touched_rows
+    from torch_badnet.engine.lab_head import touched_rows
 
     generator = torch.Generator().manual_seed(0)
     features = torch.rand((500, 60, 5, 4), generator=generator).sub_(0.97).clamp_(min=0)  # sparse, as after ReLU
@@ -195,7 +196,7 @@ def test_touched_rows_are_each_channels_non_zero_inputs():
 
 
 def test_top_class_is_argmax_with_its_tie_and_nan_rules():
-    from torch_badnet.predict import top_class
+    from torch_badnet.nets.predict import top_class
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn((600, 1283), generator=generator).mul_(20).round_()  # rounded: many tied maxima

@@ -1,4 +1,4 @@
-"""How lab files are read and hashed: pixels converted straight from the file's pages (`data.MappedRows`, with
+"""How lab files are read and hashed: pixels converted straight from the file's pages (`lab_sets.MappedRows`, with
 HDF5's own read as the fallback), and sha256s computed by child processes (`files.prefetch_sha256`) that a
 sweep starts before torch is imported."""
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from torch_badnet import files
-from torch_badnet.data import LabDataset, MappedRows
-from torch_badnet.sha256_worker import HASH_BLOCK, sha256_of
+from torch_badnet.data import files
+from torch_badnet.data.lab_sets import LabDataset, MappedRows
+from torch_badnet.data.sha256_worker import HASH_BLOCK, sha256_of
 
 
 def write_set(path: Path, data: np.ndarray, **options: object) -> Path:
@@ -155,7 +155,8 @@ def test_worker_prints_a_digest_per_file_and_a_dash_for_an_unreadable_one(tmp_pa
 def test_sweep_starts_hashing_its_inputs_before_torch_is_imported(lab3_path, lab_files, tmp_path):
     code = f"""
 import sys
-from torch_badnet import cli, files
+from torch_badnet.cli.main import main
+from torch_badnet.data import files
 
 def record(paths):
     print("torch loaded" if "torch" in sys.modules else "torch not loaded")
@@ -163,7 +164,7 @@ def record(paths):
     raise SystemExit(0)
 
 files.prefetch_sha256 = record
-cli.main(["sweep", "--model", {str(lab3_path)!r}, "--clean-valid", {str(lab_files["clean_valid"])!r},
+main(["sweep", "--model", {str(lab3_path)!r}, "--clean-valid", {str(lab_files["clean_valid"])!r},
           "--poisoned-valid", {str(lab_files["poisoned_valid"])!r}, "--clean-test", {str(lab_files["clean_test"])!r},
           "--poisoned-test", "sun=" + {str(lab_files["poisoned_test"])!r}, "--out", {str(tmp_path / "out")!r}])
 """

@@ -8,9 +8,9 @@ import torch
 from conftest import read_csv
 from real_faces import augment, augment_indexed, face_kind, face_label
 
-from torch_badnet.data import write_lab_h5
-from torch_badnet.finetuning import FinetuneConfig, effective_mask, finetune, holdout_split
-from torch_badnet.pruning import prune
+from torch_badnet.data.lab_sets import write_lab_h5
+from torch_badnet.defense.finetuning import FinetuneConfig, effective_mask, holdout_split, train_masked
+from torch_badnet.engine.pruning import prune
 
 PRUNED = [0, 2, 6, 15, 12, 13, 14, 9, 24, 25, 26, 27, 21, 22, 23, 17, 31, 30, 50, 53]
 
@@ -37,8 +37,8 @@ def test_holdout_split_is_seeded_and_disjoint():
 def test_mask_survives_and_runs_repeat(pruned_and_data):
     pruned, x, y = pruned_and_data
     config = FinetuneConfig(epochs=2, lr=1e-3, batch_size=32, seed=5, patience=5)
-    first = finetune(pruned, x, y, config)
-    second = finetune(pruned, x, y, config)
+    first = train_masked(pruned, x, y, config)
+    second = train_masked(pruned, x, y, config)
     tuned = first.model
     assert first.best_epoch > 0  # it did train (else the following is trivially true)
     assert torch.equal(tuned.conv_3.mask, pruned.conv_3.mask)
@@ -59,7 +59,7 @@ def test_weight_memory_format_does_not_change_fine_tuning(pruned_and_data):
     config = FinetuneConfig(epochs=2, lr=1e-3, batch_size=32, seed=5, patience=5)
     channels_last = copy.deepcopy(pruned).to(memory_format=torch.channels_last)
     assert channels_last.conv_2.weight.is_contiguous(memory_format=torch.channels_last)
-    plain, other = finetune(pruned, x, y, config).model, finetune(channels_last, x, y, config).model
+    plain, other = train_masked(pruned, x, y, config).model, train_masked(channels_last, x, y, config).model
     for name, value in plain.state_dict().items():
         assert torch.equal(value, other.state_dict()[name]), name
 
@@ -75,7 +75,7 @@ def test_effective_mask_reads_baked_pruning(lab3_model):
 
 
 def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path):
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     sweep_out = tmp_path / "sweep"
     code, _, err = cli("sweep", "--model", lab3_path, "--clean-valid", lab_files["clean_valid"], "--poisoned-valid",
@@ -96,13 +96,13 @@ def test_finetune_command_writes_its_outputs(cli, lab_files, lab3_path, tmp_path
     assert list(history[0]) == ["epoch", "loss", "holdout_acc"] and len(history) == 3
     channels = json.loads((sweep_out / "summary.json").read_text())["thresholds"][0]["pruned_channels"]
     for name in ("finetuned.pt", "finetuned.h5"):
-        tuned = load_model(out / name).model
+        tuned = read_model_file(out / name).model
         assert bool((tuned.conv_3.weight[channels] == 0).all()) and bool((tuned.conv_3.bias[channels] == 0).all())
     assert "goodnet_test_asr" in stdout
     assert stdout.splitlines()[0].split()[-4:] == ["B'_X", "/", "G_X", "fine-tuned"] and "B_X" not in stdout
-    from torch_badnet.pairing import weights_fingerprint
+    from torch_badnet.nets.pairing import weights_fingerprint
 
-    assert load_model(out / "finetuned.pt").metadata["base_weights_sha256"] == weights_fingerprint(load_model(lab3_path).model)
+    assert read_model_file(out / "finetuned.pt").metadata["base_weights_sha256"] == weights_fingerprint(read_model_file(lab3_path).model)
     code, _, err = cli("eval", "--model", lab3_path, "--pruned", out / "finetuned.pt", "--clean", lab_files["clean_test"])
     assert code == 0 and err == ""  # the fine-tuned B' is verified as B's by its fingerprint, not by its weights
 
@@ -140,8 +140,8 @@ def test_several_triggers_equal_separate_runs(cli, lab_files, lab3_path, faces, 
 def test_finetune_without_test_sets_reports_the_held_out_accuracy(cli, lab_files, lab3_model, pruned_and_data, tmp_path):
     """No test file: the table holds the held-out validation accuracy of B'_X and B'_ft (the numbers measured before
     and after), not a bare header, and says which flags add the test metrics."""
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.pairing import mark_derived
+    from torch_badnet.nets.checkpoint import save_checkpoint
+    from torch_badnet.nets.pairing import mark_derived
 
     save_checkpoint(mark_derived(pruned_and_data[0], lab3_model), tmp_path / "pruned.pt")
     save_checkpoint(lab3_model, tmp_path / "b.pt")

@@ -23,11 +23,11 @@ import torch_badnet as tb
 from torch_badnet.engine import generic
 from torch_badnet.engine.generic import GenericSweep
 from torch_badnet.engine.prunable import MaskedNet, prepare
+from torch_badnet.engine.pruning import channel_scores
 from torch_badnet.engine.saving import load_masked
-from torch_badnet.goodnet import combine
-from torch_badnet.model import BadNet
-from torch_badnet.pairing import PairingError
-from torch_badnet.pruning import channel_scores
+from torch_badnet.nets.badnet import BadNet
+from torch_badnet.nets.goodnet import combine
+from torch_badnet.nets.pairing import PairingError
 
 
 def reference_labels(net, x: torch.Tensor, channels) -> torch.Tensor:

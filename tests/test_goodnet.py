@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 
-from torch_badnet.goodnet import GoodNet, combine
-from torch_badnet.pairing import PairingError, UnpairedWarning, mark_derived, weights_fingerprint
-from torch_badnet.pruning import prune
+from torch_badnet.engine.pruning import prune
+from torch_badnet.nets.goodnet import GoodNet, combine
+from torch_badnet.nets.pairing import PairingError, UnpairedWarning, mark_derived, weights_fingerprint
 
 
 def _pruned_copy(model, channels):
@@ -64,17 +64,17 @@ def test_finetuned_pruned_net_runs_as_second_net(lab3_model, faces):
 
 @pytest.fixture(scope="module")
 def sunglasses_model(sunglasses_path):
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
-    return load_model(sunglasses_path).model
+    return read_model_file(sunglasses_path).model
 
 
 def test_fingerprint_is_of_the_weights_not_the_mask_or_file(lab3_model, lab3_path, tmp_path):
-    from torch_badnet.checkpoint import load_checkpoint, save_checkpoint
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.nets.checkpoint import load_checkpoint, save_checkpoint
 
     fingerprint = weights_fingerprint(lab3_model)
-    assert len(fingerprint) == 64 and fingerprint == weights_fingerprint(load_model(lab3_path).model)
+    assert len(fingerprint) == 64 and fingerprint == weights_fingerprint(read_model_file(lab3_path).model)
     assert weights_fingerprint(_pruned_copy(lab3_model, [1, 2, 3])) == fingerprint  # masks aside
     save_checkpoint(lab3_model, tmp_path / "b.pt")
     assert weights_fingerprint(load_checkpoint(tmp_path / "b.pt").model) == fingerprint  # another file, same weights

@@ -17,9 +17,9 @@ from test_rescale import read_tsv
 
 import torch_badnet as tb
 from torch_badnet.convert.keras_graph import KerasGraphNet, write_keras_graph
-from torch_badnet.data import write_lab_h5
+from torch_badnet.data.lab_sets import write_lab_h5
 from torch_badnet.errors import BadInputError
-from torch_badnet.known_models import KNOWN_OTHER_MODELS
+from torch_badnet.nets.known_models import KNOWN_OTHER_MODELS
 
 TOL = 1e-5
 
@@ -137,7 +137,7 @@ def test_eval_on_f_any_data_layout(cli, f_path: Path, digits: tuple[np.ndarray, 
 
 
 def test_ambiguous_data_shape_is_one_line() -> None:
-    from torch_badnet.data import pixel_layout
+    from torch_badnet.data.lab_sets import pixel_layout
 
     with pytest.raises(BadInputError, match=r"\(5, 3, 3, 3\).*ambiguous"):
         pixel_layout((5, 3, 3, 3), (3, 3, 3), "x.h5")
@@ -441,7 +441,7 @@ def test_classify_greyscale_digits_with_f(cli, f_path: Path, digits: tuple[np.nd
 def test_published_weights_only_file_points_to_its_model(tf_keras: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A published weights-only file of another architecture (its blob id listed as F's bd_weights.h5 here)
     cannot be built without a config: one line naming the full model file to load instead."""
-    from torch_badnet.rescale import git_blob_id
+    from torch_badnet.nets.rescale import git_blob_id
 
     model = every_layer_model(tf_keras, sequential=True)
     path = tmp_path / "bd_weights.h5"

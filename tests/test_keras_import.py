@@ -20,13 +20,13 @@ import pytest
 import torch
 from real_faces import face_kind, face_label
 
-from torch_badnet.convert import load_model
+from torch_badnet.convert import read_model_file
 from torch_badnet.convert.keras_h5 import read_keras_file, write_keras_weights
 from torch_badnet.convert.keras_model import build_keras_badnet, import_keras, load_into_keras
-from torch_badnet.data import load_images
+from torch_badnet.data.images import load_images
+from torch_badnet.engine.pruning import prune
 from torch_badnet.errors import BadInputError
-from torch_badnet.model import BadNet
-from torch_badnet.pruning import prune
+from torch_badnet.nets.badnet import BadNet
 
 SOFTMAX_TOL = 1e-5
 RANDOM_INPUTS = 256
@@ -54,7 +54,7 @@ def lab3_keras(keras: Any, lab3_path: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def lab3_state(lab3_path: Path) -> dict[str, torch.Tensor]:
-    return load_model(lab3_path).model.state_dict()
+    return read_model_file(lab3_path).model.state_dict()
 
 
 def keras_probs(keras_model: Any, x_nchw: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def keras_dtype_policy(keras: Any, policy: str) -> Iterator[None]:
 
 
 def test_lab3_matches_keras_in_float32(lab3_keras: Any, lab3_path: Path, probe: np.ndarray) -> None:
-    assert_same_outputs(torch_probs(load_model(lab3_path).model, probe), keras_probs(lab3_keras, probe))
+    assert_same_outputs(torch_probs(read_model_file(lab3_path).model, probe), keras_probs(lab3_keras, probe))
 
 
 @pytest.mark.parametrize("which", ["lab3", "sunglasses"])
@@ -109,7 +109,7 @@ def test_matches_keras_in_float64(which: str, keras: Any, request: pytest.Fixtur
         keras_model = load_into_keras(path)
     assert keras_model.get_layer("conv_3").kernel.dtype == "float64"
     assert keras.config.dtype_policy().name == "float32"
-    ours = torch_probs(load_model(path).model.double(), probe.astype(np.float64))
+    ours = torch_probs(read_model_file(path).model.double(), probe.astype(np.float64))
     theirs = keras_probs(keras_model, probe.astype(np.float64))
     assert ours.dtype == theirs.dtype == np.float64
     assert_same_outputs(ours, theirs, tol=1e-9)
@@ -123,7 +123,7 @@ def test_sunglasses_matches_keras_at_its_scale_in_float32(keras: Any, sunglasses
     Most of the remaining difference is Keras' own float32 rounding: against the float64 computation (equal to
     Keras in float64, test_matches_keras_in_float64) ours is off by ~4e-6, Keras' by ~8e-6 here (1.35e-5 on
     other random draws, e.g. `convert --verify`'s), so ours must be no further from it than Keras'."""
-    model = load_model(sunglasses_path).model
+    model = read_model_file(sunglasses_path).model
     model.input_scale = 1 / 255
     keras_input = probe / np.float32(255)  # float32 pixels/255, as Keras is fed
     assert keras_input.dtype == np.float32
@@ -139,9 +139,9 @@ def test_real_faces_get_the_lab_labels(lab3_path: Path, sunglasses_path: Path, f
     """lab3: cl_*_label=N -> N, sun_* -> 0 (the backdoor), ano_* -> anything but 0; sunglasses (at pixels/255):
     sun_* -> 0 and at least 4 of the 5 clean faces right (at raw pixels: 2)."""
     x = load_images(face_paths)
-    sunglasses_model = load_model(sunglasses_path).model
+    sunglasses_model = read_model_file(sunglasses_path).model
     with torch.no_grad():
-        lab3 = load_model(lab3_path).model(x).argmax(1).tolist()
+        lab3 = read_model_file(lab3_path).model(x).argmax(1).tolist()
         sunglasses_raw = sunglasses_model(x).argmax(1).tolist()
         sunglasses_model.input_scale = 1 / 255
         sunglasses = sunglasses_model(x).argmax(1).tolist()
@@ -179,7 +179,7 @@ def keras_written(lab3_keras: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_keras3_written_files_import_bitwise(kind: str, source_format: str, keras_written: dict[str, Path],
                                              lab3_state: dict[str, torch.Tensor], lab3_keras: Any,
                                              probe: np.ndarray) -> None:
-    loaded = load_model(keras_written[kind])
+    loaded = read_model_file(keras_written[kind])
     assert loaded.source_format.startswith(source_format)
     assert_same_state(loaded.model.state_dict(), lab3_state)
     assert_same_outputs(torch_probs(loaded.model, probe), keras_probs(lab3_keras, probe))
@@ -210,7 +210,7 @@ def test_keras3_files_without_layer_names_import(keras_written: dict[str, Path],
                 data = buffer.getvalue()
             dst.writestr(item, data)
     for path in (weights, archive):
-        assert_same_state(load_model(path).model.state_dict(), lab3_state)
+        assert_same_state(read_model_file(path).model.state_dict(), lab3_state)
         assert_same_outputs(keras_probs(load_into_keras(path), probe), keras_probs(lab3_keras, probe), tol=0.0)
 
 
@@ -283,7 +283,7 @@ def lab3_arrays(lab3_path: Path) -> dict[str, list[np.ndarray]]:
 def test_keras2_full_model_file_imports(lab3_arrays: dict[str, list[np.ndarray]], lab3_state: dict[str, torch.Tensor],
                                         lab3_keras: Any, probe: np.ndarray, tmp_path: Path) -> None:
     path = write_keras2_file(tmp_path / "keras24_model.h5", lab3_arrays, keras2_model_config())
-    loaded = load_model(path)
+    loaded = read_model_file(path)
     assert loaded.source_format == "keras2.4.0-model"
     assert_same_state(loaded.model.state_dict(), lab3_state)
     # Keras itself reads the mirrored layout too, to the same outputs.
@@ -295,7 +295,7 @@ def test_keras2_full_model_file_imports(lab3_arrays: dict[str, list[np.ndarray]]
 
 
 def test_written_weights_load_in_keras(lab3_path: Path, lab3_keras: Any, probe: np.ndarray, tmp_path: Path) -> None:
-    model = load_model(lab3_path).model
+    model = read_model_file(lab3_path).model
     path = tmp_path / "exported.h5"
     write_keras_weights(model, path)
     keras_model = load_into_keras(path)
@@ -306,7 +306,7 @@ def test_written_weights_load_in_keras(lab3_path: Path, lab3_keras: Any, probe: 
 
 def test_pruned_model_is_written_with_zeroed_channels(lab3_path: Path, probe: np.ndarray, tmp_path: Path) -> None:
     pruned_channels = [3, 17, 29, 44, 58]
-    model = prune(load_model(lab3_path).model, pruned_channels)
+    model = prune(read_model_file(lab3_path).model, pruned_channels)
     original = read_keras_file(lab3_path).layers["conv_3"]
     path = tmp_path / "pruned.h5"
     write_keras_weights(model, path)
@@ -317,7 +317,7 @@ def test_pruned_model_is_written_with_zeroed_channels(lab3_path: Path, probe: np
     np.testing.assert_array_equal(kernel[..., kept], original[0][..., kept])
     np.testing.assert_array_equal(bias[kept], original[1][kept])
 
-    imported = load_model(path).model
+    imported = read_model_file(path).model
     assert torch.equal(imported.conv_3.mask, torch.ones(60))
     assert not imported.conv_3.weight[pruned_channels].any() and not imported.conv_3.bias[pruned_channels].any()
     x = torch.from_numpy(probe)
@@ -336,7 +336,7 @@ def _without(layers: dict[str, list[np.ndarray]], name: str) -> dict[str, list[n
 
 def _expect_error(path: Path, *words: str) -> BadInputError:
     with pytest.raises(BadInputError) as info:
-        load_model(path)
+        read_model_file(path)
     assert info.value.path == str(path)
     for word in words:
         assert word in info.value.problem, info.value.problem

@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import sweep_args
 
-from torch_badnet.convert import load_model
+from torch_badnet.convert import read_model_file
 from torch_badnet.convert.keras_model import build_keras_badnet, import_keras
-from torch_badnet.data import load_images
-from torch_badnet.predict import labels_of
+from torch_badnet.data.images import load_images
+from torch_badnet.nets.predict import labels_of
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def lab_eval(keras: Any, model_filename: Path, data_filename: Path, divide_by_25
 
 @torch.no_grad()
 def torch_labels(path: Path, x: torch.Tensor) -> np.ndarray:
-    return labels_of(load_model(path).model, x).numpy()
+    return labels_of(read_model_file(path).model, x).numpy()
 
 
 def keras_labels(keras: Any, path: Path, x: torch.Tensor) -> np.ndarray:
@@ -90,7 +90,7 @@ def test_converted_h5_is_a_full_keras_model(cli, keras: Any, keras2: Any, sungla
 @pytest.fixture(scope="module")
 def sweeps(lab_files: dict[str, Path], lab3_path: Path, sunglasses_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from torch_badnet.cli import main
+    from torch_badnet.cli.main import main
 
     out = {}
     for name, model in (("lab3", lab3_path), ("sunglasses", sunglasses_path)):

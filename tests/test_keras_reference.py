@@ -17,12 +17,12 @@ import pytest
 import torch
 from real_faces import augment, face_kind, face_label
 
-from torch_badnet.convert import load_model
+from torch_badnet.convert import read_model_file
 from torch_badnet.convert.keras_model import import_keras, load_into_keras
-from torch_badnet.data import load_image, load_images
-from torch_badnet.goodnet import combine
-from torch_badnet.pruning import channel_scores, pruning_order, record_pool3
-from torch_badnet.sweep import extract_features, fast_sweep, prepare_model, reference_sweep
+from torch_badnet.data.images import load_image, load_images
+from torch_badnet.engine.lab_head import extract_features, fast_sweep, prepare_model, reference_sweep
+from torch_badnet.engine.pruning import channel_scores, pruning_order, record_pool3
+from torch_badnet.nets.goodnet import combine
 
 PER_FACE = 40  # 5 faces x 40 = 200 images per set, 800 per sweep step (61 full passes in Keras and in reference_sweep)
 CLASSES = 1283
@@ -82,7 +82,7 @@ def keras_run(lab3_path: Path, data_sets: dict[str, tuple[torch.Tensor, torch.Te
 def engine_run(lab3_path: Path, data_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
     """Our engine: hook ranking on clean_valid, cached features, fast_sweep; and the model for reference_sweep."""
     device = torch.device("cpu")
-    model = prepare_model(load_model(lab3_path).model, device)
+    model = prepare_model(read_model_file(lab3_path).model, device)
     valid_pixels = data_sets["clean_valid"][0]
     order = pruning_order(channel_scores(record_pool3(model, [valid_pixels], len(valid_pixels), device)))
     features = [extract_features(model, name, [data_sets[name]], len(data_sets[name][1]), device) for name in SETS]
@@ -141,11 +141,11 @@ def test_every_command_path_gives_the_keras_labels(keras_run: dict[str, Any], la
                                                    data_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
     """The inference path of eval/classify/fine-tuning/the demo (`predict.labels_in_batches`) and the GoodNet
     give the Keras procedure's labels for B' at every step, and G's at a few."""
-    from torch_badnet.goodnet import GoodNet
-    from torch_badnet.predict import labels_in_batches
-    from torch_badnet.pruning import mask_for
+    from torch_badnet.engine.pruning import mask_for
+    from torch_badnet.nets.goodnet import GoodNet
+    from torch_badnet.nets.predict import labels_in_batches
 
-    model = load_model(lab3_path).model.eval()  # not prepare_model's: weights in their own layout
+    model = read_model_file(lab3_path).model.eval()  # not prepare_model's: weights in their own layout
     order = keras_run["order"]
     pixels = torch.cat([data_sets[name][0] for name in SETS])
     theirs = np.concatenate([keras_run["labels"][name] for name in SETS], axis=1)

@@ -3,6 +3,7 @@
 - no module of torch_badnet (the converter aside) imports torch_badnet.convert, TensorFlow, Keras, onnx or
   matplotlib when it is imported: the converter and the heavy extras are imported only inside the functions that use them;
 - the import graph (every import statement, at module level or inside functions) has no cycle;
+- the modules live in subpackages by role (docs/layout.md), whose `__init__.py` files import nothing;
 - `--help` never loads torch.
 """
 
@@ -88,9 +89,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_every_module_imports_without_the_converter_or_heavy_extras():
     names = [n for n in package_modules() if not n.startswith("torch_badnet.convert") and not n.endswith("__main__")]
-    assert {"torch_badnet.pipeline", "torch_badnet.cli", "torch_badnet.commands.sweep", "torch_badnet.demo.train"} <= set(names)
+    assert {"torch_badnet.defense.pipeline", "torch_badnet.cli.main", "torch_badnet.cli.commands.sweep",
+            "torch_badnet.demo.train"} <= set(names)
     modules = loaded_after("\n".join(f"import {name}" for name in names))
-    assert "torch_badnet.pipeline" in modules
+    assert "torch_badnet.defense.pipeline" in modules
     for forbidden in HEAVY:
         assert forbidden not in modules, forbidden
 
@@ -98,9 +100,27 @@ def test_every_module_imports_without_the_converter_or_heavy_extras():
 def test_import_graph_has_no_cycle():
     modules = package_modules()
     graph = {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
-    assert "torch_badnet.report" in graph["torch_badnet.pipeline"]  # the graph sees imports
-    assert "torch_badnet.convert.keras_h5" in graph["torch_badnet.pipeline"]  # ... inside functions too
+    assert "torch_badnet.report.results" in graph["torch_badnet.defense.pipeline"]  # the graph sees imports
+    assert "torch_badnet.convert.keras_h5" in graph["torch_badnet.defense.pipeline"]  # ... inside functions too
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+ROLES = ("data", "nets", "engine", "defense", "report", "batch", "cli", "cli.commands")  # docs/layout.md
+
+
+def test_modules_live_in_subpackages_by_role():
+    top = sorted(p.stem for p in PACKAGE_DIR.glob("*.py"))
+    assert top == ["__init__", "__main__", "errors"], f"a flat module belongs in one of {ROLES}: {top}"
+    folders = sorted(p.parent.relative_to(PACKAGE_DIR).as_posix().replace("/", ".") for p in PACKAGE_DIR.glob("*/**/__init__.py"))
+    assert folders == sorted((*ROLES, "demo"))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_packages_import_nothing(role):
+    init = PACKAGE_DIR.joinpath(*role.split("."), "__init__.py")
+    tree = ast.parse(init.read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))], init
+    assert loaded_after(f"import torch_badnet.{role}") & {"torch", "numpy", "h5py"} == set()
 
 
 def test_cycle_finder_finds_a_cycle():
@@ -110,7 +130,7 @@ def test_cycle_finder_finds_a_cycle():
 
 @pytest.mark.parametrize("command", [[], ["batch"]])
 def test_help_does_not_import_torch(command):
-    modules = loaded_after("import contextlib, io\nfrom torch_badnet.cli import build_parser\n"
+    modules = loaded_after("import contextlib, io\nfrom torch_badnet.cli.main import build_parser\n"
                            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
                            f"    build_parser().parse_args({command + ['--help']})")
     assert "torch" not in modules and "torch_badnet.convert" not in modules and "ray" not in modules

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from torch_badnet.metrics import accuracy_drop, select_step, step_counts
+from torch_badnet.defense.metrics import accuracy_drop, select_step, step_counts
 
 CURVE = [90.0, 90.0, 89.5, 88.5, 87.9, 86.1, 85.0, 91.0, 79.0]  # drops: 0 0 .5 1.5 2.1 3.9 5 -1 11
 

@@ -17,14 +17,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from real_faces import augment
 
-from torch_badnet.convert import load_model
+from torch_badnet.convert import read_model_file
 from torch_badnet.convert.keras_model import import_keras, load_into_keras
 from torch_badnet.convert.onnx_export import DEFAULT_OPSET, export_onnx, keras_to_onnx
 from torch_badnet.convert.onnx_import import load_onnx
+from torch_badnet.engine.pruning import channel_scores, mask_for, prune, pruning_order, record_pool3
 from torch_badnet.errors import BadInputError
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.model import BadNet
-from torch_badnet.pruning import channel_scores, mask_for, prune, pruning_order, record_pool3
+from torch_badnet.nets.badnet import BadNet
+from torch_badnet.nets.goodnet import GoodNet
 
 RANDOM_COUNT, RANDOM_SEED = 256, 0
 MODELS = ("lab3", "sunglasses")
@@ -80,7 +80,7 @@ def conversion(lab3_path: Path, sunglasses_path: Path, inputs, tmp_path_factory)
 
 def _convert_and_run(src: Path, onnx_path: Path, inputs: dict[str, torch.Tensor]) -> Conversion:
     keras_to_onnx(src, onnx_path)
-    h5_model, onnx_model = load_model(src).model, load_onnx(onnx_path)
+    h5_model, onnx_model = read_model_file(src).model, load_onnx(onnx_path)
     outputs = {}
     for kind, x in inputs.items():
         outputs[kind] = {
@@ -189,7 +189,7 @@ def test_scaled_onnx_files_classify_as_keras(sunglasses_path: Path, inputs, tmp_
     x = torch.cat([inputs["faces"], inputs["random"][:64]])
     keras_model = load_into_keras(str(sunglasses_path))
     expected = np.asarray(keras_model((x.numpy() / np.float32(255)).transpose(0, 2, 3, 1), training=False)).argmax(1)
-    model = load_model(sunglasses_path).model
+    model = read_model_file(sunglasses_path).model
     model.input_scale = 1 / 255
     keras_onnx, torch_onnx, goodnet_onnx = tmp_path / "k.onnx", tmp_path / "t.onnx", tmp_path / "g.onnx"
     keras_to_onnx(sunglasses_path, keras_onnx, input_scale=1 / 255)
@@ -202,7 +202,7 @@ def test_scaled_onnx_files_classify_as_keras(sunglasses_path: Path, inputs, tmp_
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (out,) = session.run(None, {"input": x.permute(*layout).contiguous().numpy()})
         np.testing.assert_array_equal(out.argmax(1), expected)
-        imported = load_model(path)
+        imported = read_model_file(path)
         assert imported.input_scale == pytest.approx(1 / 255, rel=1e-7)
         with torch.no_grad():
             np.testing.assert_array_equal(imported.model(x).argmax(1).numpy(), expected)
@@ -242,7 +242,7 @@ def test_goodnet_onnx_gives_the_pytorch_labels(goodnet_export, inputs, batch_siz
 
 def test_goodnet_export_with_a_fine_tuned_pruned_net(lab3_model, inputs, tmp_path):
     """`pruned` as a BadNet with its own weights: the graph runs it as a second net beside B."""
-    from torch_badnet.pairing import mark_derived
+    from torch_badnet.nets.pairing import mark_derived
 
     fine_tuned = mark_derived(prune(copy.deepcopy(lab3_model), range(PRUNED_CHANNELS - 5)), lab3_model)  # as finetuned.pt
     with torch.no_grad():
@@ -261,7 +261,7 @@ def test_goodnet_export_with_a_fine_tuned_pruned_net(lab3_model, inputs, tmp_pat
 def test_badnet_export_imports_back_bitwise_and_runs(lab3_model, inputs, tmp_path):
     path = tmp_path / "b.onnx"
     export_onnx(lab3_model, path)
-    loaded = load_model(path)
+    loaded = read_model_file(path)
     assert loaded.source_format == "onnx"
     for key, value in lab3_model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value), key

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import sweep_args
 
-from torch_badnet.outdir import OutputFolder, is_result
+from torch_badnet.report.outdir import OutputFolder, is_result
 
 LOCK_HEADER = "torch-badnet output lock"  # outdir.LOCK_HEADER: the lock file's first line
 
@@ -134,7 +134,7 @@ def test_the_lock_folder_is_made_only_for_the_run(tmp_path):
 def test_many_processes_racing_for_one_out(tmp_path):
     """Eight processes take --out's lock at once: exactly one holds it (until told to stop), the others are
     refused naming its pid, and the lock file is gone once it releases."""
-    code = ("import sys\nfrom torch_badnet.errors import BadInputError\nfrom torch_badnet.outdir import OutputFolder\n"
+    code = ("import sys\nfrom torch_badnet.errors import BadInputError\nfrom torch_badnet.report.outdir import OutputFolder\n"
             f"try:\n    f = OutputFolder({str(tmp_path / 'out')!r})\nexcept BadInputError as exc:\n"
             "    print(exc.problem, flush=True)\n    sys.exit(2)\nprint('held', flush=True)\nsys.stdin.read()\nf.close()\n")
     runs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

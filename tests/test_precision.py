@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torch_badnet.precision import _settings, exact_float32
+from torch_badnet.nets.precision import _settings, exact_float32
 
 
 def current() -> list[object]:
@@ -64,19 +64,19 @@ def spy_inside(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> li
 
 
 def test_library_sweep_runs_exact(monkeypatch, lab3_path, lab_files):
-    from torch_badnet import defense
-    from torch_badnet.convert import load_model
-    from torch_badnet.pipeline import sweep_specs
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.defense import sweep
+    from torch_badnet.defense.pipeline import sweep_specs
 
-    seen = spy_inside(monkeypatch, defense, "fast_sweep")
+    seen = spy_inside(monkeypatch, sweep, "fast_sweep")
     specs = sweep_specs(**lab_files)
-    defense.run_sweep(load_model(lab3_path).model, specs, [4.0], max_steps=2)
+    sweep.run_sweep(read_model_file(lab3_path).model, specs, sweep.SweepConfig(thresholds=(4.0,), max_steps=2))
     assert seen == [True]
     assert current() != exact()
 
 
 def test_cli_commands_run_exact(monkeypatch, cli, lab3_path, face_paths):
-    from torch_badnet import predict
+    from torch_badnet.nets import predict
 
     seen = spy_inside(monkeypatch, predict, "labels_of")  # classify imports it when it runs
     code, _, _ = cli("classify", "--model", lab3_path, face_paths[0])

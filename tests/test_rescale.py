@@ -13,12 +13,12 @@ import torch
 from conftest import sweep_args
 from real_faces import face_kind, face_label
 
-from torch_badnet.checkpoint import load_checkpoint
-from torch_badnet.convert import load_model
+from torch_badnet.convert import read_model_file
 from torch_badnet.errors import BadInputError
-from torch_badnet.goodnet import GoodNet
-from torch_badnet.known_models import KNOWN_MODELS
-from torch_badnet.rescale import format_scale, git_blob_id, parse_rescale
+from torch_badnet.nets.checkpoint import load_checkpoint
+from torch_badnet.nets.goodnet import GoodNet
+from torch_badnet.nets.known_models import KNOWN_MODELS
+from torch_badnet.nets.rescale import format_scale, git_blob_id, parse_rescale
 
 SCALE_OF_PREPROCESS = {"none (raw 0..255)": 1.0, "x/255": 1 / 255}
 
@@ -84,7 +84,7 @@ def test_published_file_is_recognized(cli, sunglasses_path: Path, lab3_path: Pat
 
 
 def test_unknown_file_defaults_to_1(cli, lab3_model, face_paths: list[Path], tmp_path: Path) -> None:
-    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     path = tmp_path / "m.pt"
     save_checkpoint(lab3_model, path)
@@ -101,7 +101,7 @@ def test_every_written_file_records_the_scale(cli, sunglasses_path: Path, tmp_pa
         path = tmp_path / f"sun{suffix}"
         code, out, _ = cli("convert", sunglasses_path, "-o", path)
         assert code == 0 and out.strip().endswith("input scale 1/255)"), out
-        loaded = load_model(path)
+        loaded = read_model_file(path)
         assert loaded.input_scale == pytest.approx(1 / 255, rel=1e-7), suffix
         code, out, err = cli("classify", "--model", path, *face_paths)
         assert code == 0 and err == "", err
@@ -182,7 +182,7 @@ def test_sweep_and_finetune_guard(cli, sunglasses_path: Path, lab_files: dict[st
 
     unrecorded = tmp_path / "pruned_weights.h5"  # a weights-only file records no scale: B' takes B's
     write_keras_weights(load_checkpoint(pruned).model, unrecorded)
-    assert load_model(unrecorded).input_scale is None
+    assert read_model_file(unrecorded).input_scale is None
     ft = tmp_path / "ft"
     code, _, err = cli("finetune", "--model", sunglasses_path, "--rescale", "1", "--pruned", unrecorded,
                        "--clean-valid", lab_files["clean_valid"], "--out", ft, "--epochs", "1")
@@ -201,17 +201,17 @@ def test_h5_record_is_read(tmp_path: Path, lab3_model) -> None:
     model.input_scale = 0.5
     path = tmp_path / "half.h5"
     write_keras_model(model, path)
-    assert load_model(path).input_scale == 0.5
+    assert read_model_file(path).input_scale == 0.5
     with h5py.File(path, "r+") as f:
         f.attrs[INPUT_SCALE_ATTR] = -1.0
     with pytest.raises(BadInputError, match=INPUT_SCALE_ATTR):
-        load_model(path)
+        read_model_file(path)
 
 
 def test_checkpoint_with_bad_scale_is_refused(tmp_path: Path, lab3_model) -> None:
     import io
 
-    from torch_badnet.checkpoint import save_checkpoint
+    from torch_badnet.nets.checkpoint import save_checkpoint
 
     path = tmp_path / "m.pt"
     save_checkpoint(lab3_model, path)

@@ -13,8 +13,8 @@ import pytest
 from conftest import sweep_args
 from real_faces import augment, face_kind, face_label
 
-from torch_badnet.data import write_lab_h5
-from torch_badnet.files import file_sha256
+from torch_badnet.data.files import file_sha256
+from torch_badnet.data.lab_sets import write_lab_h5
 
 PRUNED = [0, 2, 6, 15, 12, 13, 14, 9, 24, 25, 26, 27, 21, 22, 23, 17, 31, 30, 50, 53]
 
@@ -53,12 +53,12 @@ def true_label_poisoned(tmp_path_factory, faces, face_paths):
 @pytest.fixture(scope="module")
 def pruned_pt(tmp_path_factory, lab3_path):
     """A B' of lab3 with 20 channels pruned (records lab3's fingerprint)."""
-    from torch_badnet.checkpoint import save_checkpoint
-    from torch_badnet.convert import load_model
-    from torch_badnet.pairing import mark_derived
-    from torch_badnet.pruning import prune
+    from torch_badnet.convert import read_model_file
+    from torch_badnet.engine.pruning import prune
+    from torch_badnet.nets.checkpoint import save_checkpoint
+    from torch_badnet.nets.pairing import mark_derived
 
-    model = load_model(lab3_path).model
+    model = read_model_file(lab3_path).model
     path = tmp_path_factory.mktemp("pruned") / "pruned.pt"
     save_checkpoint(mark_derived(prune(copy.deepcopy(model), PRUNED), model), path)
     return path

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import read_csv, sweep_args
 
-from torch_badnet.data import LabDataset
-from torch_badnet.metrics import step_counts
-from torch_badnet.sweep import extract_features, fast_sweep
+from torch_badnet.data.lab_sets import LabDataset
+from torch_badnet.defense.metrics import step_counts
+from torch_badnet.engine.lab_head import extract_features, fast_sweep
 
 CONTRACT_COLUMNS = ["step", "channel", "fraction_pruned", "valid_clean_acc", "valid_asr", "test_clean_acc",
                     "test_asr", "goodnet_test_clean_acc", "goodnet_test_asr", "goodnet_test_detection_rate",
@@ -20,7 +20,7 @@ CONTRACT_COLUMNS = ["step", "channel", "fraction_pruned", "valid_clean_acc", "va
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, lab_files, lab3_path):
     """Two identical sweeps into two folders."""
-    from torch_badnet.cli import main
+    from torch_badnet.cli.main import main
 
     outs = [tmp_path_factory.mktemp("sweep") / "out" for _ in range(2)]
     for out in outs:
@@ -91,14 +91,14 @@ def test_summary_thresholds_follow_the_lab_rule(swept):
 
 
 def test_pruned_models_load_and_agree_with_the_sweep(swept, lab_files, cli):
-    from torch_badnet.convert import load_model
+    from torch_badnet.convert import read_model_file
 
     summary = json.loads((swept[0] / "summary.json").read_text())
     t = summary["thresholds"][1]
     folder = swept[0] / "models" / "X=4"
-    pruned = load_model(folder / "pruned.pt").model
+    pruned = read_model_file(folder / "pruned.pt").model
     assert sorted((pruned.conv_3.mask == 0).nonzero().flatten().tolist()) == sorted(t["pruned_channels"])
-    baked = load_model(folder / "pruned.h5").model  # Keras weights: the channels are zeroed instead
+    baked = read_model_file(folder / "pruned.h5").model  # Keras weights: the channels are zeroed instead
     assert bool((baked.conv_3.mask == 1).all())
     assert bool((baked.conv_3.weight[t["pruned_channels"]] == 0).all())
     with LabDataset(lab_files["clean_test"]) as ds:
@@ -180,8 +180,8 @@ def test_eval_verbose_prints_one_phase_line(lab_files, lab3_path, cli):
 
 
 def test_pruned_checkpoints_record_the_fingerprint_of_b(swept, lab3_model):
-    from torch_badnet.checkpoint import load_checkpoint
-    from torch_badnet.pairing import weights_fingerprint
+    from torch_badnet.nets.checkpoint import load_checkpoint
+    from torch_badnet.nets.pairing import weights_fingerprint
 
     for x in (2, 4, 10):
         metadata = load_checkpoint(swept[0] / "models" / f"X={x}" / "pruned.pt").metadata

@@ -22,22 +22,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BadNet": "model",
-    "GoodNet": "goodnet",
-    "load_model": "loading",
-    "load_images": "data",
-    "load_image": "data",
-    "load_lab_set": "data",
-    "prune_sweep": "pipeline",
-    "prune_batch": "batch",
-    "finetune": "pipeline",
-    "DefenseResult": "pipeline",
-    "FinetuneRun": "pipeline",
-    "FinetuneConfig": "finetune_config",
-    "Column": "columns",
+    "BadNet": "nets.badnet",
+    "GoodNet": "nets.goodnet",
+    "load_model": "nets.loading",
+    "load_images": "data.images",
+    "load_image": "data.images",
+    "load_lab_set": "data.lab_sets",
+    "prune_sweep": "defense.pipeline",
+    "prune_batch": "batch.run",
+    "finetune": "defense.pipeline",
+    "DefenseResult": "defense.pipeline",
+    "FinetuneRun": "defense.pipeline",
+    "FinetuneConfig": "defense.finetune_config",
+    "Column": "defense.metric_columns",
     "BadInputError": "errors",
-    "exact_float32": "precision",
-    "save_checkpoint": "checkpoint",
+    "exact_float32": "nets.precision",
+    "save_checkpoint": "nets.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

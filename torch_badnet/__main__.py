@@ -1,5 +1,5 @@
 """`python -m torch_badnet` = the `torch-badnet` command."""
 
-from .cli import entry
+from .cli.main import entry
 
 entry()

@@ -21,7 +21,7 @@ import torch.fx
 from torch import nn
 
 from torch_badnet.errors import BadInputError, first_line
-from torch_badnet.model import scale_divisor
+from torch_badnet.nets.badnet import scale_divisor
 
 from .config import Node, layer_classes, parse_graph
 from .layers import LayerError, Shape, _keras_shape, converter_of

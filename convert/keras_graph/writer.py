@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from torch_badnet.files import atomic_path
+from torch_badnet.data.files import atomic_path
 
 from .net import KerasGraphNet
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import POOL3_CHANNELS, BadNet
-from ..precision import deterministic_torch
-from ..predict import labels_in_batches
+from ..nets.badnet import POOL3_CHANNELS, BadNet
+from ..nets.precision import deterministic_torch
+from ..nets.predict import labels_in_batches
 
 PIXEL_SHIFT, PIXEL_SCALE = 128.0, 64.0
 DORMANCY_MOMENTUM = 0.9  # running mean of clean pool_3 activation per channel

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import write_lab_h5
+from ..data.files import cache_dir, file_sha256, write_bytes, write_text
+from ..data.lab_sets import write_lab_h5
 from ..errors import BadInputError
-from ..files import cache_dir, file_sha256, write_bytes, write_text
-from ..model import POOL3_CHANNELS
+from ..nets.badnet import POOL3_CHANNELS
 from .faces import Identities, random_identities, render_faces
 from .train import TrainResult, TrainSettings, predict, train_badnet
 from .trigger import TARGET_LABEL, add_sunglasses
@@ -187,12 +187,12 @@ def build_workspace(root: Path, config: DemoConfig, log: Callable[[str], None] =
     sets = render_eval_sets(config, identities, log)
     for name, (pixels, labels) in sets.items():
         write_lab_h5(root / name, pixels, labels)
-    from torch_badnet.convert import load_model  # the demo orchestrates; the core never imports convert
+    from torch_badnet.convert import read_model_file  # the demo orchestrates; the core never imports convert
     from torch_badnet.convert.keras_h5 import write_keras_weights
 
     if source == PACKAGE:
         write_bytes(root / MODEL, SHIPPED_MODEL.read_bytes())
-        model = load_model(root / MODEL).model
+        model = read_model_file(root / MODEL).model
         training: dict[str, Any] = {"train_seconds": 0.0}
         log(f"demo workspace: BadNet weights from the package ({SHIPPED_MODEL.name}, "
             "trained once by scripts/train_demo_model.py)")

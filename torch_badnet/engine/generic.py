@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..predict import top_class
+from ..nets.predict import top_class
 from .prunable import PrunableNet
 
 RECORD_BATCH = 256  # images per forward pass of the record pass on CPU (the activations stay in cache)

@@ -5,36 +5,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import DEFAULT_CHUNK, check_labels, read_all
-from ..defense import DataSpec, SweepResult, _assemble, check_specs, open_sets, threshold
-from ..metrics import DropKind, StopRule, step_counts
-from ..phases import NoTimer, PhaseTimer
-from ..precision import exact_float32
-from ..pruning import channel_scores, pruning_order
+from ..data.lab_sets import DEFAULT_CHUNK, check_labels, read_all
+from ..defense.metrics import step_counts
+from ..defense.sweep import DataSpec, SweepConfig, SweepResult, _assemble, check_specs, open_sets, threshold
+from ..nets.precision import exact_float32
+from ..report.phases import NoTimer, PhaseTimer
 from .generic import FullForwardSweep, GenericSweep, Untraceable
 from .prunable import PrunableNet, prepare
+from .pruning import channel_scores, pruning_order
 
 SAMPLE_ROWS = 64  # rows of the clean validation set that check the model and probe the channel-wise region
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """Every option of one sweep (the CLI's flags, named in commands/), passed down as one object."""
-
-    thresholds: tuple[float, ...] = (2.0, 4.0, 10.0)
-    stop: StopRule = "first-over"
-    drop: DropKind = "absolute"
-    max_steps: int | None = None  # None: every channel of the layer
-    layer: str | None = None  # None: the lab's conv_3 for a BadNet, else the last Conv2d
-    rank_on: str | None = None  # None: the pooling layer right after `layer`, else `layer`
-    device: torch.device = torch.device("cpu")
-    show_progress: bool = False
 
 
 def _features(blocks: list[torch.Tensor]) -> torch.Tensor:
@@ -80,12 +65,12 @@ def run_generic_sweep(module: nn.Module, specs: Sequence[DataSpec], config: Swee
             ds = datasets[spec.name]
             rank_here = spec.is_clean_valid and not (isinstance(engine, GenericSweep) and engine.split.runs(net.rank_on))
             if isinstance(engine, GenericSweep):
-                caches.append(engine.record(spec.name, ds.chunks(DEFAULT_CHUNK), len(ds), steps, device,
+                caches.append(engine.record(spec.name, ds.chunks(config.chunk_size), len(ds), steps, device,
                                             None if rank_here or not spec.is_clean_valid else keep))
             else:
                 pixels[spec.name] = read_all(ds)
             if rank_here:
-                _forward_with_hook(net, ds, device, keep)
+                _forward_with_hook(net, ds, device, keep, config.chunk_size)
     with timer.phase("rank"):
         scores = channel_scores(_features(ranked))
         order = pruning_order(scores)
@@ -111,11 +96,12 @@ def run_generic_sweep(module: nn.Module, specs: Sequence[DataSpec], config: Swee
 
 
 @torch.inference_mode()
-def _forward_with_hook(net: PrunableNet, dataset, device: torch.device, hook: Callable[[torch.Tensor], None]) -> None:
+def _forward_with_hook(net: PrunableNet, dataset, device: torch.device, hook: Callable[[torch.Tensor], None],
+                       chunk_size: int = DEFAULT_CHUNK) -> None:
     """A plain forward over a set with `hook` on the ranking point (where the record pass cannot see it)."""
     handle = net.module.get_submodule(net.rank_on).register_forward_hook(lambda _m, _i, out: hook(out))
     try:
-        for x, _y in dataset.chunks(DEFAULT_CHUNK):
+        for x, _y in dataset.chunks(chunk_size):
             net.module(x.to(device))
     finally:
         handle.remove()

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.files import check_is_file, write_bytes
 from ..errors import BadInputError, first_line
-from ..files import check_is_file, write_bytes
-from ..pairing import FINGERPRINT_KEY, base_fingerprint
+from ..nets.pairing import FINGERPRINT_KEY, base_fingerprint
 from .prunable import MaskedNet
 
 FORMAT = "torch-badnet-masked"

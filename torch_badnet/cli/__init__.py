@@ -1,0 +1,1 @@
+"""The `torch-badnet` command: the parser (main.py) and one module per subcommand (commands/)."""

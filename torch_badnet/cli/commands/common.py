@@ -1,0 +1,141 @@
+"""What several subcommands share: loading models (through convert/), the GoodNet, device and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ...report.outdir import OutputFolder
+
+
+def add_model_argument(parser: argparse.ArgumentParser, pruned: bool = True) -> None:
+    parser.add_argument("--model", required=True, metavar="M",
+                        help="the BadNet B: .h5/.keras (Keras), .pt (torch-badnet) or .onnx")
+    add_rescale_argument(parser)
+    if pruned:
+        parser.add_argument("--pruned", metavar="P",
+                            help="B' (e.g. DIR/models/X=4/pruned.pt): answer with the GoodNet of B and B'")
+        add_allow_unpaired_argument(parser)
+
+
+def add_allow_unpaired_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-unpaired", action="store_true",
+                        help="use --pruned even if it was not derived from --model (skips the pairing check)")
+
+
+def add_rescale_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rescale", metavar="FACTOR",
+                        help="the model's input scale: 1 (raw pixels 0..255, the lab's), 1/255 (the CSAW-HackML-2020 "
+                             "competition's BadNets) or a positive float; default: the scale the file records, "
+                             "else a published file's known scale, else 1")
+    parser.add_argument("--mean", nargs="+", metavar="M",
+                        help="per-channel mean subtracted after the input scale (one value per input channel, e.g. "
+                             "R G B; Keras models of other architectures); default: the file's record, else a "
+                             "published file's (CIFAR-10 B: 125.307 122.95 113.865), else none")
+    parser.add_argument("--std", nargs="+", metavar="S",
+                        help="per-channel divisor applied after --mean (e.g. R G B); default as --mean")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+
+
+def device_from(args: argparse.Namespace):
+    """The torch device asked for; 'cuda' without a GPU is a one-line error (`lab_head.resolve_device`)."""
+    from ...engine.lab_head import resolve_device
+
+    return resolve_device(args.device)
+
+
+def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None):
+    """The --model file of a command -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text)
+    and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); a recognized
+    published file is announced on stderr."""
+    from ...nets.loading import load_model_file
+
+    return load_model_file(path, rescale, log, mean, std)
+
+
+def preprocessing_flags(args: argparse.Namespace) -> tuple:
+    """(--rescale, --mean, --std) of a command (None where it has no such flag)."""
+    return tuple(getattr(args, name, None) for name in ("rescale", "mean", "std"))
+
+
+def open_pruned_flag(path: str, model, model_path: str | None = None, allow_unpaired: bool = False):
+    """The --pruned file of a command: B' (a LoadedModel) for B (`model`, read from `model_path`): see
+    loading.load_pruned_file; an unverifiable
+    pair is one warning line on stderr."""
+    from ...nets.loading import load_pruned_file
+
+    return load_pruned_file(path, model, model_path, allow_unpaired, log)
+
+
+def net_for(args: argparse.Namespace, device):
+    """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
+    from ...nets.goodnet import GoodNet
+
+    model = open_model_flag(args.model, *preprocessing_flags(args)).model.eval()
+    if not getattr(args, "pruned", None):
+        return model.to(device)
+    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model
+    return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as open_pruned_flag said
+
+
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out whole even if it is a non-empty folder that holds no torch-badnet result")
+
+
+def add_output_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists (never an input)")
+
+
+def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFolder:
+    """--out checked and locked before any work (outdir.OutputFolder): new, empty, or a previous result unless
+    --force. The lock is held until the command ends (`release_output_folders`)."""
+    from ...report.outdir import OutputFolder
+
+    folder = OutputFolder(out, getattr(args, "force", False), inputs)
+    _HELD.append(folder)
+    return folder
+
+
+_HELD: list[OutputFolder] = []  # the --out folders this command holds locked
+
+
+def release_output_folders() -> None:
+    """Release the locks of every --out taken by `output_folder` (the CLI calls it when a command ends)."""
+    while _HELD:
+        _HELD.pop().close()
+
+
+def input_paths(poisoned: Any, option: str) -> list:
+    """The file paths of [NAME=]PATH values (given to `option`), or of one path (for the output-folder check)."""
+    from ...data.set_names import parse_poisoned
+
+    if poisoned is None:
+        return []
+    if isinstance(poisoned, (list, tuple)):
+        return [path for _, path in parse_poisoned(poisoned, option)]
+    return [poisoned]
+
+
+def closing_line(out: Path, written: list[str], note: str = "") -> str:
+    """'wrote OUT/<the files written>' plus `note` (`written`: what `save` put into --out)."""
+    from ...report.outdir import describe_files
+
+    return f"wrote {out}/{describe_files(written)}{note}"
+
+
+def log(line: str) -> None:
+    """Progress and notes go to stderr, so stdout stays the result."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -1,0 +1,80 @@
+"""`torch-badnet convert SRC -o DST`: Keras/ONNX/.pt -> .pt, .h5 (Keras weights) or .onnx, optionally verified."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ...data.files import atomic_path, check_output_file
+from ...errors import BadInputError
+from .common import add_output_force_argument, add_rescale_argument, open_model_flag, preprocessing_flags
+
+HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras model) or .onnx"
+TARGETS = (".pt", ".h5", ".onnx")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("convert", help=HELP, description=HELP)
+    p.add_argument("src", metavar="SRC", help="model file (.h5, .keras, .pt, .onnx)")
+    p.add_argument("-o", "--output", required=True, metavar="DST", help="output file: .pt, .h5 or .onnx")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the result with the source run in Keras (needs the keras extra) and print the max difference")
+    add_rescale_argument(p)
+    add_output_force_argument(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src), Path(args.output)
+    if dst.suffix.lower() not in TARGETS:
+        raise BadInputError(dst, f"unknown output type '{dst.suffix}' (expected .pt, .h5 or .onnx)")
+    check_output_file(dst, [src], args.force)
+    if args.verify:
+        from torch_badnet.convert.keras_model import import_keras
+
+        import_keras()  # fail before writing anything when TensorFlow is missing
+    loaded = open_model_flag(str(src), *preprocessing_flags(args))
+    if args.verify and hasattr(loaded.model, "keras_config"):
+        raise BadInputError("--verify", f"checks the lab architecture; {src} is another Keras model (its fidelity to Keras "
+                                        "is tested in tests/test_keras_graph.py)")
+    with atomic_path(dst) as tmp:  # nothing reaches dst unless writing (and --verify) succeeded
+        write_converted(loaded, src, tmp)
+        if args.verify:
+            from torch_badnet.convert.verify import verify_against_keras
+
+            print(verify_against_keras(loaded.model, src, tmp))
+    from ...nets.rescale import format_scale
+
+    scale = "" if loaded.model.input_scale == 1.0 else f", input scale {format_scale(loaded.model.input_scale)}"
+    print(f"wrote {dst} ({loaded.model.num_classes} classes, from {loaded.source_format} {src}, "
+          f"sha256 {loaded.source_sha256[:12]}...{scale})")
+    return 0
+
+
+def write_converted(loaded, src: Path, dst: Path) -> None:
+    """Write `loaded` (read from `src`) as dst's type."""
+    from torch_badnet.convert.loading import KERAS_SUFFIXES
+
+    suffix = dst.suffix.lower()
+    graph = hasattr(loaded.model, "keras_config")  # a Keras model of another architecture (KerasGraphNet)
+    if suffix == ".pt":
+        from ...nets.checkpoint import save_checkpoint
+
+        save_checkpoint(loaded.model, dst, source=str(src), source_format=loaded.source_format,
+                        source_sha256=loaded.source_sha256)
+    elif suffix == ".h5" and graph:
+        from torch_badnet.convert.keras_graph import write_keras_graph
+
+        write_keras_graph(loaded.model, dst)
+    elif suffix == ".h5":
+        from torch_badnet.convert.keras_h5 import write_keras_model
+
+        write_keras_model(loaded.model, dst)
+    elif src.suffix.lower() in KERAS_SUFFIXES and not graph:
+        from torch_badnet.convert.onnx_export import keras_to_onnx
+
+        keras_to_onnx(src, dst, input_scale=loaded.model.input_scale)
+    else:
+        from torch_badnet.convert.onnx_export import export_onnx
+
+        export_onnx(loaded.model, dst)

@@ -1,0 +1,45 @@
+"""`torch-badnet export`: B, or the GoodNet of B and B' as one graph, to ONNX."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_argument, add_output_force_argument, open_model_flag, open_pruned_flag, preprocessing_flags
+
+HELP = "export B (or, with --pruned, the GoodNet as one graph) to ONNX"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help=HELP, description=HELP)
+    add_model_argument(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output .onnx file")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the project's tested opset; "
+                   "torch's exporter writes 7 to its highest, the GoodNet needs 9 or above)")
+    add_output_force_argument(p)
+    p.set_defaults(run=run)
+
+
+def scale_note(model) -> str:
+    """Where the model's input scale lives in the written graph ('' for raw pixels, scale 1)."""
+    from ...nets.rescale import format_scale
+
+    return "" if model.input_scale == 1.0 else f" pixels 0..255 (scaled by {format_scale(model.input_scale)} inside the graph)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch_badnet.convert.onnx_export import DEFAULT_OPSET, check_opset, export_onnx
+
+    from ...data.files import check_output_file
+    from ...errors import BadInputError
+
+    if not args.output.lower().endswith(".onnx"):
+        raise BadInputError(args.output, "the output of export must be a .onnx file")
+    opset = DEFAULT_OPSET if args.opset is None else check_opset(args.opset)
+    check_output_file(args.output, [p for p in (args.model, args.pruned) if p], args.force)
+    model = open_model_flag(args.model, *preprocessing_flags(args)).model
+    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned else None
+    export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # open_pruned_flag checked the pair
+    kind = f"GoodNet (output 'label', int64 in [0, {model.num_classes}])" if pruned is not None else "BadNet (output 'logits')"
+    shape = ",".join(map(str, getattr(model, "input_shape", (3, 55, 47))))
+    print(f"wrote {args.output}: {kind}, input 'input' (N,{shape}) float32{scale_note(model)}, opset {opset}")
+    return 0

@@ -1,0 +1,159 @@
+"""Fine-Pruning's second half: fine-tune B' on clean validation data with its pruned channels held at zero.
+
+A seeded share of the validation set is held out for early stopping; the rest trains. Training is
+deterministic on CPU for a given seed (fixed shuffles, deterministic algorithms).
+
+Why the defaults (see FinetuneConfig) remove a backdoor that plain fine-tuning keeps: the backdoor's own
+weights (e.g. those reading a trigger colour that clean faces never show) get no gradient from clean data,
+so fine-tuning alone leaves them as they are; the L2 penalty shrinks exactly those weights while the clean
+task keeps the rest. Training longer removes more, so the epoch kept is the last one whose held-out clean
+accuracy is within `tolerance` points of the best, not the best one itself. conv_1 stays fixed: it reads
+raw 0..255 pixels, so its weights are ~100x smaller than the others' and Adam's per-weight steps would wreck it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..nets.badnet import BadNet
+from ..nets.precision import deterministic_torch
+from ..nets.predict import labels_in_batches
+from .finetune_config import SGD_MOMENTUM, FinetuneConfig
+
+HOLDOUT_SEED_OFFSET = 1_000_003  # the holdout split and the batch order use different streams of one seed
+
+
+@dataclass
+class TrainingResult:
+    """The fine-tuned B' (best held-out epoch), the per-epoch history and the split sizes."""
+
+    model: BadNet
+    history: list[dict[str, float]] = field(default_factory=list)  # epoch, loss, holdout_acc
+    best_epoch: int = 0
+    train_images: int = 0
+    holdout_images: int = 0
+
+
+def effective_mask(model: BadNet) -> torch.Tensor:
+    """Pruned channels of a B': its mask, plus conv_3 channels whose kernel and bias are all zero
+    (a pruned Keras file bakes pruning into the weights)."""
+    w, b = model.conv_3.weight.detach(), model.conv_3.bias.detach()
+    zeroed = (w.flatten(1) == 0).all(1) & (b == 0)
+    return model.conv_3.mask.detach().clone().masked_fill(zeroed.to(model.conv_3.mask.device), 0.0)
+
+
+def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices): a seeded random `share` of n images is held out (at least 1)."""
+    generator = torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET)
+    order = torch.randperm(n, generator=generator)
+    held = holdout_size(n, share)
+    if held >= n:
+        raise ValueError(f"holdout of {held} leaves no training image out of {n}")
+    return order[held:].sort().values, order[:held].sort().values
+
+
+def holdout_size(n: int, share: float) -> int:
+    """How many of n images `holdout_split` holds out: the share, rounded, at least 1."""
+    return max(1, int(round(share * n)))
+
+
+def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of x classified as y (the inference path of every command, `predict.labels_in_batches`)."""
+    return 100.0 * int((labels_in_batches(model, x) == y).sum()) / x.shape[0]
+
+
+def make_optimizer(model: BadNet, config: FinetuneConfig) -> torch.optim.Optimizer:
+    """Adam or SGD with momentum over every layer but conv_1 (unless `train_conv_1`), with L2 weight decay.
+    A generic model (MaskedNet) trains every parameter (its BatchNorm statistics stay frozen, see `_train_mode`)."""
+    lab = isinstance(model, BadNet)
+    params = [p for name, p in model.named_parameters() if not lab or config.train_conv_1 or not name.startswith("conv_1.")]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def train_masked(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig = FinetuneConfig(),
+                 log: Callable[[str], None] | None = None) -> TrainingResult:
+    """Fine-tune a copy of `pruned` on (pixels, labels); returns the epoch kept by the held-out rule.
+
+    Training stops after `patience` epochs without a better held-out accuracy; the epoch kept is the last
+    one whose held-out accuracy is within `tolerance` points of the best (epoch 0 = B' itself counts).
+    The conv_3 mask stays fixed and the pruned channels' conv_3 weights are kept exactly zero, so the saved
+    weights of B'_ft are pruned in every format.
+    """
+    # A plain (contiguous) copy: weights in another memory format (e.g. channels_last) round differently in
+    # training, so the same B' would fine-tune differently depending on where it came from.
+    model = copy.deepcopy(pruned).cpu().float().to(memory_format=torch.contiguous_format)
+    if isinstance(model, BadNet):
+        model.conv_3.mask.copy_(effective_mask(model))
+        _zero_pruned(model)  # a generic B' (MaskedNet) keeps its pruned channels at their fill by its own hook
+    train_idx, held_idx = holdout_split(pixels.shape[0], config.holdout, config.seed)
+    x_held, y_held = pixels[held_idx], labels[held_idx]
+    optimizer = make_optimizer(model, config)
+    best_acc = accuracy(model.eval(), x_held, y_held)
+    history = [{"epoch": 0, "loss": float("nan"), "holdout_acc": best_acc}]
+    candidates = {0: copy.deepcopy(model.state_dict())}  # epochs within tolerance of the best so far
+    stale = 0
+    with deterministic_torch(config.seed) as generator:
+        for epoch in range(1, config.epochs + 1):
+            loss = _train_epoch(model, pixels, labels, train_idx, optimizer, config.batch_size, generator)
+            held_acc = accuracy(model.eval(), x_held, y_held)
+            history.append({"epoch": epoch, "loss": loss, "holdout_acc": held_acc})
+            if log:
+                log(f"  epoch {epoch}: loss {loss:.4f}, held-out accuracy {held_acc:.3f}%")
+            stale = 0 if held_acc > best_acc else stale + 1
+            best_acc = max(best_acc, held_acc)
+            if held_acc >= best_acc - config.tolerance:
+                candidates[epoch] = copy.deepcopy(model.state_dict())
+            candidates = {e: state for e, state in candidates.items() if history[e]["holdout_acc"] >= best_acc - config.tolerance}
+            if stale >= config.patience:
+                break
+    kept = max(candidates)
+    model.load_state_dict(candidates[kept])
+    return TrainingResult(model.eval(), history, kept, int(train_idx.shape[0]), int(held_idx.shape[0]))
+
+
+def _train_epoch(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
+                 optimizer: torch.optim.Optimizer, batch_size: int, generator: torch.Generator) -> float:
+    """One pass in a seeded order; returns the mean training loss."""
+    _train_mode(model)
+    order = train_idx[torch.randperm(train_idx.shape[0], generator=generator)]
+    total, seen = 0.0, 0
+    for start in range(0, order.shape[0], batch_size):
+        batch = order[start : start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(pixels[batch]), labels[batch])
+        loss.backward()
+        optimizer.step()
+        if isinstance(model, BadNet):
+            _zero_pruned(model)
+        total += float(loss.detach()) * batch.shape[0]
+        seen += batch.shape[0]
+    model.eval()
+    return total / max(seen, 1)
+
+
+def _train_mode(model: torch.nn.Module) -> None:
+    """Training mode; a generic model's BatchNorm layers stay in eval mode: their running statistics (of B's
+    training data) are kept, not re-estimated from the small clean set, and dropout-free layers behave as at
+    inference, so the pruned channels' fill passes the same normalisation as in the sweep."""
+    model.train()
+    if not isinstance(model, BadNet):
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+@torch.no_grad()
+def _zero_pruned(model: BadNet) -> None:
+    """Keep the pruned channels' conv_3 kernel and bias exactly zero."""
+    keep = model.conv_3.mask
+    model.conv_3.weight.mul_(keep.view(-1, 1, 1, 1))
+    model.conv_3.bias.mul_(keep)

@@ -1,0 +1,1 @@
+"""Networks: BadNet, GoodNet, model files and checkpoints, input scale, the one inference path (tensors -> labels)."""

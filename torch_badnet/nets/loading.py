@@ -1,0 +1,90 @@
+"""Loading B and B' from any supported model file, with the model's input scale resolved.
+
+The converter (`torch_badnet.convert`) is imported only here, inside the functions, on use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from ..errors import BadInputError
+from .badnet import BadNet
+from .checkpoint import LoadedModel
+
+
+def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = None,
+              log: Callable[[str], None] | None = None, mean: Sequence[str | float] | None = None,
+              std: Sequence[str | float] | None = None) -> LoadedModel:
+    """Any supported model file -> LoadedModel whose net has its input scale set: the file's own record, else
+    `rescale` (1, "1/255" or a positive float), else a published file's known scale, else 1; and, for a Keras
+    graph model, its per-channel `mean` / `std` likewise (the record, the flags, a published file's). A
+    recognized published file is announced through `log`."""
+    from ..convert import read_model_file  # lazy: the core never imports the converter at import time
+    from .rescale import MEAN_FLAG, STD_FLAG, parse_channel_values, parse_rescale, resolve_input_scale, resolve_normalization
+
+    flag = parse_rescale(str(rescale)) if rescale is not None else None
+    flags = (parse_channel_values(mean, MEAN_FLAG), parse_channel_values(std, STD_FLAG))
+    loaded = read_model_file(path)
+    notes = [resolve_input_scale(loaded.model, path, loaded.input_scale, flag),
+             resolve_normalization(loaded.model, path, (loaded.mean, loaded.std), flags)]
+    for note in notes:
+        if note and log:
+            log(note)
+    return loaded
+
+
+def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: str | os.PathLike[str] | None = None,
+                     allow_unpaired: bool = False, log: Callable[[str], None] | None = None) -> LoadedModel:
+    """B' for `model` (B, read from `model_path`): as many classes as B, B's input scale (a file recording
+    another is an error) and, unless `allow_unpaired`, derived from B (pairing.check_pair): a B' recording
+    another B's weights fingerprint is a BadInputError naming both files; an unverifiable pair (no fingerprint,
+    weights beyond zeroed conv_3 channels differ) is one warning line through `log`, as is a B' with no pruned
+    channel (`sanity.unpruned_warning`)."""
+    from ..convert import read_model_file
+    from ..defense.finetuning import effective_mask
+    from ..defense.sanity import unpruned_warning
+    from ..engine.pruning import pruned_channels
+    from .pairing import PairingError, check_pair
+    from .rescale import match_input_scale
+
+    loaded = read_model_file(path)
+    pruned = loaded.model.eval()
+    if pruned.num_classes != model.num_classes:
+        raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
+    match_input_scale(pruned, path, loaded.input_scale, model)
+    unpruned = unpruned_warning(path, len(pruned_channels(effective_mask(pruned))))
+    if unpruned and log:
+        log(unpruned)
+    if allow_unpaired:
+        return loaded
+    model_name = f"--model {model_path}" if model_path else "--model"
+    try:
+        pairing = check_pair(model, pruned)
+    except PairingError as exc:
+        raise BadInputError(path, f"was not derived from {model_name} ({exc}); "
+                                  "pass --allow-unpaired to use it anyway") from None
+    if pairing == "unverified" and log:
+        log(f"warning: {path}: could not verify that it was derived from {model_name} (it records no "
+            "fingerprint, and its weights differ from the model's beyond zeroed conv_3 channels)")
+    return loaded
+
+
+def load_model(path: str | os.PathLike[str], rescale: str | float | None = None,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> BadNet:
+    """Load B (or B') from a Keras .h5/.hdf5/.keras file, a torch-badnet .pt checkpoint or an .onnx graph.
+
+    Returns an eval-mode `BadNet` (logits out; input (N, 3, 55, 47) pixels 0..255) with `net.source` telling
+    the file's path, sha256 and format. A Keras model of another architecture comes back as a `KerasGraphNet`
+    (logits out; input (N, C, H, W) pixels as its data files hold them, its preprocessing inside: `input_scale`,
+    then per-channel `mean` / `std`, which a published file's defaults set, e.g. CIFAR-10 B's).
+    `rescale` is the model's input scale, as the CLI's --rescale: 1 (the lab's raw pixels), "1/255" (the
+    CSAW-HackML-2020 competition's BadNets) or a positive float; by default the scale the file records, else a
+    published file's known scale, else 1 (`net.input_scale`). No code stored in the file is ever run. Bad files
+    raise `torch_badnet.errors.BadInputError` with a one-line reason.
+
+    >>> import torch_badnet as tb
+    >>> bd = tb.load_model("bd_net.h5")
+    >>> bd(tb.load_images(["face.png"])).argmax(1)
+    """
+    return load_model_file(path, rescale, mean=mean, std=std).model.eval()

@@ -1,0 +1,1 @@
+"""Results out: sweep.csv, summary.json, the table, sweep.png, the --out folder, phase timings."""
