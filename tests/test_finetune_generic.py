@@ -273,3 +273,34 @@ def test_api_refuses_a_b_prime_of_another_model(cnn_case) -> None:
     tb.finetune(model, unmarked, data["clean_valid"], epochs=0)
     with pytest.raises(TypeError, match="MaskedNet"):
         tb.finetune(model, copy.deepcopy(model), data["clean_valid"])
+
+
+# --- the lab's BadNet pruned at another layer than conv_3 -----------------------------------------------------------
+
+def test_lab_net_pruned_at_conv_2(cli, lab3_path: Path, lab_files: dict[str, Path], tmp_path: Path) -> None:
+    """The lab net swept at conv_2 (the generic engine): pruned.h5 is B' with conv_2's pruned channels zeroed; the
+    API and the CLI fine-tune its MaskedNet with the mask held and conv_1 fixed, to the same numbers."""
+    bd = tb.load_model(lab3_path)
+    result = tb.prune_sweep(bd, lab_files["clean_valid"], lab_files["poisoned_valid"], layer="conv_2", thresholds=(2,))
+    written = result.save(tmp_path / "sweep", plot=False)
+    assert {"models/X=2/pruned.pt", "models/X=2/pruned.h5"} <= set(written)
+    b2 = result.pruned(2)
+    clean_test = tb.load_lab_set(lab_files["clean_test"])
+    poisoned_test = tb.load_lab_set(lab_files["poisoned_test"])
+    as_keras = tb.load_model(tmp_path / "sweep" / "models" / "X=2" / "pruned.h5")
+    assert not as_keras.conv_2.weight.detach()[b2.pruned_channels].any() and not as_keras.conv_2.bias.detach()[b2.pruned_channels].any()
+    assert torch.equal(labels_in_batches(as_keras, clean_test[0]), labels_in_batches(b2, clean_test[0]))
+    run = tb.finetune(bd, b2, lab_files["clean_valid"], lab_files["clean_test"], lab_files["poisoned_test"], epochs=1, patience=1)
+    assert_mask_held(run.model, b2, clean_test[0][:16])
+    assert run.before[CLEAN] == accuracy(b2, clean_test) and run.before[ASR] == accuracy(b2, poisoned_test)
+    assert run.tuned.metrics[CLEAN] == accuracy(run.model, clean_test) != run.before[CLEAN]
+    old, new = b2.net.state_dict(), run.model.net.state_dict()
+    assert torch.equal(old["conv_1.weight"], new["conv_1.weight"]) and not torch.equal(old["conv_3.weight"], new["conv_3.weight"])
+    out = tmp_path / "ft"
+    code, _stdout, err = cli("finetune", "--model", lab3_path, "--pruned", tmp_path / "sweep" / "models" / "X=2" / "pruned.pt",
+                             "--clean-valid", lab_files["clean_valid"], "--clean-test", lab_files["clean_test"],
+                             "--poisoned-test", lab_files["poisoned_test"], "--epochs", 1, "--patience", 1, "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_clean_acc"] == run.tuned.metrics[CLEAN] and summary["pruned"]["layer"] == "conv_2"
+    assert (out / "finetuned.h5").is_file()

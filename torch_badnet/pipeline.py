@@ -13,6 +13,7 @@ files the commands write. Data flows one way: inputs -> `run_sweep` -> metrics -
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -182,7 +183,7 @@ class DefenseResult:
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.arrays is None)
-        write_keras = (keras_writer() if isinstance(self.model, BadNet) else keras_graph_writer(self.model)) if keras else None
+        write_keras = pruned_writer(self.model, self.sweep.net is not None) if keras else None
         with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
@@ -201,6 +202,29 @@ def keras_writer() -> KerasWriter:
     from .convert.keras_h5 import write_keras_model
 
     return write_keras_model
+
+
+def pruned_writer(model: nn.Module, generic: bool) -> Callable[[Any, Path], None] | None:
+    """The Keras .h5 writer of B' for B = `model`: the lab's (a BadNet B'), else for a generic B' (a MaskedNet) the
+    Keras graph writer of a Keras-origin model, or the lab's writer of a BadNet pruned at another layer than conv_3
+    (the pruned channels' kernel and bias zeroed); None for a plain torch module."""
+    if not generic:
+        return keras_writer()
+    if isinstance(model, BadNet):
+        return write_masked_badnet
+    return keras_graph_writer(model)
+
+
+def write_masked_badnet(pruned: MaskedNet, target: Path) -> None:
+    """A BadNet's MaskedNet as the lab's Keras .h5: a copy with the pruned channels' kernel and bias zeroed (the
+    Keras procedure; the masked output is 0, what a zeroed channel gives through the ReLU)."""
+    net = copy.deepcopy(pruned).net
+    layer, off = net.get_submodule(pruned.layer), pruned.channel_mask == 0
+    with torch.no_grad():
+        layer.weight[off] = 0
+        if layer.bias is not None:
+            layer.bias[off] = 0
+    keras_writer()(net, target)
 
 
 def preprocessing_record(model: torch.nn.Module) -> dict[str, Any]:
@@ -468,7 +492,8 @@ class FinetuneRun:
         inputs = [entry["path"] for entry in self.context.values() if not entry["path"].startswith("<")]
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
         with own_lock(target, out), target.staging() as staging:
-            writer = (keras_writer() if isinstance(self.model, BadNet) else keras_graph_writer(self.model.net)) if keras else None
+            generic = isinstance(self.model, MaskedNet)
+            writer = pruned_writer(self.model.net if generic else self.model, generic) if keras else None
             self.tuned.write(staging, writer)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
             return written_files(staging)
