@@ -5,7 +5,8 @@ A generic B' is a `MaskedNet` (B's module, a channel mask on one layer). The sam
 
 - B' records B's fingerprint (`result.pruned(x)`, pruned.pt, finetuned.pt): it must equal the fingerprint of
   B's weights, else `PairingError`;
-- B' records none: it is 'derived' when its weights equal B's, 'unverified' otherwise.
+- B' records none: it is 'derived' when its weights equal B's apart from pruned channels it zeroes, 'unverified'
+  otherwise.
 
 On disk a generic B' is the sweep's pruned.pt (state_dict, mask, layer; loaded into a copy of B's module, so no
 code from the file runs) or, for a Keras-origin B, pruned.h5: a Keras model whose pruned channels have kernel and
@@ -36,8 +37,8 @@ def classes_of(module: nn.Module) -> int | None:
 
 
 def check_generic_pair(model: nn.Module, pruned: MaskedNet) -> Pairing:
-    """'verified' (the fingerprints match), 'derived' (no fingerprint, B's weights) or 'unverified' (no
-    fingerprint, other weights). Raises PairingError when the fingerprints or the class counts differ."""
+    """'verified' (the fingerprints match), 'derived' (no fingerprint, B's weights but zeroed pruned channels) or
+    'unverified' (no fingerprint, other weights). Raises PairingError when the fingerprints or the class counts differ."""
     if not isinstance(pruned, MaskedNet):
         raise TypeError(f"a generic B' is a MaskedNet (result.pruned(x), engine.saving.load_masked), got {type(pruned).__name__}")
     ours, theirs = classes_of(model), classes_of(pruned)
