@@ -220,7 +220,8 @@ def test_finetuning_a_generic_b_prime(pixels):
     before = result.pruned(2)
     assert isinstance(tuned, MaskedNet) and tuned.pruned_channels == before.pruned_channels
     old, new = before.net.state_dict(), tuned.net.state_dict()
-    assert not torch.equal(old["conv1.weight"], new["conv1.weight"])  # every layer trains, the first one too
+    assert torch.equal(old["conv1.weight"], new["conv1.weight"])  # the first conv stays fixed (as the lab's conv_1)
+    assert not torch.equal(old["layer1.0.conv1.weight"], new["layer1.0.conv1.weight"])  # every other layer trains
     assert not torch.equal(old["fc.weight"], new["fc.weight"])
     assert torch.equal(old["layer4.1.bn2.running_mean"], new["layer4.1.bn2.running_mean"])  # BN statistics frozen
     seen = []

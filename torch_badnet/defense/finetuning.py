@@ -9,6 +9,8 @@ so fine-tuning alone leaves them as they are; the L2 penalty shrinks exactly tho
 task keeps the rest. Training longer removes more, so the epoch kept is the last one whose held-out clean
 accuracy is within `tolerance` points of the best, not the best one itself. conv_1 stays fixed: it reads
 raw 0..255 pixels, so its weights are ~100x smaller than the others' and Adam's per-weight steps would wreck it.
+Any other model keeps its first Conv2d fixed likewise (it reads the pixels at the model's own scale, which the
+defense cannot see inside a module); `train_conv_1` trains it too.
 """
 
 from __future__ import annotations
@@ -69,14 +71,24 @@ def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def make_optimizer(model: BadNet, config: FinetuneConfig) -> torch.optim.Optimizer:
     """Adam or SGD with momentum over every layer but conv_1 (unless `train_conv_1`), with L2 weight decay.
-    A generic model (MaskedNet) trains every parameter (its BatchNorm statistics stay frozen, see `_train_mode`)."""
-    lab = isinstance(model, BadNet)
-    params = [p for name, p in model.named_parameters() if not lab or config.train_conv_1 or not name.startswith("conv_1.")]
+    A generic model (MaskedNet) keeps the same principle: every parameter trains but those of its first Conv2d (in
+    `named_modules()` order; it reads the pixels, at whatever scale the model takes them), unless `train_conv_1`;
+    its BatchNorm statistics stay frozen (see `_train_mode`)."""
+    fixed = "conv_1." if isinstance(model, BadNet) else _first_conv_prefix(model)
+    params = [p for name, p in model.named_parameters() if config.train_conv_1 or not fixed or not name.startswith(fixed)]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def _first_conv_prefix(model: torch.nn.Module) -> str | None:
+    """'<name>.' of a generic model's first Conv2d (`engine.pairing.first_conv`), or None (no Conv2d)."""
+    from ..engine.pairing import first_conv
+
+    name = first_conv(model)
+    return None if name is None else name + "."
 
 
 def train_masked(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig = FinetuneConfig(),

@@ -13,6 +13,7 @@ files the commands write. Data flows one way: inputs -> `run_sweep` -> metrics -
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from ..data.files import file_sha256, prefetch_sha256, write_text
-from ..data.lab_sets import arrays_sha256, read_all
+from ..data.lab_sets import arrays_sha256, check_labels, read_all
 from ..data.set_names import parse_poisoned
 from ..data.shared_file import ReadFile
 from ..engine.prunable import MaskedNet
@@ -38,6 +39,7 @@ from ..errors import BadInputError
 from ..nets.badnet import INPUT_SHAPE, BadNet
 from ..nets.checkpoint import save_checkpoint, source_of
 from ..nets.pairing import check_pair, mark_derived
+from ..nets.predict import labels_in_batches
 from ..nets.rescale import GUARD_IMAGES, check_scale
 from ..report.outdir import OutputFolder, written_files
 from ..report.phases import PhaseTimer
@@ -171,7 +173,7 @@ class DefenseResult:
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.reads_file)
-        write_keras = (keras_writer() if isinstance(self.model, BadNet) else keras_graph_writer(self.model)) if keras else None
+        write_keras = pruned_writer(self.model, self.sweep.net is not None) if keras else None
         with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
@@ -190,6 +192,29 @@ def keras_writer() -> KerasWriter:
     from ..convert.keras_h5 import write_keras_model
 
     return write_keras_model
+
+
+def pruned_writer(model: nn.Module, generic: bool) -> Callable[[Any, Path], None] | None:
+    """The Keras .h5 writer of B' for B = `model`: the lab's (a BadNet B'), else for a generic B' (a MaskedNet) the
+    Keras graph writer of a Keras-origin model, or the lab's writer of a BadNet pruned at another layer than conv_3
+    (the pruned channels' kernel and bias zeroed); None for a plain torch module."""
+    if not generic:
+        return keras_writer()
+    if isinstance(model, BadNet):
+        return write_masked_badnet
+    return keras_graph_writer(model)
+
+
+def write_masked_badnet(pruned: MaskedNet, target: Path) -> None:
+    """A BadNet's MaskedNet as the lab's Keras .h5: a copy with the pruned channels' kernel and bias zeroed (the
+    Keras procedure; the masked output is 0, what a zeroed channel gives through the ReLU)."""
+    net = copy.deepcopy(pruned).net
+    layer, off = net.get_submodule(pruned.layer), pruned.channel_mask == 0
+    with torch.no_grad():
+        layer.weight[off] = 0
+        if layer.bias is not None:
+            layer.bias[off] = 0
+    keras_writer()(net, target)
 
 
 def preprocessing_record(model: torch.nn.Module) -> dict[str, Any]:
@@ -457,12 +482,14 @@ class FinetuneRun:
         inputs = [entry["path"] for entry in self.context.values() if not entry["path"].startswith("<")]
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
         with own_lock(target, out), target.staging() as staging:
-            self.tuned.write(staging, keras_writer() if keras else None)
+            generic = isinstance(self.model, MaskedNet)
+            writer = pruned_writer(self.model.net if generic else self.model, generic) if keras else None
+            self.tuned.write(staging, writer)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
             return written_files(staging)
 
 
-def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test: DataSource | None = None,
+def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid: DataSource, clean_test: DataSource | None = None,
              poisoned_test: PoisonedSources | None = None, *, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, seed: int | None = None, holdout: float | None = None,
              patience: int | None = None, optimizer: str | None = None, weight_decay: float | None = None,
@@ -471,12 +498,20 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
     """Fine-Pruning's second half: fine-tune B' (`pruned`) on the clean validation data with its pruned conv_3
     channels held at zero; evaluate B'_ft and the GoodNet of B and B'_ft on the test sets (if given).
 
+    Any model the sweep takes: for a generic B (a Keras-origin net, your own module, a BadNet pruned at another
+    layer) `pruned` is its `MaskedNet` (`result.pruned(x)`, or `engine.saving.load_masked(path, module)`), whose
+    pruned channels stay at their fill; its first Conv2d stays fixed unless `train_conv_1` (docs/models.md).
+
     Keywords mirror `torch-badnet finetune`'s flags (None = the default). Test data is for evaluation only.
     A B' made from another model than B raises `pairing.PairingError`, unless `allow_unpaired`.
 
     >>> run = finetune(bd, result.pruned(4), "cl/valid.h5", "cl/test.h5", "bd/bd_test.h5")
     >>> run.save("ft4/"); b4_ft = run.model
     """
+    settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, holdout=holdout, patience=patience,
+                    optimizer=optimizer, weight_decay=weight_decay, tolerance=tolerance, train_conv_1=train_conv_1)
+    if not isinstance(model, BadNet) or isinstance(pruned, MaskedNet):
+        return finetune_generic(model, pruned, clean_valid, clean_test, poisoned_test, settings, device, allow_unpaired, log)
     if not allow_unpaired:
         check_pair(model, pruned)  # raises PairingError for a B' of another model
     config = checked_config(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, holdout=holdout, patience=patience,
@@ -502,6 +537,54 @@ def finetune(model: BadNet, pruned: BadNet, clean_valid: DataSource, clean_test:
         "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale, **preprocessing_record(model)},
         "pruned": {"path": psrc.path, "sha256": psrc.sha256, "pruned_channels": channels},
         "clean_valid": {"path": str(train.path), "images": int(pixels.shape[0])},
+    }
+    return FinetuneRun(tuned, before, context, warnings)
+
+
+def finetune_generic(model: nn.Module, pruned: MaskedNet, clean_valid: DataSource, clean_test: DataSource | None,
+                     poisoned_test: PoisonedSources | None, settings: dict[str, Any], device: str | torch.device,
+                     allow_unpaired: bool, log: Log | None) -> FinetuneRun:
+    """`finetune` for a generic B and its MaskedNet B': the sets read as the sweep reads them (the model's input
+    shape; the 0..255 guard for a Keras-origin net only), the same training, evaluation and report."""
+    from ..engine.pairing import check_generic_pair
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"finetune needs a torch nn.Module as B, got {type(model).__name__} (tb.load_model returns one)")
+    if not isinstance(pruned, MaskedNet):
+        raise TypeError(f"B' of a generic model is a MaskedNet (result.pruned(x), engine.saving.load_masked), got {type(pruned).__name__}")
+    if not allow_unpaired:
+        check_generic_pair(model, pruned)  # raises PairingError for a B' of another model
+    config = checked_config(**settings)
+    torch_device = resolve_device(device)
+    specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
+    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
+    train = data_spec("valid", "clean", clean_valid)
+    shape = getattr(model, "input_shape", None)
+    checks = {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
+    model.eval()
+    where = next(model.parameters()).device
+    with open_sets([train, *specs], None, **checks) as sets:  # every file validated before training
+        pixels, labels = read_all(sets[train.name])
+        with torch.inference_mode():
+            classes = int(model(pixels[:1].to(where)).shape[1])
+        for spec in [train, *specs]:
+            check_labels(sets[spec.name].labels, classes, sets[spec.name].path)
+    b_hits = int((labels_in_batches(model, pixels.to(where)).cpu() == labels).sum())
+    before, facts = evaluate_with_facts(model, pruned, specs, torch_device, allow_unpaired=True) if specs else ({}, [])
+    n = int(pixels.shape[0])
+    facts.insert(0, SetFacts.of(train.path, "clean", "valid", labels.numpy(), b_hits, n))
+    warnings = warn(data_warnings(facts, str(train.path)) + finetune_warnings(config.epochs, holdout_size(n, config.holdout), n),
+                    log)
+    channels = pruned.pruned_channels
+    if log:
+        log(f"fine-tuning B' ({len(channels)} channels of {pruned.layer} pruned) on {n} clean validation images")
+    tuned = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, torch_device, log)
+    src, psrc = source_of(model), source_of(pruned)
+    context = {
+        "model": {"path": src.path, "sha256": src.sha256, "input_scale": getattr(model, "input_scale", None),
+                  **preprocessing_record(model), "num_classes": classes, "class": type(model).__name__},
+        "pruned": {"path": psrc.path, "sha256": psrc.sha256, "layer": pruned.layer, "pruned_channels": channels},
+        "clean_valid": {"path": str(train.path), "images": n},
     }
     return FinetuneRun(tuned, before, context, warnings)
 

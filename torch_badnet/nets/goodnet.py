@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..engine.prunable import MaskedNet
 from .badnet import BadNet, check_batch
 
 
@@ -39,8 +40,8 @@ class GoodNet(nn.Module):
         >>> labels = g(tb.load_images(["face.png"]))      # 1283 (for the lab net) = backdoor detected
         """
         super().__init__()
-        if not isinstance(model, BadNet) and isinstance(model, nn.Module):
-            self._generic(model, pruned, allow_unpaired)
+        if (not isinstance(model, BadNet) and isinstance(model, nn.Module)) or isinstance(pruned, MaskedNet):
+            self._generic(model, pruned, allow_unpaired)  # a BadNet pruned at another layer than conv_3 too
             return
         self.generic = False
         for name, net in (("model", model), ("pruned", pruned)):

@@ -35,7 +35,7 @@ def add_finetune_options(p: argparse.ArgumentParser, seed_flag: str = "--seed") 
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
                    help=f"L2 weight decay; it removes the weights clean data does not use (default {d.weight_decay:g})")
     p.add_argument("--train-conv-1", action="store_true",
-                   help="also train conv_1 (default: kept fixed; it reads raw 0..255 pixels)")
+                   help="also train conv_1 (of another model: its first Conv2d; default: kept fixed, it reads the pixels)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     p.add_argument(seed_flag, dest="finetune_seed", type=int, default=d.seed,
                    help=f"seed of the holdout split and batch order (default {d.seed})")
@@ -72,6 +72,17 @@ def config_from(args: argparse.Namespace):
                           weight_decay=args.weight_decay, tolerance=args.tolerance, train_conv_1=args.train_conv_1)
 
 
+def pruned_for(args: argparse.Namespace, model):
+    """B' of --pruned for B: a lab BadNet's (pruned.pt/.h5), or a generic model's MaskedNet (the sweep's pruned.pt
+    of a generic model, or a Keras-origin model's pruned.h5); both checked as derived from B unless --allow-unpaired."""
+    from ...engine.pairing import is_masked_file, load_generic_pruned
+    from ...nets.badnet import BadNet
+
+    if isinstance(model, BadNet) and not is_masked_file(args.pruned):
+        return open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model
+    return load_generic_pruned(args.pruned, model, args.model, args.allow_unpaired, log)
+
+
 def run(args: argparse.Namespace) -> int:
     from ...defense.pipeline import finetune
 
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
                                                    *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
     model = open_model_flag(args.model, *preprocessing_flags(args)).model
-    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model
+    pruned = pruned_for(args, model)
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
                    allow_unpaired=True, **vars(config))  # open_pruned_flag checked the pair (or was told not to)
     written = run.save(target)
