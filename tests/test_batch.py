@@ -185,14 +185,20 @@ def processes() -> dict[int, tuple[int, str]]:
 
 
 def pool_workers(pid: int) -> list[int]:
-    """The spawned pool workers among `pid`'s descendants."""
+    """The pool workers among `pid`'s descendants: the children of multiprocessing's fork server (Linux), or
+    spawned processes."""
     table = processes()
     family, grew = {pid}, True
     while grew:
         more = {p for p, (parent, _) in table.items() if parent in family} - family
         family |= more
         grew = bool(more)
-    return [p for p in family - {pid} if "spawn_main" in table[p][1]]
+
+    def forked_by_server(p: int) -> bool:
+        parent = table[p][0]
+        return "forkserver" in table[p][1] and parent in table and "forkserver" in table[parent][1]
+
+    return [p for p in family - {pid} if forked_by_server(p) or "spawn_main" in table[p][1]]
 
 
 def test_a_killed_local_worker_is_replaced_and_the_batch_completes(tmp_path, reference, models, lab_files):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.lab_sets import DEFAULT_CHUNK, ArraySet, LabDataset, read_ahead_pays
 from ..data.set_names import check_unique
 from ..data.shared_file import ReadFile, SharedSet
-from ..engine.lab_head import FeatureSet, extract_features, fast_sweep, prepare_model
+from ..engine.lab_head import extract_features, fast_sweep, prepare_model
 from ..engine.pruning import channel_scores, mask_for, pruning_order
 from ..errors import BadInputError
 from ..nets.badnet import INPUT_SHAPE, BadNet
@@ -190,6 +190,9 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], config: SweepConfig = Sw
     """Rank pool_3 channels on the clean validation set, sweep every step on every set, pick B'_X per X in
     `config.thresholds` (by `config.stop` and `config.drop`), on `config.device`, for at most `config.max_steps`.
 
+    One set at a time (the clean validation set first: it ranks): its trunk, then all its steps, so only one
+    set's features and head state are held (the steps of a set never depend on another set).
+
     `timer` (optional) gets the phases read+trunk (files read ahead in a background thread where that pays,
     `lab_sets.read_ahead_pays`), rank, prune, metrics.
     """
@@ -200,29 +203,36 @@ def run_sweep(model: BadNet, specs: Sequence[DataSpec], config: SweepConfig = Sw
     if bool((model.conv_3.mask == 0).any()):
         raise BadInputError("--model", "the model already has pruned channels; sweep an unpruned BadNet")
     read_ahead = read_ahead_pays(device)
-    with timer.phase("read+trunk"), open_sets(specs, model.num_classes) as datasets:
-        total = sum(len(ds) for ds in datasets.values())
-        sets: list[FeatureSet] = []
-        with tqdm(total=total, desc="trunk", unit="img", disable=not config.show_progress, leave=False) as bar:
-            for spec in specs:
-                chunks = _counted(datasets[spec.name].chunks(config.chunk_size, read_ahead=read_ahead), bar)
-                sets.append(extract_features(model, spec.name, chunks, len(datasets[spec.name]), device))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the trunk's queued kernels belong to this phase
+    show = config.show_progress
+    ranked_first = sorted(specs, key=lambda spec: not spec.is_clean_valid)  # the clean validation set ranks
+    labels: dict[str, torch.Tensor] = {}
+    truth: dict[str, torch.Tensor] = {}
+    with open_sets(specs, model.num_classes) as datasets, \
+            tqdm(total=sum(len(ds) for ds in datasets.values()), desc="trunk", unit="img", disable=not show, leave=False) as trunk_bar, \
+            tqdm(total=0, desc="prune", unit="ch", disable=not show, leave=False) as prune_bar:
+        for spec in ranked_first:  # one set at a time: only its features and head state are held
+            with timer.phase("read+trunk"):
+                chunks = _counted(datasets[spec.name].chunks(config.chunk_size, read_ahead=read_ahead), trunk_bar)
+                features = extract_features(model, spec.name, chunks, len(datasets[spec.name]), device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # the trunk's queued kernels belong to this phase
+            if spec.is_clean_valid:
+                with timer.phase("rank"):
+                    scores = channel_scores(features.features)
+                    order = pruning_order(scores)
+                steps = len(order) if config.max_steps is None else min(config.max_steps, len(order))
+                prune_bar.total = steps * len(specs)
+            with timer.phase("prune"):
+                labels[spec.name] = fast_sweep(model, [features], order, steps, progress=lambda _: prune_bar.update())[spec.name]
+            truth[spec.name] = features.labels.cpu()
+            del features
         timer.note("read+trunk", reading_note(sum(getattr(ds, "read_seconds", 0.0) for ds in datasets.values()), read_ahead))
-    with timer.phase("rank"):
-        clean_valid = next(s for s, spec in zip(sets, specs) if spec.is_clean_valid)
-        scores = channel_scores(clean_valid.features)
-        order = pruning_order(scores)
-    steps = len(order) if config.max_steps is None else min(config.max_steps, len(order))
-    with timer.phase("prune"), tqdm(total=steps, desc="prune", unit="ch", disable=not config.show_progress, leave=False) as bar:
-        labels = fast_sweep(model, sets, order, steps, progress=lambda _: bar.update())
     with timer.phase("metrics"):
-        counts = {spec.name: step_counts(labels[spec.name], s.labels.cpu()) for spec, s in zip(specs, sets)}
+        counts = {spec.name: step_counts(labels[spec.name], truth[spec.name]) for spec in specs}
         result = _assemble(list(specs), scores, order, steps, counts)
         result.thresholds = [threshold(result, x, config.stop, config.drop) for x in config.thresholds]
-        result.facts = [SetFacts.of(spec.path, spec.kind, spec.split, s.labels.cpu().numpy(), counts[spec.name].hits[0])
-                        for spec, s in zip(specs, sets)]
+        result.facts = [SetFacts.of(spec.path, spec.kind, spec.split, truth[spec.name].numpy(), counts[spec.name].hits[0])
+                        for spec in specs]
     return result
 
 
