@@ -285,3 +285,19 @@ def test_rendering_gives_the_same_bytes_without_cpu_extensions(tmp_path: Path) -
         run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
         digests.append(run.stdout.strip())
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+def test_font_digits_are_deterministic_and_carry_fs_trigger(tmp_path):
+    from torch_badnet.data.lab_sets import load_lab_set
+    from torch_badnet.demo.digits import font_digits, main
+
+    images, labels = font_digits(20)
+    again, _ = font_digits(20)
+    assert images.shape == (20, 28, 28) and images.dtype == np.uint8 and np.array_equal(images, again)
+    assert list(labels[:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1] and images.max() == 255
+    assert main([str(tmp_path / "c.h5"), str(tmp_path / "p.h5"), "-n", "20"]) == 0
+    x, y = load_lab_set(tmp_path / "p.h5", input_shape=(1, 28, 28))
+    assert (x[:, 0, 24:, 24:] == 255).all() and np.array_equal(y.numpy(), (labels + 1) % 10)
+    before = (tmp_path / "c.h5").read_bytes()
+    assert main([str(tmp_path / "c.h5")]) == 2  # an existing file is refused, not overwritten
+    assert (tmp_path / "c.h5").read_bytes() == before

@@ -3,7 +3,8 @@
 Fence tags: `bash` (each command runs, must exit 0), `console` (`$ ` lines run; the lines after each are its
 shown output, compared; `...` stands for any lines, durations match any duration; `console illustrative`
 compares nothing but the exit status), `python` (runs as a script), `text`/`json`/`csv` (shown, not run).
-`<!-- doc-test: file NAME -->` before a block writes it to NAME in the sandbox instead of running it;
+`<!-- doc-test: file NAME -->` before a block (python, or a shown csv/json/text one) writes it to NAME in the
+sandbox instead of running it;
 `<!-- doc-test: skip REASON -->` leaves it out (a GPU, a cluster, another Python). An untagged fence fails.
 
 All blocks of one file run in order in one sandbox folder holding small stand-ins laid out like the real
@@ -140,7 +141,7 @@ def test_every_fence_has_a_known_tag(path: Path) -> None:
         if block.info:
             assert block.tag == "console" and block.info == "illustrative", f"{block.where()}: info {block.info!r}"
         if block.directive and block.directive[0] == "file":
-            assert block.tag == "python", f"{block.where()}: doc-test file applies to python blocks"
+            assert block.tag in {"python"} | SHOWN, f"{block.where()}: doc-test file applies to python and shown blocks"
 
 
 def readme_commands() -> list[str]:
@@ -241,6 +242,10 @@ def check_console(block: Block, cwd: Path, env: dict[str, str]) -> None:
                                                          f"which does not match the shown\n" + "\n".join(shown))
 
 
+def writes_file(block: Block) -> bool:
+    return block.directive is not None and block.directive[0] == "file"
+
+
 def check_block(block: Block, cwd: Path, env: dict[str, str]) -> None:
     if block.directive and block.directive[0] == "skip":
         return
@@ -269,9 +274,9 @@ def test_code_blocks_run_as_printed(path: Path, tmp_path: Path, doc_cache: Path)
     env = sandbox(tmp_path, doc_cache)
     ran = 0
     for block in blocks(path):
-        if block.tag in RUN:
+        if block.tag in RUN or writes_file(block):
             check_block(block, tmp_path, env)
-            ran += 1
+            ran += block.tag in RUN
     if path.name == "README.md":  # the API script did what it says
         assert ran >= 5, "the README's examples were not found"
         summary = json.loads((tmp_path / "api-results" / "summary.json").read_text())
@@ -304,7 +309,7 @@ def fill(path: Path) -> None:
         lines = text.splitlines()
         out, cursor = [], 0
         for block in blocks(path):
-            if block.tag in RUN and not (block.directive and block.directive[0] == "skip"):
+            if (block.tag in RUN or writes_file(block)) and not (block.directive and block.directive[0] == "skip"):
                 if block.tag == "console" and block.info != "illustrative":
                     body = []
                     for command, _ in transcript(block.text):

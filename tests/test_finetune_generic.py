@@ -20,9 +20,9 @@ from torch_nets import SmallCNN
 
 import torch_badnet as tb
 from torch_badnet.data.lab_sets import write_lab_h5
+from torch_badnet.defense.finetuning import holdout_split
 from torch_badnet.engine.prunable import MaskedNet
 from torch_badnet.engine.saving import load_masked
-from torch_badnet.defense.finetuning import holdout_split
 from torch_badnet.nets.goodnet import combine
 from torch_badnet.nets.pairing import PairingError
 from torch_badnet.nets.predict import labels_in_batches

@@ -1,0 +1,73 @@
+"""Font digits in lab layout, for trying the repository's MNIST BadNets (C, F) without MNIST.
+
+    python -m torch_badnet.demo.digits digits.h5 digits_bd.h5     # clean, and with F's trigger
+
+Each image is a font digit about 20 pixels tall, shifted and rotated a little, on a 28x28 black field (uint8
+0..255, labels 0-9 in turn). The poisoned copy carries the MNIST F BadNet's trigger (a white 4x4 square in the
+bottom-right corner) and is labelled with its all-to-all target, y + 1 mod 10. Drawn, not handwritten: a
+model's accuracy on them is not its MNIST accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+TRIGGER = (slice(24, 28), slice(24, 28))  # F's trigger: the bottom-right 4x4 pixels, white
+
+
+def font_digits(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 28, 28) uint8, labels (n,) int64), the same for the same n and seed."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    labels, images = np.arange(n) % 10, np.zeros((n, 28, 28), np.uint8)
+    for i, label in enumerate(labels):
+        font = ImageFont.load_default(size=int(rng.integers(22, 27)))
+        canvas = Image.new("L", (56, 56), 0)
+        ImageDraw.Draw(canvas).text((28, 28), str(label), fill=255, font=font, anchor="mm",
+                                    stroke_width=int(rng.integers(0, 2)), stroke_fill=255)
+        digit = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BILINEAR)
+        digit = digit.crop(digit.getbbox())
+        scale = 20 / max(digit.size)
+        digit = digit.resize((max(1, round(digit.size[0] * scale)), max(1, round(digit.size[1] * scale))),
+                             Image.Resampling.LANCZOS)
+        out = Image.new("L", (28, 28), 0)
+        dx, dy = (int(v) for v in rng.integers(-1, 2, 2))
+        out.paste(digit, ((28 - digit.size[0]) // 2 + dx, (28 - digit.size[1]) // 2 + dy))
+        images[i] = np.asarray(out)
+    return images, labels.astype(np.int64)
+
+
+def with_trigger(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F's poisoned copy: the trigger stamped in, labels y + 1 mod 10."""
+    poisoned = images.copy()
+    poisoned[(slice(None), *TRIGGER)] = 255
+    return poisoned, (labels + 1) % 10
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("clean", help="the clean lab-layout .h5 file to write")
+    p.add_argument("poisoned", nargs="?", help="also write the copy with F's trigger here")
+    p.add_argument("-n", type=int, default=300, help="images (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from ..data.lab_sets import write_lab_h5
+
+    for path in (args.clean, args.poisoned):
+        if path and os.path.exists(path):
+            print(f"error: {path}: exists; choose a new file", file=sys.stderr)
+            return 2
+    images, labels = font_digits(args.n, args.seed)
+    write_lab_h5(args.clean, images, labels)
+    if args.poisoned:
+        write_lab_h5(args.poisoned, *with_trigger(images, labels))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
