@@ -67,7 +67,7 @@ def quiet_exporter() -> Iterator[None]:
         os.close(saved)
 
 
-def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor | BadNet | None = None,
+def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor | torch.nn.Module | None = None,
                 opset: int = DEFAULT_OPSET, allow_unpaired: bool = False) -> None:
     """Write B (output `logits`, float32 (N, classes)) or, given `pruned`, the GoodNet (output `label`, int64).
 
@@ -76,8 +76,8 @@ def export_onnx(model: BadNet, dst: str | os.PathLike[str], pruned: torch.Tensor
     KerasGraphNet's: (N, *net.input_shape), its preprocessing inside the graph).
     `allow_unpaired` is GoodNet's (a B' derived from another model raises ValueError without it).
     """
-    if not isinstance(model, BadNet) and not (pruned is None and hasattr(model, "input_shape")):
-        raise TypeError(f"export_onnx needs a BadNet (or, without pruned, a KerasGraphNet), got {type(model).__name__}")
+    if not isinstance(model, BadNet) and not hasattr(model, "input_shape"):
+        raise TypeError(f"export_onnx needs a BadNet or a KerasGraphNet (a net that knows its input shape), got {type(model).__name__}")
     module: torch.nn.Module = model if pruned is None else GoodNet(model, pruned, allow_unpaired=allow_unpaired)
     output_name = LOGITS_NAME if pruned is None else LABEL_NAME
     check_opset(opset)

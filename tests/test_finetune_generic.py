@@ -304,3 +304,42 @@ def test_lab_net_pruned_at_conv_2(cli, lab3_path: Path, lab_files: dict[str, Pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_clean_acc"] == run.tuned.metrics[CLEAN] and summary["pruned"]["layer"] == "conv_2"
     assert (out / "finetuned.h5").is_file()
+
+
+# --- eval, classify and export take a generic B' too ----------------------------------------------------------------
+
+@pytest.mark.parametrize("saved", ["pruned.pt", "pruned.h5"])
+def test_eval_classify_and_export_take_fs_b_prime(f_result, f_path: Path, cli, tmp_path: Path, saved: str) -> None:
+    """The sweep's own B' files of a Keras-origin model (they failed as 'not a torch-badnet checkpoint'): eval gives
+    the sweep's G_4 numbers, classify the GoodNet's labels, export a GoodNet graph whose labels onnxruntime
+    reproduces."""
+    import onnxruntime
+    from PIL import Image
+
+    net, result, folder, files = f_result
+    pruned = folder / saved
+    t = result.threshold(4)
+    code, out, err = cli("eval", "--model", f_path, "--pruned", pruned, "--clean", files["clean_test"],
+                         "--poisoned", files["poisoned_test"])
+    assert code == 0, err
+    shown = dict(line.rsplit(": ", 1) for line in out.splitlines() if ": " in line)
+    assert shown["clean accuracy"] == f"{t.metrics[tb.Column('goodnet', 'test', 'clean_acc')]:.3f}%"
+    assert shown["attack success rate"] == f"{t.metrics[tb.Column('goodnet', 'test', 'asr')]:.3f}%"
+
+    goodnet = tb.GoodNet(net, result.pruned(4)).eval()
+    x, _ = tb.load_lab_set(files["poisoned_test"], input_shape=net.input_shape)
+    with torch.no_grad():
+        expected = goodnet(x)
+    images = []
+    for i in range(5):
+        images.append(tmp_path / f"d{i}.png")
+        Image.fromarray(x[i, 0].numpy().astype(np.uint8)).save(images[-1])
+    code, out, err = cli("classify", "--model", f_path, "--pruned", pruned, *images)
+    assert code == 0, err
+    assert [int(line.split("\t")[1]) for line in out.splitlines()] == expected[:5].tolist()
+
+    code, out, err = cli("export", "--model", f_path, "--pruned", pruned, "-o", tmp_path / "g.onnx")
+    assert code == 0, err
+    session = onnxruntime.InferenceSession(str(tmp_path / "g.onnx"))
+    labels = session.run(None, {"input": x.numpy()})[0]
+    assert np.array_equal(labels, expected.numpy()) and (labels == goodnet.detected_class).any()

@@ -66,12 +66,17 @@ def preprocessing_flags(args: argparse.Namespace) -> tuple:
 
 
 def open_pruned_flag(path: str, model, model_path: str | None = None, allow_unpaired: bool = False):
-    """The --pruned file of a command: B' (a LoadedModel) for B (`model`, read from `model_path`): see
-    loading.load_pruned_file; an unverifiable
-    pair is one warning line on stderr."""
+    """The --pruned file of a command: B' for B (`model`, read from `model_path`), checked as derived from B
+    unless `allow_unpaired` (an unverifiable pair is one warning line on stderr): a lab BadNet's pruned.pt/.h5
+    (`loading.load_pruned_file`), or any other model's MaskedNet (the sweep's pruned.pt, or a Keras-origin
+    model's pruned.h5: `engine.pairing.load_generic_pruned`)."""
+    from ...engine.pairing import is_masked_file, load_generic_pruned
+    from ...nets.badnet import BadNet
     from ...nets.loading import load_pruned_file
 
-    return load_pruned_file(path, model, model_path, allow_unpaired, log)
+    if isinstance(model, BadNet) and not is_masked_file(path):
+        return load_pruned_file(path, model, model_path, allow_unpaired, log).model
+    return load_generic_pruned(path, model, model_path, allow_unpaired, log)
 
 
 def net_for(args: argparse.Namespace, device):
@@ -81,7 +86,7 @@ def net_for(args: argparse.Namespace, device):
     model = open_model_flag(args.model, *preprocessing_flags(args)).model.eval()
     if not getattr(args, "pruned", None):
         return model.to(device)
-    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model
+    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)
     return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as open_pruned_flag said
 
 

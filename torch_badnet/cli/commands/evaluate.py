@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if args.clean:  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean)))
         if args.pruned or isinstance(model, BadNet):
-            pruned = (open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model if args.pruned
+            pruned = (open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if args.pruned
                       else torch.ones_like(model.mask))
             goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # open_pruned_flag checked the pair
         else:  # a model of another architecture (a Keras graph): its own labels

@@ -72,17 +72,6 @@ def config_from(args: argparse.Namespace):
                           weight_decay=args.weight_decay, tolerance=args.tolerance, train_conv_1=args.train_conv_1)
 
 
-def pruned_for(args: argparse.Namespace, model):
-    """B' of --pruned for B: a lab BadNet's (pruned.pt/.h5), or a generic model's MaskedNet (the sweep's pruned.pt
-    of a generic model, or a Keras-origin model's pruned.h5); both checked as derived from B unless --allow-unpaired."""
-    from ...engine.pairing import is_masked_file, load_generic_pruned
-    from ...nets.badnet import BadNet
-
-    if isinstance(model, BadNet) and not is_masked_file(args.pruned):
-        return open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired).model
-    return load_generic_pruned(args.pruned, model, args.model, args.allow_unpaired, log)
-
-
 def run(args: argparse.Namespace) -> int:
     from ...defense.pipeline import finetune
 
@@ -92,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
                                                    *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
     model = open_model_flag(args.model, *preprocessing_flags(args)).model
-    pruned = pruned_for(args, model)
+    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
                    allow_unpaired=True, **vars(config))  # open_pruned_flag checked the pair (or was told not to)
     written = run.save(target)
