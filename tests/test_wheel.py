@@ -60,7 +60,8 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
 def readme_api_script() -> str:
     import test_docs
 
-    [script] = [b.text for b in test_docs.blocks(ROOT / "README.md") if b.tag == "python" and "tb.prune_sweep(" in b.text]
+    [script] = [b.text for b in test_docs.blocks(ROOT / "README.md")
+                if b.tag == "python" and b.directive is None and "tb.prune_sweep(" in b.text]  # the API script
     return script
 
 
