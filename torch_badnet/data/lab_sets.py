@@ -156,9 +156,11 @@ class MappedRows:
     equal to HDF5's own read.
     """
 
-    def __init__(self, path: Path, data: h5py.Dataset, offset: int) -> None:
-        self.path, self.dtype, self.shape = path, data.dtype, data.shape[1:]
-        self.offset = offset
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...], offset: int, shared: bool = False) -> None:
+        """Rows of `shape` and `dtype` from byte `offset` of `path`. `shared`: map them read-only and prefaulted
+        in one go where the OS can (MAP_POPULATE), for a file nobody writes (`shared_file`'s float32 copy)."""
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(shape)
+        self.offset, self.shared = offset, shared
         self.row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.fh = open(path, "rb")
 
@@ -171,19 +173,24 @@ class MappedRows:
         offset = data.id.get_offset()
         if offset is None or offset + data.nbytes > path.stat().st_size:
             return None
-        rows = cls(path, data, int(offset))
+        rows = cls(path, data.dtype, data.shape[1:], int(offset))
         if all(rows.raw(i, i + 1).tobytes() == data[i : i + 1].tobytes() for i in {0, data.shape[0] - 1}):
             return rows
         rows.fh.close()
         return None
 
     def raw(self, start: int, stop: int) -> np.ndarray:
-        """Images [start, stop) in the file's dtype, as a view of a fresh private mapping."""
+        """Images [start, stop) in the file's dtype, as a view of a fresh mapping of just their pages (private, or
+        read-only with `shared`): it goes away with the last view."""
         first, end = self.offset + start * self.row_bytes, self.offset + stop * self.row_bytes
         if os.fstat(self.fh.fileno()).st_size < end:  # touching mapped bytes past the end would kill the process
             raise BadInputError(self.path, "the file became shorter while it was being read")
         base = first - first % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(self.fh.fileno(), end - base, access=mmap.ACCESS_COPY, offset=base)
+        if self.shared:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mapped = mmap.mmap(self.fh.fileno(), end - base, flags=flags, prot=mmap.PROT_READ, offset=base)
+        else:
+            mapped = mmap.mmap(self.fh.fileno(), end - base, access=mmap.ACCESS_COPY, offset=base)
         return np.frombuffer(mapped, self.dtype, (stop - start) * int(np.prod(self.shape)), first - base).reshape(-1, *self.shape)
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:

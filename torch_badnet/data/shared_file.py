@@ -10,19 +10,19 @@ from a fresh read-only mapping of just those rows, so a worker holds one chunk o
 
 from __future__ import annotations
 
-import mmap
+import contextlib
 import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from ..errors import BadInputError
-from .lab_sets import DEFAULT_CHUNK, LabDataset, PixelRange, _Set, arrange, check_labels, pixel_layout
+from .lab_sets import DEFAULT_CHUNK, LabDataset, MappedRows, PixelRange, _Set, arrange, check_labels, pixel_layout
 
 
 @dataclass(frozen=True)
@@ -78,49 +78,27 @@ class SharedSet(_Set):
         ahead."""
         if self.read.bad_pixels is not None:
             raise BadInputError(self.path, self.read.bad_pixels)
-        rows = _rows_of(self.read.pixels)
-        for start in range(0, len(self), chunk_size):
-            stop = min(start + chunk_size, len(self))
-            if stop == len(self) and self.guard:
-                self.read.pixel_range.check(self.path)
-            pixels = arrange(rows(start, stop), self.layout, self.input_shape)
-            yield pixels, torch.from_numpy(self.labels[start:stop])
+        with _rows_of(self.read.pixels) as rows:
+            for start in range(0, len(self), chunk_size):
+                stop = min(start + chunk_size, len(self))
+                if stop == len(self) and self.guard:
+                    self.read.pixel_range.check(self.path)
+                pixels = arrange(_tensor(rows.raw(start, stop)), self.layout, self.input_shape)
+                yield pixels, torch.from_numpy(self.labels[start:stop])
 
 
-def _rows_of(pixels: str | np.ndarray):
-    """rows(start, stop): images [start, stop) as a float32 tensor viewing the shared pixels (read-only)."""
+def _rows_of(pixels: str | np.ndarray) -> contextlib.AbstractContextManager:
+    """A context manager giving `rows` with rows.raw(start, stop): images [start, stop) viewing the shared pixels,
+    never a copy (the .npy file through `MappedRows`' read-only mappings of just those rows)."""
     if isinstance(pixels, np.ndarray):
-        return lambda start, stop: _tensor(pixels[start:stop])
-    header = _npy_header(pixels)
-    return lambda start, stop: _tensor(_mapped_rows(pixels, header, start, stop))
-
-
-def _npy_header(path: str) -> tuple[int, tuple[int, ...]]:
-    """(offset of the data, shape) of the float32 .npy file `share_file` wrote."""
-    mapped = np.load(path, mmap_mode="r")
-    if mapped.dtype != np.float32 or not mapped.flags.c_contiguous:
-        raise ValueError(f"{path}: not a C-order float32 .npy file")
-    return int(mapped.offset), tuple(mapped.shape)
-
-
-def _mapped_rows(path: str, header: tuple[int, tuple[int, ...]], start: int, stop: int) -> np.ndarray:
-    """Images [start, stop) as a view of a fresh read-only mapping of just their pages (prefaulted in one go
-    where the OS can): it goes away with the last view, so a process never holds more than its chunks."""
-    offset, shape = header
-    row = int(np.prod(shape[1:])) * 4
-    first, end = offset + start * row, offset + stop * row
-    base = first - first % mmap.ALLOCATIONGRANULARITY
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    with open(path, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), end - base, flags=flags, prot=mmap.PROT_READ, offset=base)
-    return np.frombuffer(mapped, np.float32, (stop - start) * (row // 4), first - base).reshape(stop - start, *shape[1:])
+        return contextlib.nullcontext(SimpleNamespace(raw=lambda start, stop: pixels[start:stop]))  # Ray's store: views
+    header = np.load(pixels, mmap_mode="r")  # only the header is read: the data's offset and shape
+    if header.dtype != np.float32 or not header.flags.c_contiguous:
+        raise ValueError(f"{pixels}: not a C-order float32 .npy file")
+    return MappedRows(Path(pixels), header.dtype, header.shape[1:], int(header.offset), shared=True)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only views of shared pixels; a sweep never writes its input
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array)
-
-
-def is_shared(source: Any) -> bool:
-    return isinstance(source, ReadFile)
