@@ -489,6 +489,29 @@ class FinetuneRun:
             return written_files(staging)
 
 
+def finetune_specs(clean_valid: DataSource, clean_test: DataSource | None,
+                   poisoned_test: PoisonedSources | None) -> tuple[DataSpec, list[DataSpec]]:
+    """Fine-tuning's sets: the clean validation set it trains on, and the test sets it is evaluated on."""
+    specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
+    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
+    return data_spec("valid", "clean", clean_valid), specs
+
+
+def tune_and_evaluate(model: nn.Module, pruned: nn.Module, train: DataSpec, specs: list[DataSpec], pixels: torch.Tensor,
+                      labels: torch.Tensor, b_on_train: tuple[int | None, int | None], config: FinetuneConfig,
+                      device: torch.device, pruned_what: str, log: Log | None) -> tuple[TunedNet, dict, list[str]]:
+    """What both finetune paths share once the training set is read: B' and G on the test sets (before), the data
+    warnings (`b_on_train`: B's hits and images on the training set), then B'_ft and G_ft: (tuned, before, warnings)."""
+    before, facts = evaluate_with_facts(model, pruned, specs, device, allow_unpaired=True) if specs else ({}, [])
+    n = int(pixels.shape[0])
+    facts.insert(0, SetFacts.of(train.path, "clean", "valid", labels.numpy(), *b_on_train))
+    warnings = warn(data_warnings(facts, str(train.path)) + finetune_warnings(config.epochs, holdout_size(n, config.holdout), n),
+                    log)
+    if log:
+        log(f"fine-tuning B' ({pruned_what}) on {n} clean validation images")
+    return finetune_and_evaluate(model, pruned, pixels, labels, specs, config, device, log), before, warnings
+
+
 def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid: DataSource, clean_test: DataSource | None = None,
              poisoned_test: PoisonedSources | None = None, *, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, seed: int | None = None, holdout: float | None = None,
@@ -514,24 +537,15 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
         return finetune_generic(model, pruned, clean_valid, clean_test, poisoned_test, settings, device, allow_unpaired, log)
     if not allow_unpaired:
         check_pair(model, pruned)  # raises PairingError for a B' of another model
-    config = checked_config(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, holdout=holdout, patience=patience,
-                            optimizer=optimizer, weight_decay=weight_decay, tolerance=tolerance, train_conv_1=train_conv_1)
+    config = checked_config(**settings)
     torch_device = resolve_device(device)
-    specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
-    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
-    train = data_spec("valid", "clean", clean_valid)
+    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test)
     with open_sets([train, *specs], model.num_classes) as sets:  # every file validated before training
         pixels, labels = read_all(sets[train.name])
     b_hits, b_images = check_scale(model, pixels, labels, str(train.path)) or (None, None)
-    before, facts = evaluate_with_facts(model, pruned, specs, torch_device, allow_unpaired=True) if specs else ({}, [])
-    n = int(pixels.shape[0])
-    facts.insert(0, SetFacts.of(train.path, "clean", "valid", labels.numpy(), b_hits, b_images))
-    warnings = warn(data_warnings(facts, str(train.path)) + finetune_warnings(config.epochs, holdout_size(n, config.holdout), n),
-                    log)
     channels = pruned_channels(effective_mask(pruned))
-    if log:
-        log(f"fine-tuning B' ({len(channels)} channels pruned) on {n} clean validation images")
-    tuned = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, torch_device, log)
+    tuned, before, warnings = tune_and_evaluate(model, pruned, train, specs, pixels, labels, (b_hits, b_images), config,
+                                                torch_device, f"{len(channels)} channels pruned", log)
     src, psrc = source_of(model), source_of(pruned)
     context = {
         "model": {"path": src.path, "sha256": src.sha256, "input_scale": model.input_scale, **preprocessing_record(model)},
@@ -556,9 +570,7 @@ def finetune_generic(model: nn.Module, pruned: MaskedNet, clean_valid: DataSourc
         check_generic_pair(model, pruned)  # raises PairingError for a B' of another model
     config = checked_config(**settings)
     torch_device = resolve_device(device)
-    specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
-    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
-    train = data_spec("valid", "clean", clean_valid)
+    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test)
     shape = getattr(model, "input_shape", None)
     checks = {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
     model.eval()
@@ -569,16 +581,10 @@ def finetune_generic(model: nn.Module, pruned: MaskedNet, clean_valid: DataSourc
             classes = int(model(pixels[:1].to(where)).shape[1])
         for spec in [train, *specs]:
             check_labels(sets[spec.name].labels, classes, sets[spec.name].path)
-    b_hits = int((labels_in_batches(model, pixels.to(where)).cpu() == labels).sum())
-    before, facts = evaluate_with_facts(model, pruned, specs, torch_device, allow_unpaired=True) if specs else ({}, [])
-    n = int(pixels.shape[0])
-    facts.insert(0, SetFacts.of(train.path, "clean", "valid", labels.numpy(), b_hits, n))
-    warnings = warn(data_warnings(facts, str(train.path)) + finetune_warnings(config.epochs, holdout_size(n, config.holdout), n),
-                    log)
+    b_hits, n = int((labels_in_batches(model, pixels.to(where)).cpu() == labels).sum()), int(pixels.shape[0])
     channels = pruned.pruned_channels
-    if log:
-        log(f"fine-tuning B' ({len(channels)} channels of {pruned.layer} pruned) on {n} clean validation images")
-    tuned = finetune_and_evaluate(model, pruned, pixels, labels, specs, config, torch_device, log)
+    tuned, before, warnings = tune_and_evaluate(model, pruned, train, specs, pixels, labels, (b_hits, n), config,
+                                                torch_device, f"{len(channels)} channels of {pruned.layer} pruned", log)
     src, psrc = source_of(model), source_of(pruned)
     context = {
         "model": {"path": src.path, "sha256": src.sha256, "input_scale": getattr(model, "input_scale", None),
