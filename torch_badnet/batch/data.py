@@ -1,11 +1,12 @@
 """The data of a batch, read once per machine and shared by every model that uses it.
 
-The parent reads each lab file once (`data.shared_file.share_file`: LabDataset's reading, so the float32 pixels are
+Each lab file is read once (`data.shared_file.share_file`: LabDataset's reading, so the float32 pixels are
 exactly the ones a single sweep reads, and a bad file gets the error a single sweep prints). Locally the pixels
 go into a `.npy` file in a temporary folder the batch owns, which every worker maps a chunk at a time (one copy
-in the page cache, none per model, and no worker holds the file); on Ray the `ReadFile` goes into the object
-store once (`ray.put`), which workers read without a copy. A file that cannot be read becomes an error handle:
-each model that uses it fails with that line.
+in the page cache, none per model, and no worker holds the file); the pool's workers convert the files, side by
+side and before any model runs, so the parent never holds the conversion's buffers. On Ray the parent puts the
+`ReadFile` into the object store once (`ray.put`), which workers read without a copy. A file that cannot be read
+becomes an error handle: each model that uses it fails with that line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +31,80 @@ def file_key(path: str | os.PathLike[str]) -> str:
 
 
 class SharedData:
-    """Parent side: `add(path)` reads a file once; `handles` maps each file (`file_key`) to what workers open."""
+    """Parent side: `add(path)` has a file read once; `handles_for(paths)` gives what workers open for them
+    (`file_key` -> handle), waiting for their conversion. `pool` (a local pool with `submit` and `broken`):
+    convert there; without one, or after the pool broke, the parent converts."""
 
-    def __init__(self, ray: Any = None) -> None:
-        self.ray = ray  # the ray module when the batch runs on Ray
+    def __init__(self, ray: Any = None, pool: Any = None) -> None:
+        self.ray, self.pool = ray, pool  # the ray module when the batch runs on Ray
         self.folder = None if ray else Path(tempfile.mkdtemp(prefix="torch-badnet-batch-"))
         self.handles: dict[str, Handle] = {}
+        self.converting: dict[str, tuple[str, Path, Future]] = {}
 
     def add(self, path: str) -> None:
         key = file_key(path)
-        if key in self.handles:
+        if key in self.handles or key in self.converting:
             return
-        try:
-            if self.ray is not None:
-                self.handles[key] = ("ray", self.ray.put(share_file(path, None)))
-            else:
-                assert self.folder is not None
-                self.handles[key] = ("file", share_file(path, self.folder / f"{len(self.handles)}.pixels.npy"))
-        except BadInputError as exc:
-            self.handles[key] = ("error", exc.path, exc.problem)
+        if self.ray is not None:
+            self.handles[key] = _handle("ray", lambda p: self.ray.put(share_file(p, None)), path)
+            return
+        assert self.folder is not None
+        npy = self.folder / f"{len(self.handles) + len(self.converting)}.pixels.npy"
+        if self.pool is not None and not self.pool.broken:
+            self.converting[key] = (path, npy, self.pool.submit(share_in_worker, path, npy))
+        else:
+            self.handles[key] = _handle("file", share_file, path, npy)
+
+    def handles_for(self, paths: list[str]) -> dict[str, Handle]:
+        keys = {file_key(p) for p in paths}
+        for key in keys & self.converting.keys():
+            path, npy, future = self.converting.pop(key)
+            try:
+                self.handles[key] = ("file", future.result())
+            except BadInputError as exc:
+                self.handles[key] = ("error", exc.path, exc.problem)
+            except BrokenProcessPool:  # a worker died converting: the parent reads it, a fresh pool runs the models
+                self.pool.broken = True
+                self.handles[key] = _handle("file", share_file, path, npy)
+        return {k: h for k, h in self.handles.items() if k in keys}
 
     def close(self) -> None:
         """Remove the temporary folder (local) or drop the references (Ray frees the objects)."""
         self.handles.clear()
+        self.converting.clear()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def share_in_worker(path: str, npy: Path) -> ReadFile:
+    """`share_file` in a pool worker, which then hands the conversion's freed buffers back to the system. In this
+    thread: a reading thread's malloc arena would keep two chunks (60 MB at the lab's size) after it ends, dead
+    weight at the peak of every model the worker then runs."""
+    try:
+        return share_file(path, npy, read_ahead=False)
+    finally:
+        trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free memory to the system (glibc's malloc_trim), so a worker that converted a file or
+    swept a model does not keep that peak while it waits or runs the next one; elsewhere nothing."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _handle(kind: str, read: Any, *args: Any) -> Handle:
+    """(kind, read(*args)), or the error handle of the BadInputError it raises."""
+    try:
+        return (kind, read(*args))
+    except BadInputError as exc:
+        return ("error", exc.path, exc.problem)
 
 
 def open_file(handle: Handle) -> ReadFile:

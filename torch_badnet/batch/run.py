@@ -244,13 +244,13 @@ class Batch:
 
         self.meta["versions"] = versions()
         prefetch_sha256(dict.fromkeys(p for item in self.items for p in item.files()))
-        shared = SharedData(self.ray)
         self.bar = tqdm(total=len(self.items), unit="model", desc="batch", disable=not self.progress, file=sys.stderr)
         maybe = {i.name for i in self.items if not rerun and (self.out / i.name / FINGERPRINT).is_file()}
-        pool = None
+        pool = shared = None
         try:
-            if self.ray is None and len(self.items) > len(maybe):  # workers import torch while the data is read
+            if self.ray is None and len(self.items) > len(maybe):  # the workers read the data, then run the models
                 pool = LocalPool(workers, len(self.items) - len(maybe))
+            shared = SharedData(self.ray, pool)
             for item in self.items:  # read what must run while the inputs are hashed
                 if item.name not in maybe:
                     self._read(shared, item)
@@ -260,7 +260,7 @@ class Batch:
                 if item.name in maybe and self._reuse(item.name, fingerprint):
                     continue
                 self._read(shared, item)
-                handles = {k: h for k, h in shared.handles.items() if k in {_key(p) for p in item.files()[1:]}}
+                handles = shared.handles_for(item.files()[1:])
                 tasks.append(Task(item.name, item.model, item.data, item.options, inputs, fingerprint, handles))
             if tasks:
                 if self.ray is not None:
@@ -271,7 +271,8 @@ class Batch:
             if pool is not None:
                 pool.close()
             self.bar.close()
-            shared.close()
+            if shared is not None:
+                shared.close()
             self._write()  # also when interrupted: the finished models' rows
         result = BatchResult(self.out, self._ordered(), self.meta)
         plot_batch(result.rows, self.out / "batch.png")
@@ -448,12 +449,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _key(path: str) -> str:
-    from .data import file_key
-
-    return file_key(path)
 
 
 def _stop_workers(pool: Any) -> None:

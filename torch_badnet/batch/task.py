@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import BadInputError
 from ..report.outdir import OutputFolder, written_files
-from .data import Handle, file_key, open_file
+from .data import Handle, file_key, open_file, trim_heap
 
 FINGERPRINT = "fingerprint.json"  # beside summary.json in DIR/<name>/
 
@@ -101,6 +101,7 @@ def run_task(task: Task, out: str | None) -> dict[str, Any]:
     except Exception as exc:  # a bug, not bad input: the CLI's one line
         outcome["error"] = f"error: internal error {type(exc).__name__}: {exc}"
     outcome["seconds"] = time.perf_counter() - started
+    trim_heap()
     return outcome
 
 

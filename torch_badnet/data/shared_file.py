@@ -37,27 +37,51 @@ class ReadFile:
     bad_pixels: str | None = None  # the message of the first non-finite image, if any
 
 
-def share_file(path: str | os.PathLike[str], pixels_npy: Path | None) -> ReadFile:
+def share_file(path: str | os.PathLike[str], pixels_npy: Path | None, read_ahead: bool = True) -> ReadFile:
     """Read a lab file once, checking what does not depend on the model (LabDataset's checks and messages);
-    the float32 pixels go to `pixels_npy` (None: kept in memory, for Ray's object store). Raises BadInputError."""
-    with LabDataset(path, None, input_shape=None, guard=False) as ds:
-        shape = ds.shape
-        pixels = (np.empty(shape, np.float32) if pixels_npy is None
-                  else np.lib.format.open_memmap(pixels_npy, mode="w+", dtype=np.float32, shape=shape))
-        seen, bad, start = PixelRange(), None, 0
+    the float32 pixels go to `pixels_npy` (None: kept in memory, for Ray's object store). `read_ahead`: read
+    the next chunk in a background thread. Raises BadInputError."""
+    with LabDataset(path, None, input_shape=None, guard=False) as ds, _PixelSink(pixels_npy, ds.shape) as sink:
+        seen, bad = PixelRange(), None
         try:
-            for x, _ in ds.chunks(DEFAULT_CHUNK, read_ahead=True):
-                pixels[start : start + x.shape[0]] = x.numpy()
+            for x, _ in ds.chunks(DEFAULT_CHUNK, read_ahead=read_ahead):
+                sink.write(x.numpy())
                 seen.update(x)
-                start += x.shape[0]
         except BadInputError as exc:  # non-finite pixels: an error for every model, raised where a sweep would
             bad = exc.problem
-        labels = ds.labels
-    stored: str | np.ndarray = pixels
-    if pixels_npy is not None:
-        del pixels  # unmapped; the workers map the file
-        stored = str(pixels_npy)
-    return ReadFile(str(ds.path), stored, labels, shape, seen, bad)
+    stored = str(pixels_npy) if pixels_npy is not None else sink.array
+    return ReadFile(str(ds.path), stored, ds.labels, ds.shape, seen, bad)
+
+
+class _PixelSink:
+    """Where share_file puts the float32 pixels, in order: an array in memory (`array`), or a C-order `.npy`
+    file written through the file (not a mapping, so the written pages stay the page cache's, never counted in the
+    writer's memory); the file gets its full size even when reading stopped early (non-finite pixels)."""
+
+    def __init__(self, npy: Path | None, shape: tuple[int, ...]) -> None:
+        self.array = np.empty(shape, np.float32) if npy is None else None
+        self.file = None if npy is None else open(npy, "wb")
+        self.start = 0
+        if self.file is not None:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(self.file, header)
+            self.end = self.file.tell() + int(np.prod(shape)) * 4
+
+    def write(self, rows: np.ndarray) -> None:
+        if self.array is not None:
+            self.array[self.start : self.start + rows.shape[0]] = rows
+        else:
+            assert self.file is not None
+            self.file.write(memoryview(np.ascontiguousarray(rows, np.float32)).cast("B"))
+        self.start += rows.shape[0]
+
+    def __enter__(self) -> _PixelSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.truncate(self.end)
+            self.file.close()
 
 
 class SharedSet(_Set):
