@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark `torch-badnet batch` against the same models swept one by one with `torch-badnet sweep` (issue 25).
 
-    python scripts/bench_batch.py [--scale F] [--models 10] [--workers N] [--device cpu|cuda] [--json OUT]
+    python scripts/bench_batch.py [--scale F] [--models 10] [--workers N] [--rounds R] [--device cpu|cuda] [--json OUT]
 
 Inputs: the real lab3 BadNet (../shared/real; else the demo's) and perturbed copies of it (seeded, saved as .pt),
 sharing one set of four float64 lab files of the lab's sizes times F (scripts/bench_inputs.py, as bench_sweep.py).
@@ -12,7 +12,9 @@ largest VmHWM of the sweeps (each process's own peak, scripts/bench_cli_child.py
 (proportional set size: pages shared by workers, such as the mapped data, count once in all) and, for reference,
 `batch_peak_rss_sum_mib` (shared pages counted in every process that maps them). Targets: batch_s <= 0.7 x
 sequential_s; batch_peak_pss_mib <= 1.5 x sweep_peak_rss_mib + 300 MiB per worker beyond the first; the same batch
-run again (`rerun_s`, every model reused) under 10 s.
+run again (`rerun_s`, every model reused) under 10 s. `--rounds R` measures both R times, in alternating order
+(sequential then batch, then batch then sequential, ...), so a machine whose speed drifts during the run weighs on
+both alike: the times are the rounds' means, the ratio their sums', the memory the largest peaks.
 Results with the CPU (lscpu) go to benchmarks/batch-cpu.json (or --json OUT; a GPU run to batch-gpu.json).
 """
 
@@ -24,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="set sizes = the lab's times F (default 1)")
     p.add_argument("--models", type=int, default=10, help="models in the batch (default 10)")
     p.add_argument("--workers", type=int, help="the batch's --workers (default: its own, one per core)")
+    p.add_argument("--rounds", type=int, default=1, help="measure sequential and batch R times, alternating which goes first")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: every sweep and the batch use it")
     p.add_argument("--json", type=Path, help="where to write the results (default benchmarks/batch-cpu.json, "
                                              "batch-gpu.json with --device cuda)")
@@ -185,12 +189,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         folder = Path(tmp)
         paths, nets, source = make_inputs(folder, args.scale, args.models)
-        log(f"{len(nets)} models, inputs {source}; {args.models} sequential sweeps ...")
-        sequential, sweep_peak, sweep_walls = run_sweeps(folder, paths, nets, args.device)
-        log(f"sequential {sequential:.1f} s; batch ...")
-        batch, pss, rss, last = run_batch(folder, paths, nets, args.device, args.workers)
-        log(f"batch {batch:.1f} s: {last}")
-        rows = json.loads((folder / "batch" / "batch.json").read_text())["models"]  # before the rerun marks them reused
+        log(f"{len(nets)} models, inputs {source}; {args.rounds} round(s) of {args.models} sequential sweeps and a batch")
+        sequentials, batches, sweep_peaks, pss_peaks, rss_peaks, sweep_walls, rows = [], [], [], [], [], [], []
+        for round_ in range(args.rounds):
+            for what in (("sequential", "batch") if round_ % 2 == 0 else ("batch", "sequential")):
+                if what == "sequential":
+                    sequential, sweep_peak, walls = run_sweeps(folder, paths, nets, args.device)
+                    sequentials.append(sequential)
+                    sweep_peaks.append(sweep_peak)
+                    sweep_walls.extend(walls)
+                    log(f"round {round_ + 1}: sequential {sequential:.1f} s")
+                    continue
+                shutil.rmtree(folder / "batch", ignore_errors=True)
+                batch, pss, rss, last = run_batch(folder, paths, nets, args.device, args.workers)
+                batches.append(batch)
+                pss_peaks.append(pss)
+                rss_peaks.append(rss)
+                log(f"round {round_ + 1}: batch {batch:.1f} s: {last}")
+                rows += json.loads((folder / "batch" / "batch.json").read_text())["models"]  # before a rerun marks them reused
         rerun, _, _, rerun_last = run_batch(folder, paths, nets, args.device, args.workers)
         log(f"rerun {rerun:.1f} s: {rerun_last}")
         reused = json.loads((folder / "batch" / "batch.json").read_text())["counts"]["reused"]
@@ -198,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
         workers = min(args.workers or available_cores(), len(nets))
         sizes = {n: round(p.stat().st_size / 2**20, 1) for n, p in paths.items()}
+    sequential, batch = sum(sequentials) / args.rounds, sum(batches) / args.rounds
+    sweep_peak, pss, rss = max(sweep_peaks), max(pss_peaks), max(rss_peaks)
     memory_limit = TARGET_MEMORY_FACTOR * sweep_peak + TARGET_MEMORY_PER_WORKER_MIB * (workers - 1)
     results = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -206,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         "file_sizes_mib": sizes,
         "sequential_s": round(sequential, 2), "sweep_runs_s": [round(w, 2) for w in sweep_walls],
         "batch_s": round(batch, 2), "batch_model_seconds": [r["seconds"] for r in rows],
-        "batch_over_sequential": round(batch / sequential, 3),
+        "batch_over_sequential": round(batch / sequential, 3), "rounds": args.rounds,
+        "sequential_rounds_s": [round(t, 2) for t in sequentials], "batch_rounds_s": [round(t, 2) for t in batches],
+        "batch_over_sequential_per_round": [round(b / q, 3) for b, q in zip(batches, sequentials)],
+        "batch_peak_pss_rounds_mib": [round(m, 1) for m in pss_peaks],
         "models_per_minute": round(60 * len(nets) / batch, 2),
         "rerun_s": round(rerun, 2), "rerun_reused": reused,
         "sweep_peak_rss_mib": round(sweep_peak, 1), "batch_peak_pss_mib": round(pss, 1),
