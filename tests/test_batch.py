@@ -128,6 +128,22 @@ def test_results_equal_separate_sweeps_and_a_corrupted_model_fails(tmp_path, mod
     assert report["counts"] == {"done": 2, "reused": 0, "failed": 1}
 
 
+def test_a_corrupt_data_file_fails_the_models_that_use_it_with_the_sweeps_line(tmp_path, models, lab_files, cli):
+    """The workers read the data: a truncated clean_test fails (only) its row with the line a sweep prints for
+    it, the error crossing back from the worker intact (no worker died, no pool replaced)."""
+    broken = tmp_path / "broken_test.h5"
+    broken.write_bytes(lab_files["clean_test"].read_bytes()[:20000])
+    manifest = write_manifest(tmp_path / "m.csv", [{"name": "good", "model": str(models["m1"])},
+                                                   {"name": "bad", "model": str(models["m2"]), "clean_test": str(broken)}])
+    code, _, err = cli("batch", manifest, "--out", tmp_path / "out", "--workers", 2, *data_flags(lab_files), *FAST)
+    assert code == 1, err
+    rows = {row["name"]: row for row in read_csv(tmp_path / "out" / "batch.csv")}
+    assert (rows["good"]["status"], rows["bad"]["status"]) == ("done", "failed")
+    code, _, sweep_err = cli(*sweep_args({**lab_files, "clean_test": broken}, models["m2"], tmp_path / "single", *FAST))
+    assert code == 2 and rows["bad"]["error"] == sweep_err.strip()
+    assert "worker process died" not in err  # the worker's error came back whole: no pool broke on it
+
+
 def test_rerun_with_nothing_to_do_reuses_every_model(reference, fast_manifest, lab_files):
     stamps = {p: p.stat().st_mtime_ns for p in reference.glob("*/summary.json")}
     assert len(stamps) == MODELS

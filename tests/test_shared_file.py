@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+
 import numpy as np
 import pytest
 import torch
 
+from torch_badnet.batch.data import SharedData
 from torch_badnet.data.lab_sets import LabDataset, write_lab_h5
 from torch_badnet.data.shared_file import SharedSet, share_file
 from torch_badnet.errors import BadInputError
@@ -55,3 +60,38 @@ def test_a_non_finite_pixel_is_the_error_labdataset_gives_and_the_npy_keeps_its_
     with pytest.raises(BadInputError) as raised:
         list(SharedSet(read, 10, SHAPE).chunks())
     assert str(raised.value) == str(expected.value)
+
+
+class DeadPool:
+    """A local pool whose worker died: `submit` raises, or its future does (as ProcessPoolExecutor's can)."""
+
+    def __init__(self, raise_on_submit: bool) -> None:
+        self.broken, self.raise_on_submit = False, raise_on_submit
+
+    def submit(self, *call):
+        if self.raise_on_submit:
+            raise BrokenProcessPool("a child process terminated abruptly")
+        future = Future()
+        future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+        return future
+
+
+@pytest.mark.parametrize("raise_on_submit", [True, False])
+def test_when_the_pool_dies_converting_the_parent_reads_the_file(tmp_path, raise_on_submit):
+    path = lab_file(tmp_path)
+    pool, lines = DeadPool(raise_on_submit), []
+    shared = SharedData(None, pool, lines.append)
+    try:
+        shared.add(str(path))
+        (kind, read), = shared.handles_for([str(path)]).values()
+        assert kind == "file" and pool.broken
+        assert lines == [f"a worker process died reading {path}: reading the data here, the models in fresh workers"]
+        assert torch.equal(torch.from_numpy(np.load(read.pixels)), lab_chunks(path)[0])
+    finally:
+        shared.close()
+
+
+def test_bad_input_errors_cross_process_boundaries_whole():
+    error = pickle.loads(pickle.dumps(BadInputError("cl/valid.h5", "'data' is missing")))
+    assert isinstance(error, BadInputError)
+    assert (error.path, error.problem, str(error)) == ("cl/valid.h5", "'data' is missing", "cl/valid.h5: 'data' is missing")

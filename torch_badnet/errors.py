@@ -19,6 +19,10 @@ class BadInputError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickled as (path, problem), so it crosses to and from worker processes (a pool, Ray) intact."""
+        return (type(self), (self.path, self.problem))
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (or its type name), for one-line error reports."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -33,10 +34,10 @@ def file_key(path: str | os.PathLike[str]) -> str:
 class SharedData:
     """Parent side: `add(path)` has a file read once; `handles_for(paths)` gives what workers open for them
     (`file_key` -> handle), waiting for their conversion. `pool` (a local pool with `submit` and `broken`):
-    convert there; without one, or after the pool broke, the parent converts."""
+    convert there; without one, or after the pool broke (said through `log`), the parent converts."""
 
-    def __init__(self, ray: Any = None, pool: Any = None) -> None:
-        self.ray, self.pool = ray, pool  # the ray module when the batch runs on Ray
+    def __init__(self, ray: Any = None, pool: Any = None, log: Callable[[str], None] = lambda line: None) -> None:
+        self.ray, self.pool, self.log = ray, pool, log  # the ray module when the batch runs on Ray
         self.folder = None if ray else Path(tempfile.mkdtemp(prefix="torch-badnet-batch-"))
         self.handles: dict[str, Handle] = {}
         self.converting: dict[str, tuple[str, Path, Future]] = {}
@@ -51,9 +52,12 @@ class SharedData:
         assert self.folder is not None
         npy = self.folder / f"{len(self.handles) + len(self.converting)}.pixels.npy"
         if self.pool is not None and not self.pool.broken:
-            self.converting[key] = (path, npy, self.pool.submit(share_in_worker, path, npy))
-        else:
-            self.handles[key] = _handle("file", share_file, path, npy)
+            try:
+                self.converting[key] = (path, npy, self.pool.submit(share_in_worker, path, npy))
+                return
+            except BrokenProcessPool:
+                self._pool_died(path)
+        self.handles[key] = _handle("file", share_file, path, npy)
 
     def handles_for(self, paths: list[str]) -> dict[str, Handle]:
         keys = {file_key(p) for p in paths}
@@ -63,10 +67,15 @@ class SharedData:
                 self.handles[key] = ("file", future.result())
             except BadInputError as exc:
                 self.handles[key] = ("error", exc.path, exc.problem)
-            except BrokenProcessPool:  # a worker died converting: the parent reads it, a fresh pool runs the models
-                self.pool.broken = True
+            except BrokenProcessPool:  # a worker died converting: the parent reads it; a fresh pool runs the models
+                self._pool_died(path)
                 self.handles[key] = _handle("file", share_file, path, npy)
         return {k: h for k, h in self.handles.items() if k in keys}
+
+    def _pool_died(self, path: str) -> None:
+        if not self.pool.broken:
+            self.log(f"a worker process died reading {path}: reading the data here, the models in fresh workers")
+        self.pool.broken = True
 
     def close(self) -> None:
         """Remove the temporary folder (local) or drop the references (Ray frees the objects)."""

@@ -250,7 +250,7 @@ class Batch:
         try:
             if self.ray is None and len(self.items) > len(maybe):  # the workers read the data, then run the models
                 pool = LocalPool(workers, len(self.items) - len(maybe))
-            shared = SharedData(self.ray, pool)
+            shared = SharedData(self.ray, pool, self.log)
             for item in self.items:  # read what must run while the inputs are hashed
                 if item.name not in maybe:
                     self._read(shared, item)
@@ -267,6 +267,10 @@ class Batch:
                     self._run_ray(tasks, gpus_per_model)
                 else:
                     self._run_local(tasks, workers, pool)
+        except BaseException:
+            if pool is not None:  # Ctrl-C while the workers convert the data: stop them now
+                pool.kill()
+            raise
         finally:
             if pool is not None:
                 pool.close()
@@ -453,6 +457,6 @@ def available_cores() -> int:
 
 def _stop_workers(pool: Any) -> None:
     """Kill a pool's worker processes now (ProcessPoolExecutor has no public way before Python 3.14)."""
-    for process in list(getattr(pool, "_processes", {}).values()):
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # None once the pool is shut down
         with contextlib.suppress(Exception):
             process.kill()
