@@ -15,6 +15,8 @@ sequential_s; batch_peak_pss_mib <= 1.5 x sweep_peak_rss_mib + 300 MiB per worke
 run again (`rerun_s`, every model reused) under 10 s. `--rounds R` measures both R times, in alternating order
 (sequential then batch, then batch then sequential, ...), so a machine whose speed drifts during the run weighs on
 both alike: the times are the rounds' means, the ratio their sums', the memory the largest peaks.
+`models_alone_over_sequential`: the batch's floor, its models' own seconds shared among the workers, without any of
+the batch's start-up, reading, hashing or tail (at or above 0.7, the time target cannot be met on that machine).
 Results with the CPU (lscpu) go to benchmarks/batch-cpu.json (or --json OUT; a GPU run to batch-gpu.json).
 """
 
@@ -225,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "sequential_s": round(sequential, 2), "sweep_runs_s": [round(w, 2) for w in sweep_walls],
         "batch_s": round(batch, 2), "batch_model_seconds": [r["seconds"] for r in rows],
         "batch_over_sequential": round(batch / sequential, 3), "rounds": args.rounds,
+        # the batch's floor: its models alone, `workers` at a time, with none of its own start-up, reading or tail
+        "models_alone_over_sequential": round(sum(r["seconds"] for r in rows) / workers / args.rounds / sequential, 3),
         "sequential_rounds_s": [round(t, 2) for t in sequentials], "batch_rounds_s": [round(t, 2) for t in batches],
         "batch_over_sequential_per_round": [round(b / q, 3) for b, q in zip(batches, sequentials)],
         "batch_peak_pss_rounds_mib": [round(m, 1) for m in pss_peaks],
