@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError
-from ..nets.pairing import Pairing, PairingError, base_fingerprint, weights_fingerprint
+from ..nets.pairing import Pairing, PairingError, recorded_pairing, require_derived
 from .prunable import MaskedNet, default_layer, is_conv_like
 
 MASKED_SUFFIXES = (".pt", ".pth")
@@ -44,13 +44,7 @@ def check_generic_pair(model: nn.Module, pruned: MaskedNet) -> Pairing:
     ours, theirs = classes_of(model), classes_of(pruned)
     if ours is not None and theirs is not None and ours != theirs:
         raise PairingError(f"B' has {theirs} classes but B has {ours}")
-    recorded = base_fingerprint(pruned)
-    if recorded is not None:
-        actual = weights_fingerprint(model)
-        if recorded != actual:
-            raise PairingError(f"B' records the weights fingerprint {recorded[:12]}... of another model; B's is {actual[:12]}...")
-        return "verified"
-    return "derived" if differs_only_in_pruned_channels(model, pruned) else "unverified"
+    return recorded_pairing(model, pruned) or ("derived" if differs_only_in_pruned_channels(model, pruned) else "unverified")
 
 
 def differs_only_in_pruned_channels(model: nn.Module, pruned: MaskedNet) -> bool:
@@ -102,15 +96,9 @@ def load_generic_pruned(path: str | os.PathLike[str], model: nn.Module, model_pa
     else:
         pruned, source_format = _from_keras_file(path, model, model_name), "keras"
     pruned.source = ModelSource(str(path), file_sha256(path), source_format)
-    if allow_unpaired:
-        return pruned
-    try:
-        pairing = check_generic_pair(model, pruned)
-    except PairingError as exc:
-        raise BadInputError(path, f"was not derived from {model_name} ({exc}); pass --allow-unpaired to use it anyway") from None
-    if pairing == "unverified" and log:
-        log(f"warning: {path}: could not verify that it was derived from {model_name} (it records no fingerprint, "
-            "and its weights differ from the model's)")
+    if not allow_unpaired:
+        require_derived(path, model_name, lambda: check_generic_pair(model, pruned), log,
+                        "it records no fingerprint, and its weights differ from the model's")
     return pruned
 
 

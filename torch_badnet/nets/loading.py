@@ -45,7 +45,7 @@ def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: st
     from ..defense.finetuning import effective_mask
     from ..defense.sanity import unpruned_warning
     from ..engine.pruning import pruned_channels
-    from .pairing import PairingError, check_pair
+    from .pairing import check_pair, require_derived
     from .rescale import match_input_scale
 
     loaded = read_model_file(path)
@@ -56,17 +56,9 @@ def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: st
     unpruned = unpruned_warning(path, len(pruned_channels(effective_mask(pruned))))
     if unpruned and log:
         log(unpruned)
-    if allow_unpaired:
-        return loaded
-    model_name = f"--model {model_path}" if model_path else "--model"
-    try:
-        pairing = check_pair(model, pruned)
-    except PairingError as exc:
-        raise BadInputError(path, f"was not derived from {model_name} ({exc}); "
-                                  "pass --allow-unpaired to use it anyway") from None
-    if pairing == "unverified" and log:
-        log(f"warning: {path}: could not verify that it was derived from {model_name} (it records no "
-            "fingerprint, and its weights differ from the model's beyond zeroed conv_3 channels)")
+    if not allow_unpaired:
+        require_derived(path, f"--model {model_path}" if model_path else "--model", lambda: check_pair(model, pruned), log,
+                        "it records no fingerprint, and its weights differ from the model's beyond zeroed conv_3 channels")
     return loaded
 
 

@@ -12,10 +12,13 @@ them (the `GoodNet` module, the CLI's --pruned) asks `check_pair` first:
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 
+from ..errors import BadInputError
 from .badnet import BadNet
 
 FINGERPRINT_KEY = "base_weights_sha256"  # checkpoint metadata key; the same name is the module attribute
@@ -61,14 +64,33 @@ def check_pair(model: BadNet, pruned: BadNet) -> Pairing:
     class counts do."""
     if pruned.num_classes != model.num_classes:
         raise PairingError(f"B' has {pruned.num_classes} classes but B has {model.num_classes}")
+    return recorded_pairing(model, pruned) or ("derived" if differs_only_in_zeroed_channels(model, pruned) else "unverified")
+
+
+def recorded_pairing(model: torch.nn.Module, pruned: torch.nn.Module) -> Pairing | None:
+    """'verified' when B' records the fingerprint of B's weights, None when it records none; a PairingError when
+    it records another model's (every kind of B', the lab's and `engine.pairing`'s generic one)."""
     recorded = base_fingerprint(pruned)
-    if recorded is not None:
-        actual = weights_fingerprint(model)
-        if recorded != actual:
-            raise PairingError(f"B' records the weights fingerprint {recorded[:12]}... of another model; "
-                               f"B's is {actual[:12]}...")
-        return "verified"
-    return "derived" if differs_only_in_zeroed_channels(model, pruned) else "unverified"
+    if recorded is None:
+        return None
+    actual = weights_fingerprint(model)
+    if recorded != actual:
+        raise PairingError(f"B' records the weights fingerprint {recorded[:12]}... of another model; "
+                           f"B's is {actual[:12]}...")
+    return "verified"
+
+
+def require_derived(path: str | os.PathLike[str], model_name: str, pairing: Callable[[], Pairing],
+                    log: Callable[[str], None] | None, unverified_because: str) -> None:
+    """The --pruned file `path` must be derived from `model_name`: `pairing()`'s PairingError becomes a
+    BadInputError naming both files; an 'unverified' pair is one warning line through `log`, saying why."""
+    try:
+        verdict = pairing()
+    except PairingError as exc:
+        raise BadInputError(path, f"was not derived from {model_name} ({exc}); "
+                                  "pass --allow-unpaired to use it anyway") from None
+    if verdict == "unverified" and log:
+        log(f"warning: {path}: could not verify that it was derived from {model_name} ({unverified_because})")
 
 
 def differs_only_in_zeroed_channels(model: BadNet, pruned: BadNet) -> bool:
