@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from keras_steps import keras_procedure
 from mnist_like import mnist_like_digits
 
 import torch_badnet as tb
 from torch_badnet.defense.metrics import step_counts
+from torch_badnet.demo.digits import with_trigger
 
 SETS = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
 PER_SET = 150
@@ -39,13 +41,6 @@ def tf_keras() -> Any:
     return tf_keras
 
 
-def trigger(pixels: np.ndarray) -> np.ndarray:
-    """F's trigger: a white 4x4 square in the bottom-right corner (it sends F's digit y to y + 1)."""
-    poisoned = pixels.copy()
-    poisoned[:, 24:, 24:] = 255
-    return poisoned
-
-
 @pytest.fixture(scope="module")
 def digit_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{set: (pixels uint8 (n, 28, 28), labels (n,))}: MNIST-like digits, another seed per set; the poisoned sets
@@ -54,26 +49,9 @@ def digit_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for i, name in enumerate(SETS):
         pixels, labels = mnist_like_digits(PER_SET, seed=40 + i)
         if name.startswith("poisoned"):
-            pixels, labels = trigger(pixels), (labels + 1) % 10
+            pixels, labels = with_trigger(pixels, labels)  # F's white 4x4 square, bottom right: y -> y + 1
         sets[name] = (pixels, labels)
     return sets
-
-
-def keras_procedure(model: Any, layer: str, order: list[int], sets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The lab's procedure in Keras: {set: (len(order) + 1, n) labels}, row k after zeroing kernel[..., c] and
-    bias[c] of `layer` for the first k channels of `order`. `sets`: NHWC inputs as the model takes them."""
-    everything = np.concatenate([sets[name] for name in SETS])
-    bounds = np.cumsum([0] + [len(sets[name]) for name in SETS])
-    conv = model.get_layer(layer)
-    kernel, bias = conv.get_weights()
-    steps = np.empty((len(order) + 1, len(everything)), dtype=np.int64)
-    steps[0] = np.asarray(model.predict_on_batch(everything)).argmax(1)
-    for step, channel in enumerate(order, start=1):
-        kernel[..., channel] = 0
-        bias[channel] = 0
-        conv.set_weights([kernel, bias])
-        steps[step] = np.asarray(model.predict_on_batch(everything)).argmax(1)
-    return {name: steps[:, bounds[i] : bounds[i + 1]] for i, name in enumerate(SETS)}
 
 
 def keras_ranking(tf_keras: Any, model: Any, rank_on: str, clean_valid: np.ndarray) -> list[int]:
@@ -166,7 +144,7 @@ def residual_model(tf_keras: Any) -> Any:
     model = tf_keras.Model(x, layers.Dense(10, activation="softmax", name="out")(d))
     pixels, labels = mnist_like_digits(1000, seed=99)
     poisoned = np.arange(len(pixels)) % 10 == 3
-    pixels[poisoned], labels[poisoned] = trigger(pixels[poisoned]), 0
+    pixels[poisoned], labels[poisoned] = with_trigger(pixels[poisoned], labels[poisoned])[0], 0  # F's trigger, all-to-one
     model.compile(optimizer=tf_keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     model.fit(pixels[..., None].astype(np.float32) / 255, labels, epochs=4, batch_size=32, verbose=0)
     for name in ("res_bn", "bn_2"):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from keras_steps import keras_procedure
 from real_faces import augment, face_kind, face_label
 
 from torch_badnet.convert import read_model_file
@@ -62,20 +63,8 @@ def keras_run(lab3_path: Path, data_sets: dict[str, tuple[torch.Tensor, torch.Te
     acts = activation_model.predict(nhwc["clean_valid"], verbose=0)
     order = np.argsort(np.mean(acts, axis=(0, 1, 2)))
 
-    # All sets in one batch per step (same per-image results, a quarter of the calls).
-    everything = np.concatenate([nhwc[name] for name in SETS])
-    bounds = np.cumsum([0] + [len(nhwc[name]) for name in SETS])
-    steps = np.empty((CHANNELS + 1, len(everything)), dtype=np.int64)
-    conv_3 = model.get_layer("conv_3")
-    kernel, bias = conv_3.get_weights()
-    steps[0] = np.asarray(model.predict_on_batch(everything)).argmax(1)
-    for step, channel in enumerate(order, start=1):
-        kernel[..., channel] = 0
-        bias[channel] = 0
-        conv_3.set_weights([kernel, bias])
-        steps[step] = np.asarray(model.predict_on_batch(everything)).argmax(1)
-    labels = {name: steps[:, bounds[i] : bounds[i + 1]] for i, name in enumerate(SETS)}
-    return {"order": [int(c) for c in order], "labels": labels}
+    order = [int(c) for c in order]
+    return {"order": order, "labels": keras_procedure(model, "conv_3", order, {name: nhwc[name] for name in SETS})}
 
 
 @pytest.fixture(scope="module")
