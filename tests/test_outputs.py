@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import sweep_args
 
-from torch_badnet.report.outdir import OutputFolder, is_result
+from torch_badnet.data.files import interrupts_held, write_text
+from torch_badnet.report.outdir import MARKER, OutputFolder, is_result
 
 LOCK_HEADER = "torch-badnet output lock"  # outdir.LOCK_HEADER: the lock file's first line
 
@@ -151,3 +153,94 @@ def test_many_processes_racing_for_one_out(tmp_path):
             run.wait(60)
     assert [run.returncode for run in runs].count(0) == 1
     assert not list(tmp_path.iterdir())  # the lock file removed by its holder, no temporary file left
+
+
+def interrupt_after(monkeypatch, name: str) -> None:
+    """os.<name> (open, mkdir) does its work, then Ctrl-C arrives before it returns to its caller."""
+    real = getattr(os, name)
+
+    def then_interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, name, then_interrupt)
+
+
+def test_ctrl_c_right_after_a_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "batch.csv"
+    target.write_text("before")
+    interrupt_after(monkeypatch, "open")
+    with pytest.raises(KeyboardInterrupt):
+        write_text(target, "after")
+    monkeypatch.undo()
+    assert files_in(tmp_path) == ["batch.csv"] and target.read_text() == "before"
+
+
+def test_ctrl_c_right_after_the_staging_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with OutputFolder(out) as folder:
+        interrupt_after(monkeypatch, "mkdir")
+        with pytest.raises(KeyboardInterrupt), folder.staging():
+            pass
+        monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # a Ctrl-C run by a __del__
+def test_ctrl_c_at_any_moment_of_atomic_writes_and_staging_leaves_nothing_half_done(tmp_path):
+    """Real Ctrl-Cs (a SIGINT sent from a timer's SIGALRM) at random moments of a write and a staged --out: each
+    leaves the previous result or the new one, never a temporary file or folder. Only a Ctrl-C while the lock is
+    being taken may leave `.out.lock`, as a killed run does; the next run takes it and removes it."""
+    out = tmp_path / "out"
+
+    def one_round(k: int) -> None:
+        write_text(tmp_path / "table.csv", f"row {k}\n")
+        with OutputFolder(out) as folder, folder.staging() as staging:
+            (staging / MARKER).write_text(json.dumps({"versions": {"torch_badnet": "x"}, "k": k}))
+
+    started = time.perf_counter()
+    for k in range(20):
+        one_round(k)
+    seconds = (time.perf_counter() - started) / 20  # the timer spans a whole round on this machine
+    random = __import__("random").Random(0)
+    previous = signal.signal(signal.SIGALRM, lambda number, frame: os.kill(os.getpid(), signal.SIGINT))
+    interrupted = 0
+    try:
+        for k in range(1000):
+            try:
+                signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-6, 1.2 * seconds))
+                one_round(k)
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            except KeyboardInterrupt:
+                interrupted += 1
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            assert {p.name for p in tmp_path.iterdir()} - {".out.lock"} == {"out", "table.csv"}, k
+            assert files_in(out) == [MARKER] and is_result(out), k
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert 100 < interrupted < 1000, interrupted  # interrupted in many rounds, not in all
+    one_round(1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "table.csv"]
+
+
+def test_a_ctrl_c_during_clean_up_takes_effect_when_it_ends():
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs meanwhile: it only notes the signal
+            steps.append("finished")
+    assert steps == ["finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run_into_that_out(tmp_path):
+    left = tmp_path / ".out.0123456789abcdef.staging"
+    other = tmp_path / ".out.b.0123456789abcdef.staging"  # --out out.b's, maybe running now: not ours
+    for folder in (left, other):
+        folder.mkdir()
+        (folder / MARKER).write_text("{}")
+    with OutputFolder(tmp_path / "out") as folder, folder.staging() as staging:
+        (staging / MARKER).write_text(json.dumps({"versions": {"torch_badnet": "x"}}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.b.0123456789abcdef.staging", "out"]

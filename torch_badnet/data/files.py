@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
+import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -24,23 +27,87 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with scratch_beside(target, f".tmp{target.suffix}") as tmp:
+        yield tmp
+        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def scratch_beside(target: Path, suffix: str, folder: bool = False) -> Iterator[Path]:
+    """A new empty file (or folder) beside `target`, hidden, `.NAME.<64 random bits>SUFFIX`, with the usual
+    permissions; whatever is left of it when the block ends is removed.
+
+    The name is chosen before anything is made, and it is made inside the `try`: a Ctrl-C at any moment leaves
+    nothing behind (tempfile.mkstemp and mkdtemp make theirs before the caller can take charge of it).
+    """
+    path = target.with_name(f"{_hidden(target)}.{secrets.token_hex(8)}{suffix}")
+    while os.path.lexists(path):
+        path = target.with_name(f"{_hidden(target)}.{secrets.token_hex(8)}{suffix}")
+    ours: Path | None = path
     try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp_path, target)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+        try:
+            if folder:
+                os.mkdir(path, 0o777)  # the umask applies
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:  # made by another process since the check: not ours to remove
+            ours = None
+            raise
+        yield path
+    finally:
+        interrupted = None
+        while ours is not None:  # removed even if Ctrl-C lands meanwhile (no call before the try: none between)
+            try:
+                with interrupts_held():  # not inside rmtree: it would stop halfway, closing a descriptor twice
+                    remove_path(ours)
+                ours = None
+            except KeyboardInterrupt as exc:  # it landed before the hold took effect, or is raised at its end
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
 
-def current_umask() -> int:
-    """The process's umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def scratch_left_beside(target: Path, suffix: str) -> list[Path]:
+    """What `scratch_beside(target, suffix)` made and a killed run left behind (that name pattern exactly)."""
+    pattern = re.compile(rf"{re.escape(_hidden(target))}\.[0-9a-f]{{16}}{re.escape(suffix)}")
+    try:
+        return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def _hidden(target: Path) -> str:
+    return target.name if target.name.startswith(".") else f".{target.name}"
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder tree, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive in the block take effect when it ends, as they would have: for clean-up
+    that must not stop halfway. (Python runs signal handlers in the main thread only: elsewhere, nothing to do.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    usual = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    usual = {signum: handler for signum, handler in usual.items() if handler not in (signal.SIG_IGN, None)}
+    try:  # (`usual` is known before any swap: an interrupt during the swaps still restores every handler)
+        for signum in usual:
+            signal.signal(signum, lambda number, frame: arrived.append(number))
+        yield
+    finally:
+        for signum, handler in usual.items():
+            signal.signal(signum, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])  # now handled as usual: KeyboardInterrupt, or the process ends
 
 
 def write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -15,13 +15,11 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..data.files import current_umask
+from ..data.files import interrupts_held, remove_path, scratch_beside, scratch_left_beside
 from ..errors import BadInputError
 
 MARKER = "summary.json"  # every result (sweep, demo, finetune) writes it, with versions.torch_badnet
@@ -99,20 +97,13 @@ class FolderLock:
         except OSError as exc:  # a symbolic link (ELOOP), no permission, ...
             raise BadInputError(self._shown, f"cannot open its lock file {self.path} ({exc.strerror})") from None
         try:  # written beside it, then linked into place: never visible without its header, never over a file
-            fd, tmp = tempfile.mkstemp(prefix=f"{self.path.name}.", dir=self.path.parent)
-        except OSError as exc:
-            raise BadInputError(self._shown, f"cannot create its lock file {self.path} ({exc.strerror})") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as new:
-                new.write(f"{LOCK_HEADER}\npid {os.getpid()}\n")
-            os.chmod(tmp, 0o666 & ~current_umask())
-            os.link(tmp, self.path)
+            with scratch_beside(self.path, ".tmp") as tmp:
+                tmp.write_text(f"{LOCK_HEADER}\npid {os.getpid()}\n", encoding="utf-8")
+                os.link(tmp, self.path)
         except FileExistsError:
             return None
-        except OSError as exc:  # e.g. a file system without hard links
+        except OSError as exc:  # no permission, a file system without hard links, ...
             raise BadInputError(self._shown, f"cannot create its lock file {self.path} ({exc.strerror})") from None
-        finally:
-            os.unlink(tmp)
         try:
             return os.fdopen(os.open(self.path, flags), "r+", encoding="utf-8")
         except FileNotFoundError:
@@ -132,16 +123,17 @@ class FolderLock:
 
     def release(self) -> None:
         """Delete the lock file (ours: we hold its lock) and release it; remove parent folders we created if empty."""
-        if self._file is None:
+        file, self._file = self._file, None  # released once, even if Ctrl-C lands below (then the lock file
+        if file is None:                      # stays, as a killed run's does: the next run takes it)
             return
-        try:
-            if os.path.samestat(os.fstat(self._file.fileno()), os.stat(self.path, follow_symlinks=False)):
-                self.path.unlink()
-        except OSError:
-            pass
-        self._file.close()  # closing the descriptor releases the flock
-        self._file = None
-        self._remove_created()
+        with interrupts_held():
+            try:
+                if os.path.samestat(os.fstat(file.fileno()), os.stat(self.path, follow_symlinks=False)):
+                    self.path.unlink()
+            except OSError:
+                pass
+            file.close()  # closing the descriptor releases the flock
+            self._remove_created()
 
     def _remove_created(self) -> None:
         for folder in reversed(self._created):  # deepest first; only folders we made, and only while empty
@@ -190,6 +182,8 @@ class OutputFolder:
                 raise BadInputError(out, f"holds {path}, an input of this run; write the result to another folder")
         self._lock = FolderLock(target, out)  # checked below while no other run can change the folder
         try:
+            for leftover in scratch_left_beside(target, ".staging"):  # a killed run's (only its holder stages)
+                remove_path(leftover)
             self._existing = self.path.is_dir() and any(self.path.iterdir())
             holds_result = self._existing and is_result(self.path)
             if self._existing and not holds_result and not force:
@@ -221,13 +215,9 @@ class OutputFolder:
         """An empty folder beside --out; swapped in for --out when the block succeeds, deleted otherwise."""
         target = Path(os.path.realpath(self.path))
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
-        try:
+        with scratch_beside(target, ".staging", folder=True) as staging:
             yield staging
-            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700 folders; give the usual permissions
             self._swap_in(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def _swap_in(self, staging: Path, target: Path) -> None:
         """Rename the old --out away, the staging folder in, then delete the old one (a previous result) or keep
@@ -245,15 +235,14 @@ class OutputFolder:
             self.replaced = "folder"  # said as the user spelled --out, unless --out is a link to elsewhere
             self.moved_to = aside if self.path.is_symlink() else self.path.with_name(aside.name)
             return
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.rename(target, old / "out")
-        try:
-            os.rename(staging, target)
-        except BaseException:
-            os.rename(old / "out", target)  # put the previous --out back
-            shutil.rmtree(old, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+        with scratch_beside(target, ".old", folder=True) as old:  # deleted with the previous --out in it
+            try:
+                os.rename(target, old / "out")
+                os.rename(staging, target)
+            except BaseException:
+                if not os.path.lexists(target) and (old / "out").exists():
+                    os.rename(old / "out", target)  # put the previous --out back
+                raise
         if self._existing:
             self.replaced = self._kind
 
@@ -272,14 +261,14 @@ def _move_aside(target: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         aside = target.with_name(f"{target.name}.replaced-{stamp}" + (f"-{n}" if n > 1 else ""))
-        try:
-            aside.mkdir()
-        except FileExistsError:
-            continue
-        try:
+        try:  # made inside the try: a Ctrl-C right after mkdir still removes it
+            try:
+                aside.mkdir()
+            except FileExistsError:
+                continue
             os.rename(target, aside)
         except BaseException:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # rmdir removes it only while empty: ours, the rename undone
                 aside.rmdir()
             raise
         return aside
