@@ -259,6 +259,35 @@ def test_ctrl_c_keeps_finished_models_and_a_rerun_runs_the_rest(tmp_path, refere
     same_results(out, reference, names)
 
 
+def test_ctrl_c_while_the_tables_are_written_leaves_no_temporary_file(tmp_path, reference, fast_manifest, lab_files,
+                                                                    monkeypatch):
+    """The first table write is cut by Ctrl-C after it made its temporary file, as a killed worker leaves its
+    staging folder: the batch still writes the finished rows, then removes both, and raises KeyboardInterrupt."""
+    import torch_badnet as tb
+    from torch_badnet.batch import run
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    real_write = run.write_tables
+    calls = []
+
+    def interrupted_write(folder, rows, meta):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            (folder / ".batch.csv.0123456789abcdef.tmp.csv").write_text("half")
+            (folder / ".m3.0123456789abcdef.staging").mkdir()
+            raise KeyboardInterrupt
+        real_write(folder, rows, meta)
+
+    monkeypatch.setattr(run, "write_tables", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        tb.prune_batch(fast_manifest, out, progress=False, log=lambda line: None, **{
+            k: str(v) for k, v in lab_files.items()}, max_steps=4, thresholds=[1, 2], no_plot=True)
+    assert calls == [1, 1]  # the interrupted write, then the finished row written on the way out
+    assert statuses(out) == {"m0": "reused"}
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".batch.lock"]
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.files import remove_path
 from ..errors import BadInputError, first_line
 from ..report.outdir import MARKER, OutputFolder, is_result
 from .data import SharedData
@@ -82,7 +82,10 @@ def prune_batch(manifest: str | os.PathLike[str], out: str | os.PathLike[str], *
     out = check_folder(Path(out), force, items)
     with lock(out), terminate_as_interrupt():
         clear_leftovers(out)
-        return Batch(Path(manifest), out, items, ray_module, log, progress).run(rerun, workers, gpus_per_model)
+        try:
+            return Batch(Path(manifest), out, items, ray_module, log, progress).run(rerun, workers, gpus_per_model)
+        finally:  # the workers have ended: what those killed by Ctrl-C / SIGTERM were staging
+            clear_leftovers(out)
 
 
 def defaults(options: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +226,7 @@ def clear_leftovers(out: Path) -> None:
     """Staging folders and temporary files a killed batch left in DIR (hidden; never a result)."""
     for pattern in (".*.staging", ".*.old", ".batch.*.tmp*"):
         for path in out.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            remove_path(path)
 
 
 class Batch:
