@@ -99,19 +99,23 @@ def test_results_equal_separate_sweeps_and_a_corrupted_model_fails(tmp_path, mod
         {"name": "lab3", "model": str(lab3_path), "thresholds": ""},
         {"name": "broken", "model": "nets/broken.h5", "thresholds": ""},
         {"name": "m1", "model": "nets/m1.pt", "thresholds": "2 4"},
+        {"name": "tuned", "model": str(models["m2"]), "thresholds": "4", "finetune": "true", "epochs": "2"},
     ])
     monkeypatch.chdir(tmp_path)
     code, out, err = cli("batch", manifest, "--out", tmp_path / "batch", "--workers", 2, *data_flags(lab_files))
     assert code == 1, err
     rows = {row["name"]: row for row in read_csv(tmp_path / "batch" / "batch.csv")}
-    assert [rows[n]["status"] for n in ("lab3", "broken", "m1")] == ["done", "failed", "done"]
-    assert "(2 done, 0 reused, 1 failed)" in out
+    assert [rows[n]["status"] for n in ("lab3", "broken", "m1", "tuned")] == ["done", "failed", "done", "done"]
+    assert "(3 done, 0 reused, 1 failed)" in out
 
     code, _, sweep_err = cli(*sweep_args(lab_files, folder / "nets" / "broken.h5", tmp_path / "single-broken"))
     assert code == 2 and rows["broken"]["error"] == sweep_err.strip()  # the very line the CLI prints
     assert not (tmp_path / "batch" / "broken").exists()
 
-    for name, model, extra in (("lab3", lab3_path, []), ("m1", folder / "nets" / "m1.pt", ["--thresholds", 2, 4])):
+    for name, model, extra in (("lab3", lab3_path, []), ("m1", folder / "nets" / "m1.pt", ["--thresholds", 2, 4]),
+                               ("tuned", models["m2"], ["--thresholds", 4, "--finetune", "--epochs", 2])):
+        # (the batch's two workers run one torch thread each, this process's sweep two: fine-tuning too gives
+        # the same bits)
         single = tmp_path / f"single-{name}"
         code, _, err = cli(*sweep_args(lab_files, model, single, *extra))
         assert code == 0, err
@@ -125,7 +129,7 @@ def test_results_equal_separate_sweeps_and_a_corrupted_model_fails(tmp_path, mod
             assert int(rows[name][f"x{t['x']:g}_step"]) == t["step"]
     assert (tmp_path / "batch" / "batch.png").stat().st_size > 10_000
     report = json.loads((tmp_path / "batch" / "batch.json").read_text())
-    assert report["counts"] == {"done": 2, "reused": 0, "failed": 1}
+    assert report["counts"] == {"done": 3, "reused": 0, "failed": 1}
 
 
 def test_a_corrupt_data_file_fails_the_models_that_use_it_with_the_sweeps_line(tmp_path, models, lab_files, cli):

@@ -51,6 +51,25 @@ def test_mask_survives_and_runs_repeat(pruned_and_data):
     assert first.holdout_images == 24 and first.train_images == 96
 
 
+def test_fine_tuning_gives_the_same_bits_on_one_thread_and_on_two(pruned_and_data):
+    """A batch worker (one torch thread) and `sweep` (all cores) fine-tune B' to the same weights: oneDNN and MKL
+    sum differently on 1 and 2 threads, so training runs each slice of a batch on one thread."""
+    pruned, x, y = pruned_and_data
+    config = FinetuneConfig(epochs=2, lr=1e-3, batch_size=32, seed=5, patience=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = train_masked(pruned, x, y, config)
+        assert torch.get_num_threads() == 1  # restored after training
+        torch.set_num_threads(2)
+        two = train_masked(pruned, x, y, config)
+    finally:
+        torch.set_num_threads(threads)
+    for name, value in one.model.state_dict().items():
+        assert torch.equal(value, two.model.state_dict()[name]), name
+    assert repr(one.history) == repr(two.history)  # (epoch 0 has loss NaN)
+
+
 def test_weight_memory_format_does_not_change_fine_tuning(pruned_and_data):
     """B' from the sweep (once channels_last) and B' from pruned.pt (contiguous) fine-tune to the same weights."""
     import copy

@@ -1,7 +1,12 @@
 """Fine-Pruning's second half: fine-tune B' on clean validation data with its pruned channels held at zero.
 
 A seeded share of the validation set is held out for early stopping; the rest trains. Training is
-deterministic on CPU for a given seed (fixed shuffles, deterministic algorithms).
+deterministic on CPU for a given seed (fixed shuffles, deterministic algorithms), and gives the same bits
+whatever the number of threads: oneDNN and MKL split a convolution or a matrix product differently for 1 and
+2 threads, which changes the last bits of every gradient, and training amplifies them (a batch worker with one
+thread fine-tuned other weights than `sweep` with two). So every operation runs on one thread, on fixed slices
+of each batch (SLICE images) or of the held-out images, and the threads work on slices side by side; the
+slices' gradients are summed in slice order.
 
 Why the defaults (see FinetuneConfig) remove a backdoor that plain fine-tuning keeps: the backdoor's own
 weights (e.g. those reading a trigger colour that clean faces never show) get no gradient from clean data,
@@ -15,8 +20,10 @@ defense cannot see inside a module); `train_conv_1` trains it too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -24,10 +31,11 @@ import torch.nn.functional as F
 
 from ..nets.badnet import BadNet
 from ..nets.precision import deterministic_torch
-from ..nets.predict import labels_in_batches
+from ..nets.predict import inference_batches, labels_of
 from .finetune_config import SGD_MOMENTUM, FinetuneConfig
 
 HOLDOUT_SEED_OFFSET = 1_000_003  # the holdout split and the batch order use different streams of one seed
+SLICE = 16  # images per slice of a training batch: one thread computes a slice's gradients
 
 
 @dataclass
@@ -64,9 +72,24 @@ def holdout_size(n: int, share: float) -> int:
     return max(1, int(round(share * n)))
 
 
-def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Percent of x classified as y (the inference path of every command, `predict.labels_in_batches`)."""
-    return 100.0 * int((labels_in_batches(model, x) == y).sum()) / x.shape[0]
+def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor, pool: Executor) -> float:
+    """Percent of x classified as y, through the inference path of every command (`predict.inference_batches`),
+    a batch per thread of `pool`."""
+    labels = torch.cat(list(pool.map(lambda part: labels_of(model, part), inference_batches(x))))
+    return 100.0 * int((labels == y).sum()) / x.shape[0]
+
+
+@contextlib.contextmanager
+def slice_threads(model: torch.nn.Module) -> Iterator[Executor]:
+    """Threads for the slices, each running torch on one thread, as many as torch's threads were (one for a
+    generic model: its forward may keep state or draw random numbers, which threads would interleave)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # for the threads started below too
+    try:
+        with ThreadPoolExecutor(previous if isinstance(model, BadNet) else 1, thread_name_prefix="finetune") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(previous)
 
 
 def make_optimizer(model: BadNet, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -109,14 +132,14 @@ def train_masked(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, con
     train_idx, held_idx = holdout_split(pixels.shape[0], config.holdout, config.seed)
     x_held, y_held = pixels[held_idx], labels[held_idx]
     optimizer = make_optimizer(model, config)
-    best_acc = accuracy(model.eval(), x_held, y_held)
-    history = [{"epoch": 0, "loss": float("nan"), "holdout_acc": best_acc}]
-    candidates = {0: copy.deepcopy(model.state_dict())}  # epochs within tolerance of the best so far
-    stale = 0
-    with deterministic_torch(config.seed) as generator:
+    with deterministic_torch(config.seed) as generator, slice_threads(model) as pool:
+        best_acc = accuracy(model.eval(), x_held, y_held, pool)
+        history = [{"epoch": 0, "loss": float("nan"), "holdout_acc": best_acc}]
+        candidates = {0: copy.deepcopy(model.state_dict())}  # epochs within tolerance of the best so far
+        stale = 0
         for epoch in range(1, config.epochs + 1):
-            loss = _train_epoch(model, pixels, labels, train_idx, optimizer, config.batch_size, generator)
-            held_acc = accuracy(model.eval(), x_held, y_held)
+            loss = _train_epoch(model, pixels, labels, train_idx, optimizer, config.batch_size, generator, pool)
+            held_acc = accuracy(model.eval(), x_held, y_held, pool)
             history.append({"epoch": epoch, "loss": loss, "holdout_acc": held_acc})
             if log:
                 log(f"  epoch {epoch}: loss {loss:.4f}, held-out accuracy {held_acc:.3f}%")
@@ -133,23 +156,40 @@ def train_masked(pruned: BadNet, pixels: torch.Tensor, labels: torch.Tensor, con
 
 
 def _train_epoch(model: BadNet, pixels: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
-                 optimizer: torch.optim.Optimizer, batch_size: int, generator: torch.Generator) -> float:
+                 optimizer: torch.optim.Optimizer, batch_size: int, generator: torch.Generator, pool: Executor) -> float:
     """One pass in a seeded order; returns the mean training loss."""
     _train_mode(model)
     order = train_idx[torch.randperm(train_idx.shape[0], generator=generator)]
-    total, seen = 0.0, 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    total = 0.0
     for start in range(0, order.shape[0], batch_size):
         batch = order[start : start + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(pixels[batch]), labels[batch])
-        loss.backward()
+        total += _set_gradients(model, params, pixels, labels, batch, pool)
         optimizer.step()
         if isinstance(model, BadNet):
             _zero_pruned(model)
-        total += float(loss.detach()) * batch.shape[0]
-        seen += batch.shape[0]
     model.eval()
-    return total / max(seen, 1)
+    return total / max(order.shape[0], 1)
+
+
+def _set_gradients(model: torch.nn.Module, params: list[torch.Tensor], pixels: torch.Tensor, labels: torch.Tensor,
+                   batch: torch.Tensor, pool: Executor) -> float:
+    """Each of `params`' .grad := the gradient of the batch's mean cross-entropy, summed over its slices in
+    order (the same bits on any number of threads); returns the batch's summed loss."""
+    def one_slice(part: torch.Tensor) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+        loss = F.cross_entropy(model(pixels[part]), labels[part], reduction="sum")
+        return float(loss.detach()), torch.autograd.grad(loss, params, allow_unused=True)
+
+    slices = list(pool.map(one_slice, batch.split(SLICE)))
+    for k, param in enumerate(params):
+        grads = [g[k] for _, g in slices if g[k] is not None]
+        if grads:  # (a parameter the forward never used keeps no gradient, as with backward())
+            total = grads[0].clone()
+            for grad in grads[1:]:
+                total += grad
+            param.grad = total.div_(batch.shape[0])
+    return sum(loss for loss, _ in slices)
 
 
 def _train_mode(model: torch.nn.Module) -> None:
