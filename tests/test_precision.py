@@ -82,3 +82,49 @@ def test_cli_commands_run_exact(monkeypatch, cli, lab3_path, face_paths):
     code, _, _ = cli("classify", "--model", lab3_path, face_paths[0])
     assert code == 0 and seen == [True]
     assert current() != exact()
+
+
+THREADS_PROBE = """
+import json, sys
+import torch_badnet  # before torch: sets MKL_CBWR unless the environment has it
+import torch
+from torch_badnet.engine.lab_head import HeadUpdater, ROW_BLOCK
+from torch_badnet.nets.badnet import BadNet
+from torch_badnet.nets.predict import labels_of
+
+torch.manual_seed(0)
+net = BadNet(num_classes=1283).eval()
+features = torch.randn(2 * ROW_BLOCK, 60, 5, 4).relu()
+images = torch.rand(64, 3, 55, 47) * 255
+outputs = {}
+with torch.inference_mode():
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        head = HeadUpdater(net)
+        pre = head.initial(features)
+        outputs[threads] = [pre, torch.cat([head.block_logits(b) for b in pre.split(ROW_BLOCK)]), net(images)]
+print(json.dumps({"mkl_cbwr": __import__("os").environ.get("MKL_CBWR"),
+                  "equal": [torch.equal(a, b) for a, b in zip(outputs[1], outputs[2])]}))
+"""
+
+
+def probe_threads(env: dict[str, str]) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | env
+    done = subprocess.run([sys.executable, "-c", THREADS_PROBE], capture_output=True, text=True, env=environment)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_sweep_head_and_the_net_give_the_same_bits_on_one_thread_and_on_two():
+    """A batch worker (one thread) and `sweep` (two) must write the same numbers: importing torch_badnet puts
+    MKL in its strict reproducibility mode (without it the head's GEMMs differ in the last bits)."""
+    assert probe_threads({}) == {"mkl_cbwr": "AUTO,STRICT", "equal": [True, True, True]}
+
+
+def test_a_users_own_mkl_cbwr_is_kept():
+    assert probe_threads({"MKL_CBWR": "AUTO"})["mkl_cbwr"] == "AUTO"

@@ -16,10 +16,15 @@ The public API (names are imported lazily, so `torch-badnet --help` does not wai
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
+
+# MKL's strict reproducibility mode: its GEMMs give the same bits on any number of threads (see
+# nets/precision.py). MKL reads this at its first call, so before anything here imports torch.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 _EXPORTS = {
     "BadNet": "nets.badnet",

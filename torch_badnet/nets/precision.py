@@ -4,6 +4,16 @@ PyTorch lets cuDNN convolutions use TF32 (10-bit mantissa) on Ampere and newer G
 the lab net's logits by about 1e-3 relative, enough to flip near-tied labels and pruning steps. Inside
 `exact_float32()` convolutions and matrix products run in IEEE float32 and cuDNN picks deterministic
 algorithms; the previous settings come back on exit. The flags only affect CUDA; on CPU this is a no-op.
+
+On CPU the numbers must not depend on the number of threads either: a batch worker runs with one, `sweep` with
+all cores, and both must write the same results. MKL (torch's CPU BLAS) splits a GEMM's sums differently on 1
+and 2 threads (the head's logits moved by up to 1.5e-5, enough to flip a near-tie: one image of the demo's
+2,000 at one step). Importing torch_badnet therefore sets `MKL_CBWR=AUTO,STRICT`, MKL's strict reproducibility
+mode, in which its GEMMs give the same bits on any number of threads (the fastest code path of this CPU is
+kept; another instruction set may still differ). MKL reads it at its first call: a program that used torch's
+BLAS before importing torch_badnet sets it itself. A user's own MKL_CBWR is left as it is. oneDNN's
+convolutions (the trunk) gave the same bits on 1 and 2 threads without it. Training is made thread-independent
+in `defense.finetuning` (slices of a batch on one thread each).
 """
 
 from __future__ import annotations
