@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..nets.badnet import BadNet
 from ..nets.precision import deterministic_torch
-from ..nets.predict import inference_batches, labels_in_batches, labels_of
+from ..nets.predict import labels_in_batches
 from .finetune_config import SGD_MOMENTUM, FinetuneConfig
 
 HOLDOUT_SEED_OFFSET = 1_000_003  # the holdout split and the batch order use different streams of one seed
@@ -75,10 +75,7 @@ def holdout_size(n: int, share: float) -> int:
 def accuracy(model: BadNet, x: torch.Tensor, y: torch.Tensor, pool: Executor | None = None) -> float:
     """Percent of x classified as y, through the inference path of every command (`predict.inference_batches`),
     a batch per thread of `pool` (fine-tuning's `slice_threads`) if given."""
-    if pool is None:
-        labels = labels_in_batches(model, x)
-    else:
-        labels = torch.cat(list(pool.map(lambda part: labels_of(model, part), inference_batches(x))))
+    labels = labels_in_batches(model, x, map_batches=map if pool is None else pool.map)
     return 100.0 * int((labels == y).sum()) / x.shape[0]
 
 

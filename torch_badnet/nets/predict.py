@@ -8,7 +8,7 @@ fine-tuning's evaluations, the demo and the GoodNet all batch through `inference
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -48,8 +48,10 @@ def labels_of(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def labels_in_batches(net: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """`labels_of` over `x` through `inference_batches`: int64 (N,) on x's device."""
+def labels_in_batches(net: nn.Module, x: torch.Tensor, batch_size: int | None = None,
+                      map_batches: Callable[..., Iterable[torch.Tensor]] = map) -> torch.Tensor:
+    """`labels_of` over `x` through `inference_batches`, the batches through `map_batches` (a thread pool's `map`
+    runs them side by side, in order): int64 (N,) on x's device."""
     if x.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=x.device)
-    return torch.cat([labels_of(net, part) for part in inference_batches(x, batch_size)])
+    return torch.cat(list(map_batches(lambda part: labels_of(net, part), inference_batches(x, batch_size))))
