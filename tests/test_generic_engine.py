@@ -135,7 +135,7 @@ def test_rank_on_ranks_by_that_layers_mean_output(pixels):
     handle.remove()
     expected = channel_scores(seen[0])
     assert np.array_equal(result.sweep.scores, expected)
-    assert result.sweep.order == [int(c) for c in np.argsort(expected)]
+    assert result.sweep.order == [int(c) for c in np.argsort(expected, kind="stable")]
     assert result.sweep.steps == 3 and result.context["model"]["rank_on"] == "layer4.1.bn2"
     default = tb.prune_sweep(model, (pixels, y), (pixels[:50], y[:50]), layer="layer4.1.conv2", max_steps=1)
     assert not np.array_equal(default.sweep.scores, expected)  # ranked on the conv's own output instead

@@ -55,10 +55,11 @@ def digit_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def keras_ranking(tf_keras: Any, model: Any, rank_on: str, clean_valid: np.ndarray) -> list[int]:
-    """The lab's ranking: argsort of the per-channel float32 mean of the ranking point's NHWC output."""
+    """The lab's ranking: argsort of the per-channel float32 mean of the ranking point's NHWC output, exactly equal
+    scores by channel index (the documented tie rule: numpy's default kind orders them by the CPU's sort kernel)."""
     acts = tf_keras.Model(model.input, model.get_layer(rank_on).output).predict(clean_valid, verbose=0)
     assert acts.dtype == np.float32 and acts.ndim == 4
-    return [int(c) for c in np.argsort(np.mean(acts, axis=(0, 1, 2)))]
+    return [int(c) for c in np.argsort(np.mean(acts, axis=(0, 1, 2)), kind="stable")]
 
 
 def assert_sweep_is_the_keras_procedure(tf_keras: Any, path: Path, layer: str, digit_sets: dict[str, tuple[np.ndarray, np.ndarray]],

@@ -1,8 +1,8 @@
 """Issue 3's proof: the lab's Fine-Pruning reference procedure, run literally in Keras, equals our engine.
 
 Keras side (the lab's code, step by step): a sub-model up to pool_3 predicts the clean validation set, channels
-are ranked by `np.argsort(np.mean(acts, axis=(0, 1, 2)))`, then for each channel in turn conv_3's
-kernel[..., c] and bias[c] are zeroed with set_weights and the whole model predicts every set again.
+are ranked by `np.argsort(np.mean(acts, axis=(0, 1, 2)), kind="stable")` (the lab's argsort, ties by index),
+then for each channel in turn conv_3's kernel[..., c] and bias[c] are zeroed with set_weights and the whole model predicts every set again.
 Our side: the pool_3 hook ranking, `extract_features` + `fast_sweep`, `combine` for the GoodNet G; and
 `reference_sweep` (mask + full forward) as a second witness.
 """
@@ -61,10 +61,12 @@ def keras_run(lab3_path: Path, data_sets: dict[str, tuple[torch.Tensor, torch.Te
 
     activation_model = keras.Model(inputs=model.input, outputs=model.get_layer("pool_3").output)
     acts = activation_model.predict(nhwc["clean_valid"], verbose=0)
-    order = np.argsort(np.mean(acts, axis=(0, 1, 2)))
-
-    order = [int(c) for c in order]
-    return {"order": order, "labels": keras_procedure(model, "conv_3", order, {name: nhwc[name] for name in SETS})}
+    scores = np.mean(acts, axis=(0, 1, 2))
+    # The lab's argsort with the documented tie rule (docs/defense.md): its default kind orders equal scores by
+    # the CPU's sort kernel, and 35 of these 60 channels score exactly 0 (test_ties_are_dormant_channels).
+    order = [int(c) for c in np.argsort(scores, kind="stable")]
+    return {"order": order, "scores": scores,
+            "labels": keras_procedure(model, "conv_3", order, {name: nhwc[name] for name in SETS})}
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,18 @@ def correct_counts(steps: np.ndarray, truth: torch.Tensor) -> list[int]:
 def test_same_pruning_order(keras_run: dict[str, Any], engine_run: dict[str, Any]) -> None:
     assert sorted(keras_run["order"]) == list(range(CHANNELS))
     assert engine_run["order"] == keras_run["order"]
+
+
+def test_ties_are_dormant_channels(keras_run: dict[str, Any]) -> None:
+    """Where the stable order and the lab's literal `np.argsort(scores)` can differ: only among exactly equal
+    scores, and on lab3 those are all 0 (channels dark on every clean validation image, whose pruning order leaves
+    every validation label as it is). Every channel with a score of its own is at the same place in both."""
+    scores = keras_run["scores"]
+    values, counts = np.unique(scores, return_counts=True)
+    assert set(values[counts > 1].tolist()) == {0.0} and int((scores == 0).sum()) > 1
+    literal = np.argsort(scores)
+    unique = np.isin(scores[literal], values[counts == 1])
+    assert (literal[unique] == np.asarray(keras_run["order"])[unique]).all()
 
 
 @pytest.mark.parametrize("name", SETS)
