@@ -257,6 +257,7 @@ class ArraySet(_Set):
         """`input_shape` and `guard` as in LabDataset (None: any batch of at least 2 dimensions, as given)."""
         self.path = name
         self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.given_dtype = getattr(pixels, "dtype", None)  # held as float32; a generic sweep says when that differs
         pixels = _float_pixels(pixels)
         if self.input_shape is None and pixels.ndim < 2:
             raise BadInputError(name, f"pixels have shape {tuple(pixels.shape)}, expected a batch (N, ...)")

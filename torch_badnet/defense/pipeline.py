@@ -315,7 +315,8 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
 
     `model`: a BadNet (the lab's engine, pruning conv_3 ranked on pool_3) or any torch nn.Module taking one
     (N, C, H, W) batch and returning logits: `layer` is a dotted name from `model.named_modules()` (default: the
-    last Conv2d), `rank_on` the layer whose output ranks the channels (default: the pooling layer right after
+    feature map that the classifier's global pooling or flatten reads, e.g. a ResNet's `layer4`; a Keras model's
+    last Conv2D), `rank_on` the layer whose output ranks the channels (default: the pooling layer right after
     `layer`, else `layer`); see docs/models.md. Classes come from the model's output width.
 
     Data: a lab .h5 path or a (pixels, labels) pair of tensors/arrays (a BadNet takes (N,3,55,47) pixels 0..255;

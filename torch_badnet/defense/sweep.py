@@ -42,7 +42,7 @@ class SweepConfig:
     stop: StopRule = "first-over"
     drop: DropKind = "absolute"
     max_steps: int | None = None  # None: every channel of the layer
-    layer: str | None = None  # None: the lab's conv_3 for a BadNet, else the last Conv2d
+    layer: str | None = None  # None: the lab's conv_3 for a BadNet, else prunable.default_for
     rank_on: str | None = None  # None: the pooling layer right after `layer`, else `layer`
     device: torch.device = torch.device("cpu")
     show_progress: bool = False

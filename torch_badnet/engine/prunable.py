@@ -2,7 +2,8 @@
 
 A `PrunableNet` is all the generic sweep, the GoodNet, fine-tuning and the report see of a model:
 
-- `layer`: a dotted name from `module.named_modules()` (default: the last nn.Conv2d); pruning switches off
+- `layer`: a dotted name from `module.named_modules()` (default: `default_for`: the feature map that the classifier's
+  global pooling or flatten reads, such as a ResNet's `layer4`; the last nn.Conv2d for the lab's and Keras nets); pruning switches off
   output channels (dim 1) of that module with a forward hook, weights untouched, nothing rebuilt around BatchNorm.
   A pruned channel takes `getattr(layer_module, "pruned_fill", 0.0)`: what the layer outputs with that channel's
   kernel and bias zeroed (0 for a plain conv; activation(0) for a Keras Conv2D with a fused activation).
@@ -52,6 +53,18 @@ def is_conv_like(module: nn.Module) -> bool:
 def conv_layers(module: nn.Module) -> list[str]:
     """Names of the Conv2d-like layers, in registration order (the candidates an error message lists)."""
     return [name for name, m in module.named_modules() if name and is_conv_like(m)]
+
+
+def default_for(module: nn.Module, sample: torch.Tensor) -> str:
+    """The default pruned layer: for a model written in torch, the feature map that the classifier's global pooling
+    or flatten reads (`feature_map.feature_map_layer`: a ResNet's `layer4`, a VGG's `features`); for the lab's
+    BadNet and a Keras-origin net, and where no such point is found, the last Conv2d (`default_layer`)."""
+    from ..nets.badnet import BadNet
+    from .feature_map import feature_map_layer
+
+    if isinstance(module, BadNet) or getattr(module, "keras_config", None) is not None:
+        return default_layer(module)
+    return feature_map_layer(module, sample) or default_layer(module)
 
 
 def default_layer(module: nn.Module) -> str:
@@ -196,7 +209,7 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     module.eval()
     check_single_input(module)
     layer, rank_on = module_name(module, layer), module_name(module, rank_on)
-    layer = layer or default_layer(module)
+    layer = layer or default_for(module, sample)
     target = find_layer(module, layer)
     if rank_on is not None:
         find_layer(module, rank_on, "--rank-on")
@@ -224,12 +237,16 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
         kind = "no tensor" if shape is None else f"shape {tuple(shape)}"
         raise BadInputError("--layer", f"layer {layer!r} ({type(target).__name__}) outputs {kind}, which has no channel "
                                        "dimension (N, C, H, W); prune a convolution")
+    if len(shape) != 4:  # (N, tokens, dim), (N, C, L), (N, C, D, H, W): dim 1 is not known to be channels
+        raise BadInputError("--layer", f"layer {layer!r} ({type(target).__name__}) outputs shape {tuple(shape)}; the "
+                                       "defense prunes channels (dim 1) of an (N, C, H, W) output: prune a 2-d "
+                                       "convolution or a module that outputs one")
     channels = int(shape[1])
     rank_on = rank_on or ranking_point(module, layer, seen)
     rank_shape = seen.get(rank_on, [(None, None)])[0][1]
-    if rank_shape is None or len(rank_shape) < 2 or int(rank_shape[1]) != channels:
+    if rank_shape is None or len(rank_shape) not in (2, 4) or int(rank_shape[1]) != channels:
         got = "no tensor" if rank_shape is None else f"shape {tuple(rank_shape)}"
-        raise BadInputError("--rank-on", f"layer {rank_on!r} outputs {got}; ranking needs (N, {channels}, ...), the "
+        raise BadInputError("--rank-on", f"layer {rank_on!r} outputs {got}; ranking needs (N, {channels}, H, W) or (N, {channels}), the "
                                          f"channels of {layer!r}")
     num_classes = int(output.shape[1])
     return PrunableNet(module, layer, rank_on, channels, num_classes, tuple(sample.shape[1:]))

@@ -16,6 +16,7 @@ from ..defense.sweep import DataSpec, SweepConfig, SweepResult, _assemble, check
 from ..nets.precision import exact_float32
 from ..report.phases import NoTimer, PhaseTimer
 from .generic import FullForwardSweep, GenericSweep, Untraceable
+from .model_input import for_model
 from .prunable import PrunableNet, prepare
 from .pruning import channel_scores, pruning_order
 
@@ -46,7 +47,8 @@ def run_generic_sweep(module: nn.Module, specs: Sequence[DataSpec], config: Swee
     shape = tuple(shape) if shape is not None else None
     clean_spec = next(s for s in specs if s.is_clean_valid)
     guard = getattr(module, "keras_config", None) is not None  # a Keras-origin net takes 0..255 files, as the lab's
-    with timer.phase("read+trunk"), open_sets(specs, None, input_shape=shape, guard=guard) as datasets:
+    with timer.phase("read+trunk"), open_sets(specs, None, input_shape=shape, guard=guard) as opened:
+        datasets = for_model(module, opened, log)  # the model's dtype, channels first; notes on what was converted
         sample = next(datasets[clean_spec.name].chunks(SAMPLE_ROWS))[0].to(device)
         net = prepare(model, sample[:4], config.layer, config.rank_on)
         for spec in specs:

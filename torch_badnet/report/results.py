@@ -111,6 +111,8 @@ def table(result: SweepResult, title: str = "", finetuned: dict[float, dict[Colu
     With fine-tuning, a row `<X> ft` after each X gives B'_ft and G_ft (their metrics by column) in the same columns.
     """
     lines = [title] if title else []
+    if result.net is not None:  # a generic model: which layer, ranked where
+        lines.append(layer_line(result.net))
     for split in SPLITS:
         if not result.has_split(split):
             continue
@@ -129,6 +131,12 @@ def table(result: SweepResult, title: str = "", finetuned: dict[float, dict[Colu
             if tuned and any(c in tuned for _, c in cols):
                 lines.append(_row([f"{format_x(t.x)} ft", "", ""] + [_pct(tuned.get(c)) for _, c in cols]))
     return "\n".join(lines)
+
+
+def layer_line(net: Any) -> str:
+    """'pruned layer4 (512 channels), ranked on avgpool': a generic sweep's pruned layer and ranking point."""
+    ranked = "its own output" if net.rank_on == net.layer else net.rank_on
+    return f"pruned {net.layer} ({net.channels} channels), ranked on {ranked}"
 
 
 def _table_columns(result: SweepResult, split: str) -> list[tuple[str, Column]]:

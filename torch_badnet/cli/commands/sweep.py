@@ -41,7 +41,9 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
                    help="X in percentage points (default) or in percent of the original accuracy")
     p.add_argument("--max-steps", type=int, metavar="K", help="prune at most K channels (default: all of the layer's)")
     p.add_argument("--layer", metavar="NAME", help="the layer whose output channels are pruned (default: conv_3 for the "
-                                                   "lab nets, else the last Conv2D); a Keras model's layer name")
+                                                   "lab nets, the last Conv2D for Keras models, the feature map that "
+                                                   "the classifier's pooling or flatten reads for torch models, e.g. "
+                                                   "layer4); a Keras model's layer name")
     p.add_argument("--rank-on", metavar="NAME", help="the layer whose output ranks the channels (default: the pooling "
                                                      "layer right after --layer, else --layer itself)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
@@ -137,7 +139,9 @@ def timing_note(result, started: float | None) -> str:
     finetuning = f", fine-tuning {tuned} net{'s' if tuned != 1 else ''} in {result.finetune_seconds:.1f} s" if tuned else ""
     total = time.perf_counter() - started if started is not None else None
     whole = f"; {total:.1f} s in all" if total is not None else ""
-    return (f"{result.sweep.steps} steps on {sum(result.sweep.sizes.values())} images in {result.seconds:.1f} s"
+    net = result.sweep.net  # a generic model's pruned layer and ranking point
+    layer = f" of {net.layer}, ranked on {net.rank_on}," if net is not None else ""
+    return (f"{result.sweep.steps} steps{layer} on {sum(result.sweep.sizes.values())} images in {result.seconds:.1f} s"
             f"{finetuning}{whole} on {result.device}")
 
 
