@@ -205,7 +205,7 @@ def test_cli_refuses_a_b_prime_not_derived_from_b(cli, f_path: Path, f_result, t
     out = tmp_path / "ft2"
     code, stdout, err = cli("finetune", "--model", f_path, "--pruned", cnn_pruned, "--clean-valid", files["clean_valid"], "--out", out)
     assert code == 2 and stdout == "" and err.count("\n") == 2, err  # F's recognition note, then the error
-    assert err.splitlines()[1] == (f"error: {cnn_pruned}: prunes layer 'conv2', which --model {f_path} does not have: "
+    assert err.splitlines()[1] == (f"error: {cnn_pruned}: prunes layer 'pool2', which --model {f_path} does not have: "
                                    "it was not derived from it")
     assert not out.exists()
 

@@ -115,7 +115,7 @@ def test_ranking_point_rules_and_rank_on(pixels):
     x = torch.randn(8, 1, 28, 28)
     assert prepare(cnn, x, "conv2").rank_on == "pool2"  # through one activation module
     assert prepare(cnn, x, "conv1").rank_on == "conv1"  # F.relu between conv1 and pool1: no module, no pool
-    assert prepare(cnn, x).layer == "conv2"  # the last Conv2d by default
+    assert prepare(cnn, x).layer == "pool2"  # by default the map its flatten reads (issue 31: test_default_layer.py)
     direct = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 13 * 13, 3)).eval()
     assert prepare(direct, x, "0").rank_on == "1"
     model = resnet(4)
@@ -163,7 +163,8 @@ def test_api_sweep_counts_equal_the_reference(pixels, tmp_path):
     y[::4] = (y[::4] + 1) % 10
     result = tb.prune_sweep(model, (pixels, y), (pixels[:100], torch.zeros(100, dtype=torch.long)), thresholds=(2, 10))
     net = result.sweep.net
-    assert net.layer == "layer4.1.conv2" and result.sweep.steps == 32 and net.num_classes == 10
+    assert net.layer == "layer4" and net.rank_on == "avgpool"  # the default: the map the global pooling reads
+    assert result.sweep.steps == 32 and net.num_classes == 10
     clean = result.sweep.metrics[tb.Column("pruned", "valid", "clean_acc")]
     for k in (0, 1, 7, 32):
         assert clean[k] == 100.0 * int((reference_labels(net, pixels, result.sweep.order[:k]) == y).sum()) / 160
@@ -171,7 +172,7 @@ def test_api_sweep_counts_equal_the_reference(pixels, tmp_path):
     assert "sweep.csv" in written and "summary.json" in written
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {"model", "inputs", "rule", "versions", "steps", "images", "ranking", "original", "thresholds"} <= set(summary)
-    assert summary["model"]["layer"] == "layer4.1.conv2" and summary["model"]["num_classes"] == 10
+    assert summary["model"]["layer"] == "layer4" and summary["model"]["num_classes"] == 10
     header = (tmp_path / "out" / "sweep.csv").read_text().splitlines()[0]
     assert header == "step,channel,fraction_pruned,valid_clean_acc,valid_asr,goodnet_valid_clean_acc,goodnet_valid_asr," \
                      "goodnet_valid_detection_rate,goodnet_valid_false_alarm_rate"
@@ -197,7 +198,7 @@ def test_pruned_goodnet_and_save_load_of_b_prime(pixels, tmp_path):
     result.save(tmp_path / "out")
     path = tmp_path / "out" / "models" / "X=2" / "pruned.pt"
     payload = torch.load(path, weights_only=True)
-    assert payload["layer"] == "layer4.1.conv2" and payload["architecture"]["kind"] == "torch"
+    assert payload["layer"] == "layer4" and payload["architecture"]["kind"] == "torch"
     assert payload["architecture"]["class"].endswith("ResNet") and payload["metadata"]["x"] == 2.0
     loaded = load_masked(path, ResNet(10, 4))
     with torch.inference_mode():
@@ -225,7 +226,7 @@ def test_finetuning_a_generic_b_prime(pixels):
     assert not torch.equal(old["fc.weight"], new["fc.weight"])
     assert torch.equal(old["layer4.1.bn2.running_mean"], new["layer4.1.bn2.running_mean"])  # BN statistics frozen
     seen = []
-    tuned.net.layer4[1].conv2.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    tuned.net.layer4.register_forward_hook(lambda _m, _i, out: seen.append(out))  # the default layer
     with torch.inference_mode():
         tuned(pixels[:8])
     assert bool((seen[0][:, before.pruned_channels] == 0).all())  # the pruned channels stay off
@@ -255,7 +256,7 @@ def test_bad_input_through_the_cli_writes_nothing(cli, lab_files, lab3_path, tmp
     assert "conv_1, conv_2, conv_3, conv_4" in line
     assert_one_line_error(cli(*sweep_args(lab_files, lab3_path, out, "--layer", "fc_1")), "--layer", "no channel dimension")
     assert_one_line_error(cli(*sweep_args(lab_files, lab3_path, out, "--layer", "conv_3", "--rank-on", "pool_2")),
-                          "--rank-on", "(N, 60, ...)")
+                          "--rank-on", "(N, 60, H, W) or (N, 60)")
     assert not out.exists()
 
 

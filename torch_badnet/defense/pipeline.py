@@ -320,7 +320,8 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
     `layer`, else `layer`); see docs/models.md. Classes come from the model's output width.
 
     Data: a lab .h5 path or a (pixels, labels) pair of tensors/arrays (a BadNet takes (N,3,55,47) pixels 0..255;
-    any other module gets its data exactly as given); poisoned sets also as {trigger: data} or ["NAME=PATH", ...].
+    any other module gets its values as given, in its parameters' dtype); poisoned sets also as {trigger: data} or
+    ["NAME=PATH", ...].
     Keywords mirror `torch-badnet sweep`'s flags; `finetune` may be True (defaults) or a FinetuneConfig. `timer`
     (a `phases.PhaseTimer`) records the phases' wall times.
 

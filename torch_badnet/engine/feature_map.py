@@ -7,9 +7,9 @@ forward pass, not from names:
 1. the classifier is the first `nn.Linear` called after the last convolution; it reads a batch X of shape (N, F);
 2. X is some module's 4-d output T, flattened (`T.flatten(1)`, same values), or T pooled globally by a function
    (`F.adaptive_avg_pool2d(T, 1)`, `T.mean((2, 3))`, `T.amax((2, 3))`); the latest such T is taken;
-3. where T is the output of a pooling module that pools globally (output 1x1) or keeps the size (VGG's
-   `AdaptiveAvgPool2d(7)` on a 7x7 map), the feature map is that pooling's input instead (and the pooling module,
-   right after it, becomes the ranking point; where no module made that input, the pooling module is named);
+3. where T is the output of the classifier's pooling module, one that pools globally (output 1x1) or an adaptive
+   one (torchvision VGG's `AdaptiveAvgPool2d(7)`), the feature map is that pooling's input instead (and the pooling
+   module, right after it, becomes the ranking point; where no module made that input, the pooling module is named);
 4. of the modules whose output is that very tensor (a ResNet's `layer4`, `layer4.1` and `layer4.1.relu`), the
    outermost is named: `layer4`.
 
@@ -74,10 +74,11 @@ def _reads(x: torch.Tensor, t: torch.Tensor) -> bool:
 
 
 def _passes_through(call: _Call) -> bool:
-    """A pooling module that pools globally (to 1x1) or keeps the size: its input is the feature map."""
-    x, y = call.input_value, call.value
-    return ("pool" in type(call.module).__name__.lower() and x is not None and x.dim() == 4 and y.dim() == 4 and x.shape[:2] == y.shape[:2]
-            and (y.shape[2:] == (1, 1) or y.shape[2:] == x.shape[2:]))
+    """The classifier's pooling module: a global one (output 1x1) or an adaptive one (torchvision's VGG and ResNet
+    heads: `AdaptiveAvgPool2d(7)`, `(1, 1)`): its input is the feature map."""
+    x, y, kind = call.input_value, call.value, type(call.module).__name__.lower()
+    return ("pool" in kind and x is not None and x.dim() == 4 and y.dim() == 4 and x.shape[:2] == y.shape[:2]
+            and (y.shape[2:] == (1, 1) or "adaptive" in kind))
 
 
 def _outermost(calls: list[_Call], at: int) -> str:
