@@ -25,7 +25,7 @@ from torch_badnet.engine.pruning import channel_scores
 
 CLASSES = 10
 TARGET = 0
-N_CLEAN, N_BAD = 200, 100
+N_CLEAN, N_BAD = 160, 80
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -527,7 +527,8 @@ class InPlaceSkip(nn.Module):
 
 @pytest.mark.parametrize("how", ["module", "method", "function"])
 def test_an_in_place_op_on_a_skip_gives_the_reference(how, monkeypatch):
-    assert_equals_reference(seeded(InPlaceSkip, how), "conv2", monkeypatch)
+    _result, lines = assert_equals_reference(seeded(InPlaceSkip, how), "conv2", monkeypatch)
+    assert lines == []  # the fast path, with the skip cached as the add reads it
 
 
 class MutatedAfterRead(nn.Module):
@@ -549,7 +550,8 @@ class MutatedAfterRead(nn.Module):
 
 
 def test_a_skip_changed_between_two_reads_gives_the_reference(monkeypatch):
-    assert_equals_reference(seeded(MutatedAfterRead), "conv2", monkeypatch)
+    _result, lines = assert_equals_reference(seeded(MutatedAfterRead), "conv2", monkeypatch)
+    assert len(lines) == 1 and "an in-place op changes a tensor" in lines[0] and "full forward per step" in lines[0]
 
 
 # --- item 3: hooks on the model ------------------------------------------------------------------------------
@@ -567,10 +569,13 @@ def test_forward_hooks_on_the_model_are_honoured(monkeypatch):
     model = seeded(ResNet)
     model.register_forward_pre_hook(normalise)
     model.register_forward_hook(flip_logits)
-    assert_equals_reference(model, "layer3.1.conv2", monkeypatch)
+    _result, lines = assert_equals_reference(model, "layer3.1.conv2", monkeypatch)
+    assert len(lines) == 1 and "hooks on the model itself" in lines[0] and "full forward per step" in lines[0]
 
 
 def test_a_hook_on_a_traced_through_block_is_honoured(monkeypatch):
+    """fx traces a submodule's __call__, hooks included, and a call_module node calls its module: the fast path
+    keeps them (a module with hooks is not run on one-channel slices)."""
     model = seeded(ResNet)
     model.layer3.register_forward_hook(lambda _m, _i, out: out.flip(1))  # the channels in reverse order
     model.layer3[1].bn2.register_forward_hook(lambda _m, _i, out: out * 1.7 - 0.2)  # a leaf in the region

@@ -523,12 +523,14 @@ class GenericSweep:
         hooks included) with the mask hook, on the probe rows, for no, one, half and all channels pruned?"""
         x = sample[:PROBE_ROWS]
         channels = self.net.channels
-        masks = [[], [0], [channels - 1], list(range(0, channels, 2)), list(range(channels))]
+        masks = [[0], [channels - 1], list(range(0, channels, 2)), list(range(channels))]  # none: `output` below
         with torch.inference_mode():
+            kept, checks, output = split.record(x)
+            if not all(checks):
+                raise Untraceable(f"an in-place op changes a tensor that the layers after {self.net.layer} read twice")
             try:
-                kept, checks, output = split.record(x)
                 frontier, skips, _cut, _rank = split.kept(kept)
-                if not all(checks) or not _close(output, self.net.module(x)):
+                if not _close(output, self.net.module(x)):
                     return False
                 for off in masks:
                     with self.net.mask_off(off):
@@ -545,7 +547,10 @@ class GenericSweep:
         return True
 
     def _rank_matches(self, split: Split, sample: torch.Tensor) -> bool:
-        """Is the graph's ranking node the call that a hook counting the ranking point's calls sees?"""
+        """Is the graph's ranking node the call that a hook counting the ranking point's calls sees? (The pruned
+        layer runs once, so its own node is.)"""
+        if split.rank is split.cut:
+            return True
         seen: list[torch.Tensor] = []
         x = sample[:PROBE_ROWS]
         with torch.inference_mode():
