@@ -156,11 +156,16 @@ def split_model(net: PrunableNet, sample: torch.Tensor, slicing: bool = True) ->
         next(n for n in gm.graph.nodes if n.op == "placeholder")}
     prefix_reads = {a for n in after for a in n.all_input_nodes if a not in after and a is not cut and a in batched}
     skips = [n for n in gm.graph.nodes if n in prefix_reads and _is_tensor(n)]  # sizes are recomputed (`_rest_module`)
-    for n in gm.graph.nodes:
-        shape = _shape(n) if n in batched and n not in after and _is_tensor(n) else None
-        if shape and any(u.op == "call_method" and u.target in SHAPE_METHODS or _reads_attribute(u) for u in n.users) \
-                and shape[0] != sample.shape[0]:
-            raise Untraceable(f"the model reads the size of {n.name}, whose first dimension is not the batch")
+    todo, seen = [n for n in prefix_reads if not _is_tensor(n)], set()
+    while todo:  # the sizes read after the cut, and what they are computed from
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            for a in n.all_input_nodes:
+                if a in batched and _is_tensor(a) and (_shape(a) or (None,))[0] != sample.shape[0]:
+                    raise Untraceable(f"the model reads the size of {a.name}, whose first dimension is not the batch")
+                if a in batched and not _is_tensor(a):
+                    todo.append(a)
     return Split(gm, cut, region, frontier, skips, after, _rank_node(gm, net, cut))
 
 

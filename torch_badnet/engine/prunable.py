@@ -8,7 +8,8 @@ A `PrunableNet` is all the generic sweep, the GoodNet, fine-tuning and the repor
   kernel and bias zeroed (0 for a plain conv; activation(0) for a Keras Conv2D with a fused activation).
 - `rank_on`: the module whose output ranks the channels (per-channel mean over (N, H, W) on the clean validation
   set, `pruning.channel_scores`/`pruning_order`). Default: the pooling layer directly after the pruned layer (through
-  at most one activation), else the pruned layer itself.
+  at most one activation), else the pruned layer itself. `rank_call`: which of its calls in one forward pass (a
+  module that runs more than once is ranked at the call that reads the pruned layer's output).
 - `masked(channels)`: B' as a `MaskedNet`, a wrapper whose mask is a buffer (it survives state_dict save/load).
 """
 
