@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch_badnet as tb
+from torch_badnet.engine import generic
 from torch_badnet.engine import run as engine_run
 from torch_badnet.engine.pruning import channel_scores
 
@@ -529,6 +530,16 @@ class InPlaceSkip(nn.Module):
 def test_an_in_place_op_on_a_skip_gives_the_reference(how, monkeypatch):
     _result, lines = assert_equals_reference(seeded(InPlaceSkip, how), "conv2", monkeypatch)
     assert lines == []  # the fast path, with the skip cached as the add reads it
+
+
+def test_the_set_up_probe_catches_a_fast_path_that_is_not_the_full_forward(monkeypatch):
+    """The safety net: with every cached tensor copied where it is computed (the record pass before issue 31),
+    the fast path is wrong on InPlaceSkip; the probe at set-up compares it with full forwards with the mask hook,
+    and every step is then a full forward, exact, with one line saying so."""
+    real = generic._record_module
+    monkeypatch.setattr(generic, "_record_module", lambda gm, late, _readers, early: real(gm, [], {}, [*late, *early]))
+    _result, lines = assert_equals_reference(seeded(InPlaceSkip, "module"), "conv2", monkeypatch)
+    assert "does not give the model's own outputs" in lines[-1] and "full forward per step" in lines[-1], lines
 
 
 class MutatedAfterRead(nn.Module):
