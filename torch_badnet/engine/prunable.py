@@ -9,7 +9,8 @@ A `PrunableNet` is all the generic sweep, the GoodNet, fine-tuning and the repor
   kernel and bias zeroed (0 for a plain conv; activation(0) for a Keras Conv2D with a fused activation).
 - `rank_on`: the module whose output ranks the channels (per-channel mean over (N, H, W) on the clean validation
   set, `pruning.channel_scores`/`pruning_order`). Default: the pooling layer directly after the pruned layer (through
-  at most one activation), else the pruned layer itself.
+  at most one activation), else the pruned layer itself. `rank_call`: which of its calls in one forward pass (a
+  module that runs more than once is ranked at the call that reads the pruned layer's output).
 - `masked(channels)`: B' as a `MaskedNet`, a wrapper whose mask is a buffer (it survives state_dict save/load).
 """
 
@@ -164,6 +165,8 @@ class PrunableNet:
     channels: int
     num_classes: int
     input_shape: tuple[int, ...]
+    rank_call: int = field(default=0, repr=False)  # which call of `rank_on` in one forward (a module run twice)
+    rank_note: str | None = field(default=None, repr=False)  # why the default ranking point is the layer itself
 
     @property
     def layer_module(self) -> nn.Module:
@@ -242,14 +245,17 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
                                        "defense prunes channels (dim 1) of an (N, C, H, W) output: prune a 2-d "
                                        "convolution or a module that outputs one")
     channels = int(shape[1])
-    rank_on = rank_on or ranking_point(module, layer, seen)
-    rank_shape = seen.get(rank_on, [(None, None)])[0][1]
+    if rank_on is None:
+        rank_on, rank_call, note = ranking_point(module, layer, seen)
+    else:
+        rank_call, note = rank_call_of(rank_on, layer, seen), None
+    rank_shape = seen.get(rank_on, [(None, None)] * (rank_call + 1))[rank_call][1]
     if rank_shape is None or len(rank_shape) not in (2, 4) or int(rank_shape[1]) != channels:
         got = "no tensor" if rank_shape is None else f"shape {tuple(rank_shape)}"
         raise BadInputError("--rank-on", f"layer {rank_on!r} outputs {got}; ranking needs (N, {channels}, H, W) or (N, {channels}), the "
                                          f"channels of {layer!r}")
     num_classes = int(output.shape[1])
-    return PrunableNet(module, layer, rank_on, channels, num_classes, tuple(sample.shape[1:]))
+    return PrunableNet(module, layer, rank_on, channels, num_classes, tuple(sample.shape[1:]), rank_call, note)
 
 
 def _recorder(name: str, seen: dict[str, list]):
@@ -261,24 +267,65 @@ def _recorder(name: str, seen: dict[str, list]):
     return hook
 
 
-def ranking_point(module: nn.Module, layer: str, seen: dict[str, list]) -> str:
-    """The pooling module that takes the pruned layer's output (directly, or through one activation module),
-    else the pruned layer itself. Found from the forward pass just run: which module took which tensor (an
-    in-place activation hands on the same tensor, so the pool then takes the layer's output object itself)."""
-    modules = dict(module.named_modules())
-    consumers: dict[int, list[str]] = {}
+def _consumers(seen: dict[str, list]) -> dict[int, list[tuple[str, int]]]:
+    """{id of a tensor: the (module, call number) pairs that took it as an input}, from one recorded forward."""
+    consumers: dict[int, list[tuple[str, int]]] = {}
     for name, calls in seen.items():
-        for ins, _shape, _out, _value in calls:
-            if ins:
-                consumers.setdefault(ins[0], []).append(name)
+        for call, (ins, _shape, _out, _value) in enumerate(calls):
+            for tensor in dict.fromkeys(ins):
+                consumers.setdefault(tensor, []).append((name, call))
+    return consumers
+
+
+def ranking_point(module: nn.Module, layer: str, seen: dict[str, list]) -> tuple[str, int, str | None]:
+    """(name, call, note): the pooling module call that takes the pruned layer's output (directly, or through one
+    activation module call), else the pruned layer itself (`note` says why where a pool takes the output among
+    other consumers). Found from the forward pass just run: which call of which module took which tensor, so a
+    module that runs twice (one ReLU or pool after two convs) is followed at the call that reads this layer. An
+    in-place activation hands on the same tensor, so the pool then takes the layer's output object itself; a
+    container whose first child takes the tensor counts as that child."""
+    modules = dict(module.named_modules())
+    consumers = _consumers(seen)
+
+    def takers(produced: int) -> list[tuple[str, int]]:
+        found = [(n, c) for n, c in consumers.get(produced, []) if n != layer and not n.startswith(layer + ".")]
+        names = {n for n, _ in found}
+        return [(n, c) for n, c in found if not any(o.startswith(n + ".") for o in names)]
+
     produced = seen[layer][0][2]
     for hop in range(2):
-        takers = [n for n in consumers.get(produced, []) if n != layer and not n.startswith(layer + ".")]
-        pools = [n for n in takers if is_pooling(modules[n])]
-        acts = [n for n in takers if is_activation(modules[n])]
-        if len(pools) == 1 and all(n in pools or (n in acts and seen[n][0][2] == produced) for n in takers):
-            return pools[0]
-        if hop or len(takers) != 1 or not acts:
-            return layer
-        produced = seen[acts[0]][0][2]
-    return layer
+        taken = takers(produced)
+        pools = [t for t in taken if is_pooling(modules[t[0]])]
+        acts = [t for t in taken if is_activation(modules[t[0]])]
+        if len(pools) == 1 and all(t in pools or (t in acts and seen[t[0]][t[1]][2] == produced) for t in taken):
+            return pools[0][0], pools[0][1], None
+        if hop == 0 and len(taken) == 1 and acts:
+            produced = seen[acts[0][0]][acts[0][1]][2]
+            continue
+        if pools:
+            names = ", ".join(dict.fromkeys(n for n, _ in taken))
+            return layer, 0, (f"note: ranking the channels of {layer} on its own output: it goes to {names}, not to "
+                              "one pooling layer (--rank-on names another point)")
+        break
+    return layer, 0, None
+
+
+def rank_call_of(rank_on: str, layer: str, seen: dict[str, list]) -> int:
+    """The call of an explicit ranking point to record: its only call, else the one call that reads the pruned
+    layer's output through module calls (else a one-line BadInputError)."""
+    calls = seen.get(rank_on, [])
+    if rank_on == layer or len(calls) <= 1:
+        return 0
+    derived = {seen[layer][0][2]}
+    grew = True
+    while grew:  # every tensor computed from the layer's output by module calls
+        size = len(derived)
+        for made in seen.values():
+            derived |= {out for ins, _s, out, _v in made if out is not None and any(t in derived for t in ins)}
+        grew = len(derived) > size
+    reading = [c for c, (ins, _s, _o, _v) in enumerate(calls) if any(t in derived for t in ins)]
+    if len(reading) != 1:
+        raise BadInputError("--rank-on", f"layer {rank_on!r} runs {len(calls)} times in one forward pass and "
+                                         f"{len(reading) or 'none'} of its calls read the output of {layer!r}; "
+                                         "name a module that runs once")
+    return reading[0]
