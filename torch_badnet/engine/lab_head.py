@@ -11,6 +11,7 @@ work). `reference_sweep` is the plain procedure (mask + full forward per step) k
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -158,8 +159,8 @@ def fast_sweep(model: BadNet, sets: Sequence[FeatureSet], order: Sequence[int], 
                progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
     """B' labels at every step 0..steps (step k = first k channels of `order` pruned), per set.
 
-    Runs on the features' device; the labels come back on the CPU. On a CPU with several torch threads the head
-    runs each row block on one torch thread, blocks side by side on as many Python threads (`head_pool`).
+    Runs on the features' device; the labels come back on the CPU. On a busy CPU with several torch threads the
+    head runs each row block on one torch thread, blocks side by side on as many Python threads (`head_pool`).
 
     Returns {set name: int64 tensor (steps + 1, N)}.
     """
@@ -184,17 +185,20 @@ def fast_sweep(model: BadNet, sets: Sequence[FeatureSet], order: Sequence[int], 
 
 @contextlib.contextmanager
 def head_pool(device: torch.device) -> Iterator[ThreadPoolExecutor | None]:
-    """On a CPU with n > 1 torch threads: torch on one thread (for the threads started here too) and n Python
-    threads for the head's row blocks; torch's thread count is restored on exit. Else None (blocks in turn).
+    """On a busy CPU (`machine_busy`) with n > 1 torch threads: torch on one thread (for the threads started here
+    too) and n Python threads for the head's row blocks; torch's thread count is restored on exit. Else None: the
+    blocks in turn, each op on torch's threads.
 
-    Why (issue 34, benchmarks/README.md): the head's GEMMs and elementwise ops are small (512 rows), and split
-    over torch's OpenMP threads each one ends at a barrier; on a machine with more runnable threads than cores
-    the other thread is often descheduled there, and a 0.4 ms GEMM took 16-24 ms. A whole block per thread has
-    no barrier inside. Bits: MKL's strict mode (set on import) makes every GEMM's sums independent of the thread
-    count, the blocks are the same, and the live-column verdict is taken for one thread.
+    Why (issue 34, benchmarks/README.md): the head's GEMMs and elementwise ops are small (512 rows or fewer), and
+    split over torch's OpenMP threads each one ends at a barrier. Where other processes keep the cores busy, the
+    other thread is often descheduled there, and a 0.4 ms GEMM took 16-24 ms: the prune phase of 2,080 images
+    took 15-45 s instead of 0.6 s. A whole block per thread has no barrier inside. On an idle machine the
+    OpenMP split is 10-30% faster, so it stays there. Bits: MKL's strict mode (set on import) makes every GEMM's
+    sums independent of the thread count, the blocks are the same, and the live-column verdict is taken for the
+    threads the head runs on (tests/test_live_gemm.py checks the labels both ways).
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2:
+    if device.type != "cpu" or threads < 2 or not machine_busy():
         yield None
         return
     torch.set_num_threads(1)
@@ -203,6 +207,15 @@ def head_pool(device: torch.device) -> Iterator[ThreadPoolExecutor | None]:
             yield pool
     finally:
         torch.set_num_threads(threads)
+
+
+def machine_busy() -> bool:
+    """Whether other work keeps this machine's cores busy: a 1-minute load average of at least the number of
+    cores + 1 (this process's own threads count at most the cores). False where the load is unknown."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1) + 1
+    except (AttributeError, OSError):
+        return False
 
 
 def touched_rows(features: torch.Tensor) -> list[torch.Tensor]:
