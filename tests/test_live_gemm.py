@@ -9,6 +9,7 @@ reproduce the dense GEMM on fresh blocks either, and the head runs dense.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,55 @@ def test_sweep_labels_equal_the_dense_heads(lab3_sets, monkeypatch: pytest.Monke
     for name in dense:
         assert torch.equal(live[name], dense[name]), name
         assert (dense[name][1:] != dense[name][:-1]).any(), "pruning changes labels"
+
+
+def test_head_blocks_run_on_one_torch_thread_each_with_the_same_labels(lab3_sets, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 34: on a busy machine with several torch threads the head's row blocks run side by side on the pool's
+    threads, each on one torch thread (no OpenMP barrier inside a block); torch's thread count comes back
+    afterwards, and the labels at all 61 steps are those of the head without a pool, on one thread and on two
+    (an idle machine's path: no block goes to the pool)."""
+    model, sets, order = lab3_sets
+    previous, seen = torch.get_num_threads(), []
+    busy = [True]
+    monkeypatch.setattr(lab_head, "machine_busy", lambda: busy[0])
+    block_labels = HeadUpdater.block_labels
+
+    def spy(head: HeadUpdater, block: torch.Tensor) -> torch.Tensor:
+        seen.append((threading.current_thread().name, torch.get_num_threads(), block.shape[0]))
+        return block_labels(head, block)
+
+    monkeypatch.setattr(HeadUpdater, "block_labels", spy)
+    try:
+        torch.set_num_threads(2)
+        pooled = fast_sweep(model, sets, order)
+        assert torch.get_num_threads() == 2
+        pool_blocks = len(seen)
+        busy[0] = False
+        idle = fast_sweep(model, sets, order)
+        torch.set_num_threads(1)
+        busy[0] = True
+        alone = fast_sweep(model, sets, order)
+    finally:
+        torch.set_num_threads(previous)
+    assert {(name.split("_")[0], threads) for name, threads, _ in seen} == {("sweep-head", 1)}
+    assert {rows for _, _, rows in seen} >= {ROW_BLOCK, SET_SIZE - 2 * ROW_BLOCK}  # full blocks and tails
+    assert pool_blocks > len(order) and len(seen) == pool_blocks  # only the busy two-thread run used the pool
+    for name in alone:
+        assert torch.equal(pooled[name], alone[name]), name
+        assert torch.equal(idle[name], alone[name]), name
+
+
+def test_machine_busy_means_more_load_than_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab_head.os, "cpu_count", lambda: 2)
+    for load, busy in ((3.0, True), (2.9, False), (0.1, False)):
+        monkeypatch.setattr(lab_head.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert lab_head.machine_busy() is busy
+
+    def unknown() -> tuple[float, float, float]:
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(lab_head.os, "getloadavg", unknown)
+    assert lab_head.machine_busy() is False
 
 
 def verdict_files(root: Path) -> list[Path]:

@@ -10,8 +10,11 @@ work). `reference_sweep` is the plain procedure (mask + full forward per step) k
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -98,7 +101,8 @@ class HeadUpdater:
     pre = sum_c features[:, c] @ M[c] + bias, with M[c] a (20, 1120) matrix per channel.
     """
 
-    def __init__(self, model: BadNet) -> None:
+    def __init__(self, model: BadNet, pool: ThreadPoolExecutor | None = None) -> None:
+        self.pool = pool  # CPU: threads for the row blocks of `predict` (`head_pool`), else None (one after another)
         fc_1, conv_4 = model.fc_1, model.conv_4
         eye = torch.eye(POOL3_CHANNELS * 20, device=fc_1.weight.device).view(-1, *POOL3_SHAPE)
         with torch.no_grad():
@@ -124,12 +128,20 @@ class HeadUpdater:
         return pre
 
     def predict(self, pre: torch.Tensor) -> torch.Tensor:
-        """Labels from pre-activations, in row blocks."""
+        """Labels from pre-activations, in row blocks (on `pool`'s threads side by side where it is set)."""
+        if self.pool is not None and pre.device.type == "cpu":
+            blocks = [pre[start : start + ROW_BLOCK] for start in range(0, pre.shape[0], ROW_BLOCK)]
+            return torch.cat(list(self.pool.map(self.block_labels, blocks)))
         out = torch.empty(pre.shape[0], dtype=torch.int64, device=pre.device)
         rows = ROW_BLOCK if pre.device.type == "cpu" else GPU_ROW_BLOCK
         for start in range(0, pre.shape[0], rows):
             out[start : start + rows] = top_class(self.block_logits(pre[start : start + rows]))
         return out
+
+    @torch.inference_mode()  # inference mode is per thread: a pool's thread enters it here
+    def block_labels(self, block: torch.Tensor) -> torch.Tensor:
+        """Labels of one row block of pre-activations."""
+        return top_class(self.block_logits(block))
 
     def block_logits(self, block: torch.Tensor) -> torch.Tensor:
         """Logits of one row block of pre-activations. A full CPU block skips the zero columns of relu(conv_4)
@@ -147,25 +159,63 @@ def fast_sweep(model: BadNet, sets: Sequence[FeatureSet], order: Sequence[int], 
                progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
     """B' labels at every step 0..steps (step k = first k channels of `order` pruned), per set.
 
-    Runs on the features' device; the labels come back on the CPU.
+    Runs on the features' device; the labels come back on the CPU. On a busy CPU with several torch threads the
+    head runs each row block on one torch thread, blocks side by side on as many Python threads (`head_pool`).
 
     Returns {set name: int64 tensor (steps + 1, N)}.
     """
     steps = len(order) if steps is None else steps
-    head = HeadUpdater(model)
-    states = []
-    for s in sets:
-        pre = head.initial(s.features)
-        labels = torch.empty((steps + 1, s.labels.shape[0]), dtype=torch.int64, device=s.features.device)
-        labels[0] = head.predict(pre)
-        states.append((s, pre, labels, touched_rows(s.features)))
-    for step, channel in enumerate(order[:steps], start=1):
-        weights = head.per_channel[channel]
-        for s, pre, labels, rows in states:
-            _prune_step(head, s.features, channel, rows[channel], weights, pre, labels, step)
-        if progress is not None:
-            progress(step)
+    device = sets[0].features.device if sets else torch.device("cpu")
+    with head_pool(device) as pool:
+        head = HeadUpdater(model, pool)  # inside head_pool: the live-column verdict is for the threads the head runs on
+        states = []
+        for s in sets:
+            pre = head.initial(s.features)
+            labels = torch.empty((steps + 1, s.labels.shape[0]), dtype=torch.int64, device=s.features.device)
+            labels[0] = head.predict(pre)
+            states.append((s, pre, labels, touched_rows(s.features)))
+        for step, channel in enumerate(order[:steps], start=1):
+            weights = head.per_channel[channel]
+            for s, pre, labels, rows in states:
+                _prune_step(head, s.features, channel, rows[channel], weights, pre, labels, step)
+            if progress is not None:
+                progress(step)
     return {s.name: labels.cpu() for s, _, labels, _ in states}
+
+
+@contextlib.contextmanager
+def head_pool(device: torch.device) -> Iterator[ThreadPoolExecutor | None]:
+    """On a busy CPU (`machine_busy`) with n > 1 torch threads: torch on one thread (for the threads started here
+    too) and n Python threads for the head's row blocks; torch's thread count is restored on exit. Else None: the
+    blocks in turn, each op on torch's threads.
+
+    Why (issue 34, benchmarks/README.md): the head's GEMMs and elementwise ops are small (512 rows or fewer), and
+    split over torch's OpenMP threads each one ends at a barrier. Where other processes keep the cores busy, the
+    other thread is often descheduled there, and a 0.4 ms GEMM took 16-24 ms: the prune phase of 2,080 images
+    took 15-45 s instead of 0.6 s. A whole block per thread has no barrier inside. On an idle machine the
+    OpenMP split is 10-30% faster, so it stays there. Bits: MKL's strict mode (set on import) makes every GEMM's
+    sums independent of the thread count, the blocks are the same, and the live-column verdict is taken for the
+    threads the head runs on (tests/test_live_gemm.py checks the labels both ways).
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or not machine_busy():
+        yield None
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="sweep-head") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
+def machine_busy() -> bool:
+    """Whether other work keeps this machine's cores busy: a 1-minute load average of at least the number of
+    cores + 1 (this process's own threads count at most the cores). False where the load is unknown."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1) + 1
+    except (AttributeError, OSError):
+        return False
 
 
 def touched_rows(features: torch.Tensor) -> list[torch.Tensor]:
