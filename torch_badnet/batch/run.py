@@ -134,9 +134,28 @@ def check_options(manifest: Path, item: BatchItem) -> None:
         sweep_keywords(args)
         check_steps(args.thresholds, args.max_steps)
         parse_rescale(None if args.rescale is None else str(args.rescale))
+        check_preprocessing(item.model, args)
     except BadInputError as exc:
         column = exc.path.lstrip("-").replace("-", "_") if exc.path.startswith("--") else "finetune settings"
         raise BadInputError(manifest, f"row {item.row}, column {column}: {exc.problem}") from None
+
+
+def check_preprocessing(model: str, args: argparse.Namespace) -> None:
+    """A row's --rescale / --mean / --std against its model, as `sweep` checks them when it loads the model (a
+    count of values the model does not take, a scale or normalisation the file contradicts). Other problems of
+    the model file are the row's own failure, reported when it runs."""
+    from ..cli.commands.common import preprocessing_flags
+    from ..nets.loading import load_model_file
+    from ..nets.rescale import FLAG, MEAN_FLAG, STD_FLAG
+
+    rescale, mean, std = preprocessing_flags(args)
+    if rescale is None and mean is None and std is None:
+        return
+    try:
+        load_model_file(model, rescale, None, mean, std)
+    except BadInputError as exc:
+        if exc.path in (FLAG, MEAN_FLAG, STD_FLAG):
+            raise
 
 
 def check_passed_through(args: argparse.Namespace) -> None:
