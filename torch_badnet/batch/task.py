@@ -40,10 +40,11 @@ class Task:
 
 
 class FingerprintedFolder(OutputFolder):
-    """DIR/<name>: replaced whole (the batch owns DIR), with fingerprint.json staged beside the result."""
+    """DIR/<name>: replaced whole when it holds only what torch-badnet wrote (the batch made sure of it before
+    the run: `run.make_room`), with fingerprint.json staged beside the result."""
 
     def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
-        super().__init__(out, force=True)
+        super().__init__(out)
         self.fingerprint = fingerprint
 
     @contextlib.contextmanager

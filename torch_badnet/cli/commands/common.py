@@ -95,11 +95,13 @@ def net_for(args: argparse.Namespace, device):
 
 def add_force_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
-                        help="replace --out whole even if it is a non-empty folder that holds no torch-badnet result")
+                        help="replace --out even if it holds files torch-badnet did not write: they are moved aside "
+                             "whole to DIR.replaced-<time> (nothing is deleted)")
 
 
 def add_output_force_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--force", action="store_true", help="replace the output file if it exists (never an input)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the output file if it exists (it is kept as FILE.replaced-<time>; never an input)")
 
 
 def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFolder:
