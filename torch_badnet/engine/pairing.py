@@ -89,7 +89,7 @@ def load_generic_pruned(path: str | os.PathLike[str], model: nn.Module, model_pa
     warning line through `log`."""
     from ..data.files import file_sha256
     from ..nets.checkpoint import ModelSource
-    from ..nets.loading import read_pruned_record
+    from ..nets.pruned_record import read_pruned_record
     from ..nets.rescale import check_pruned_record
 
     model_name = f"--model {model_path}" if model_path else "--model"

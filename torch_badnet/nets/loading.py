@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ..errors import BadInputError
 from .badnet import BadNet
 from .checkpoint import LoadedModel
-
-if TYPE_CHECKING:
-    from .rescale import PrunedRecord
 
 
 def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = None,
@@ -26,6 +22,7 @@ def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = 
     its per-channel `mean` / `std` likewise. A flag contradicting a record is a BadInputError. A recognized
     published file, or a preprocessing taken from `pruned`, is announced through `log` (one line)."""
     from ..convert import read_model_file  # lazy: the core never imports the converter at import time
+    from .pruned_record import read_pruned_record
     from .rescale import (
         MEAN_FLAG,
         STD_FLAG,
@@ -39,7 +36,7 @@ def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = 
     flag = parse_rescale(str(rescale)) if rescale is not None else None
     flags = (parse_channel_values(mean, MEAN_FLAG), parse_channel_values(std, STD_FLAG))
     loaded = read_model_file(path)
-    record = read_pruned_record(pruned) if pruned is not None else None
+    record = read_pruned_record(pruned) if pruned is not None else None  # (nets.pruned_record)
     notes = [resolve_input_scale(loaded.model, path, loaded.input_scale, flag, record),
              resolve_normalization(loaded.model, path, (loaded.mean, loaded.std), flags, record)]
     if record is not None and loaded.input_scale is None and (loaded.mean, loaded.std) == (None, None):
@@ -48,33 +45,6 @@ def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = 
         if note and log:
             log(note)
     return loaded
-
-
-def read_pruned_record(path: str | os.PathLike[str]) -> PrunedRecord | None:
-    """The preprocessing a B' file records (its sweep's: pruned.pt, finetuned.pt, pruned.h5), or None where it
-    records none or cannot be read (loading it as --pruned then says why)."""
-    from ..errors import BadInputError
-    from .rescale import PrunedRecord
-
-    masked = _masked_payload(path)
-    if masked is not None:  # a generic model's B' (engine.saving.save_masked): the architecture records it
-        arch = masked.get("architecture") if isinstance(masked.get("architecture"), dict) else {}
-        if arch.get("kind") != "keras" or arch.get("input_scale") is None:
-            return None  # a plain torch module: its preprocessing is its own code
-        try:
-            values = [None if arch.get(k) is None else tuple(float(v) for v in arch[k]) for k in ("mean", "std")]
-            return PrunedRecord(str(path), float(arch["input_scale"]), *values)
-        except (TypeError, ValueError):
-            return None
-    try:
-        from ..convert import read_model_file  # lazy, as above
-
-        loaded = read_model_file(path)
-    except BadInputError:
-        return None
-    if loaded.input_scale is None:
-        return None
-    return PrunedRecord(str(path), float(loaded.input_scale), loaded.mean, loaded.std)
 
 
 def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: str | os.PathLike[str] | None = None,
@@ -124,21 +94,3 @@ def load_model(path: str | os.PathLike[str], rescale: str | float | None = None,
     """
     return load_model_file(path, rescale, mean=mean, std=std).model.eval()
 
-
-MASKED_FORMAT = "torch-badnet-masked"  # engine.saving.FORMAT (not imported: the nets do not import the engine)
-
-
-def _masked_payload(path: str | os.PathLike[str]) -> dict | None:
-    """A generic B' file's payload (weights_only load), or None for any other file."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    if not str(path).lower().endswith((".pt", ".pth")):
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
-        return None  # not a checkpoint at all: loading it as --pruned says why
-    return payload if isinstance(payload, dict) and payload.get("format") == MASKED_FORMAT else None
