@@ -549,7 +549,16 @@ def test_convert_and_export_refuse_an_existing_output_without_force(cli, lab3_pa
     code, out, err = cli("convert", lab3_path, "-o", tmp_path / "old.pt", "--force")
     assert code == 0 and out.startswith(f"wrote {tmp_path / 'old.pt'}"), err
     assert (tmp_path / "old.pt").read_bytes()[:2] == b"PK"  # a torch checkpoint (zip) replaced it, atomically
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx", "old.onnx", "old.pt"]  # no temporary file left
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("old.pt.replaced-")]  # issue 32: never deleted
+    assert len(kept) == 1 and kept[0].read_bytes() == b"the user's earlier file"
+    assert err == f"replaced {tmp_path / 'old.pt'} (--force: the previous file was kept as {kept[0]})\n"
+    code, out, err = cli("export", "--model", lab3_path, "-o", tmp_path / "old.onnx", "--force")
+    assert code == 0, err
+    kept += [p for p in tmp_path.iterdir() if p.name.startswith("old.onnx.replaced-")]
+    assert len(kept) == 2 and kept[1].read_bytes() == b"the user's earlier file"
+    assert err.splitlines()[-1] == f"replaced {tmp_path / 'old.onnx'} (--force: the previous file was kept as {kept[1]})"
+    names = sorted(["f.onnx", "old.onnx", "old.pt", *(p.name for p in kept)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temporary file left
 
 
 def test_export_refuses_to_write_over_its_input(cli, lab3_path, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from conftest import read_csv, sweep_args
 
 from torch_badnet.batch.task import FINGERPRINT
 from torch_badnet.nets.checkpoint import save_checkpoint
+from torch_badnet.report.outdir import FILES
 
 FAST = ["--max-steps", "4", "--thresholds", "1", "2", "--no-plot"]  # few steps, no plot: the fault tests' options
 MODELS = 10
@@ -120,8 +122,13 @@ def test_results_equal_separate_sweeps_and_a_corrupted_model_fails(tmp_path, mod
         code, _, err = cli(*sweep_args(lab_files, model, single, *extra))
         assert code == 0, err
         ours = result_files(tmp_path / "batch" / name)
-        assert json.loads(ours.pop(FINGERPRINT))["model"]["path"] == str(model)
-        assert ours == result_files(single), name  # sweep.csv, summary.json, sweep.png, models/X=*/pruned.pt|.h5
+        fingerprint = ours.pop(FINGERPRINT)
+        assert json.loads(fingerprint)["model"]["path"] == str(model)
+        theirs = result_files(single)
+        assert ours.pop(FILES).decode().splitlines() == sorted(  # the written files' list: the sweep's and fingerprint.json
+            theirs.pop(FILES).decode().splitlines() + [f"{hashlib.sha256(fingerprint).hexdigest()}  {FINGERPRINT}"],
+            key=lambda line: line.split("  ")[1])
+        assert ours == theirs, name  # sweep.csv, summary.json, sweep.png, models/X=*/pruned.pt|.h5
         summary = json.loads(ours["summary.json"])
         assert float(rows[name]["b_test_asr"]) == summary["original"]["test_asr"]
         for t in summary["thresholds"]:
@@ -341,7 +348,10 @@ def test_on_ray_results_equal_a_separate_sweep_even_when_a_worker_is_killed(ray_
     assert code == 0, err
     ours = result_files(out / "full")
     ours.pop(FINGERPRINT)
-    assert ours == result_files(tmp_path / "single")
+    ours.pop(FILES)  # (it lists fingerprint.json too)
+    theirs = result_files(tmp_path / "single")
+    theirs.pop(FILES)
+    assert ours == theirs
 
 
 @pytest.mark.parametrize("rows, problem", [

@@ -121,7 +121,7 @@ def test_demo_rerun_replaces_its_result_whole(demo_run, cli):
     assert code == 0, err
     assert f"replaced {out}" in err
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
+    assert files == [".torch-badnet-files", "models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
     assert stdout.splitlines()[-1].startswith(f"wrote {out}/summary.json, sweep.csv and models/X=4/pruned.pt|.h5 (")
 
 

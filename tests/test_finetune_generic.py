@@ -152,7 +152,7 @@ def test_cli_finetunes_f_from_the_sweeps_b_prime(cli, f_path: Path, f_result, tm
                             "--epochs", EPOCHS, "--patience", EPOCHS, "--out", out)
     assert code == 0, err
     assert "warning" not in err  # the pair is verified (pruned.pt's fingerprint) or derived (pruned.h5's zeroed channels)
-    assert sorted(p.name for p in out.iterdir()) == ["finetuned.h5", "finetuned.pt", "history.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".torch-badnet-files", "finetuned.h5", "finetuned.pt", "history.csv", "summary.json"]
     data = {name: as_tensors(*arrays) for name, arrays in f_sets.items()}
     b4 = result.pruned(4)
     run = tb.finetune(net, b4, data["clean_valid"], data["clean_test"], data["poisoned_test"], epochs=EPOCHS, patience=EPOCHS)

@@ -16,7 +16,7 @@ import pytest
 from conftest import sweep_args
 
 from torch_badnet.data.files import interrupts_held, write_text
-from torch_badnet.report.outdir import MARKER, OutputFolder, is_result
+from torch_badnet.report.outdir import FILES, MARKER, OutputFolder, is_result
 
 LOCK_HEADER = "torch-badnet output lock"  # outdir.LOCK_HEADER: the lock file's first line
 
@@ -63,7 +63,7 @@ def test_two_sweeps_into_one_out(lab_files, lab3_path, tmp_path):
     assert second.stderr == f"error: {out}: is being written by another run (pid {first.pid})\n"
     assert first.returncode == 0, stderr
     assert stdout.splitlines()[-1].startswith(f"wrote {out}/summary.json, sweep.csv and models/X=4/pruned.pt|.h5 (")
-    assert files_in(out) == ["models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
+    assert files_in(out) == [".torch-badnet-files", "models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
     assert is_result(out) and [t["x"] for t in json.loads((out / "summary.json").read_text())["thresholds"]] == [4.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder and no lock file left
 
@@ -215,7 +215,7 @@ def test_ctrl_c_at_any_moment_of_atomic_writes_and_staging_leaves_nothing_half_d
                 interrupted += 1
             signal.setitimer(signal.ITIMER_REAL, 0)
             assert {p.name for p in tmp_path.iterdir()} - {".out.lock"} == {"out", "table.csv"}, k
-            assert files_in(out) == [MARKER] and is_result(out), k
+            assert files_in(out) == [FILES, MARKER] and is_result(out), k
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -120,7 +120,7 @@ def test_pruned_file_must_take_the_models_scale(cli, sunglasses_path: Path, lab3
     assert cli("convert", lab3_path, "-o", lab3_pt)[0] == 0
     code, _, err = cli("classify", "--model", lab3_pt, "--pruned", sun_pt, face_paths[0])
     assert code == 2
-    assert err == f"error: {sun_pt}: records input scale 1/255 but the model uses 1 (B and B' must take the same input)\n"
+    assert err == f"error: {sun_pt}: records input scale 1/255 but {lab3_pt} records 1 (B and B' must take the same input)\n"
     assert cli("classify", "--model", sunglasses_path, "--pruned", sun_pt, face_paths[0])[0] == 0
 
 

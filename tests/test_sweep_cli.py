@@ -204,7 +204,8 @@ def test_rerun_into_a_result_replaces_it_whole(swept, lab_files, lab3_path, tmp_
     assert code == 0, err
     fresh = tmp_path / "fresh"
     assert cli(*sweep_args(lab_files, lab3_path, fresh, "--thresholds", "3", "--no-plot"))[0] == 0
-    assert files_in(out) == files_in(fresh) == ["models/X=3/pruned.h5", "models/X=3/pruned.pt", "summary.json", "sweep.csv"]
+    assert files_in(out) == files_in(fresh) == [".torch-badnet-files", "models/X=3/pruned.h5", "models/X=3/pruned.pt",
+                                                "summary.json", "sweep.csv"]
     assert (out / "sweep.csv").read_bytes() == (fresh / "sweep.csv").read_bytes()
     assert f"replaced {out}" in err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or old folder left
@@ -218,7 +219,7 @@ def test_finetune_into_a_sweep_result_replaces_it(lab_files, lab3_path, tmp_path
     code, stdout, err = cli("finetune", "--model", lab3_path, "--pruned", pruned, "--clean-valid",
                             lab_files["clean_valid"], "--epochs", "1", "--out", out)
     assert code == 0, err
-    assert files_in(out) == ["finetuned.h5", "finetuned.pt", "history.csv", "summary.json"]
+    assert files_in(out) == [".torch-badnet-files", "finetuned.h5", "finetuned.pt", "history.csv", "summary.json"]
     assert "thresholds" not in json.loads((out / "summary.json").read_text())
     assert f"replaced {out}" in err
     assert stdout.splitlines()[-1].startswith(f"wrote {out}/finetuned.h5, finetuned.pt, history.csv and summary.json")
@@ -237,7 +238,7 @@ def test_foreign_folder_needs_force(lab_files, lab3_path, tmp_path, cli):
     assert files_in(out) == ["notes.txt"]
     code, _, err = cli(*sweep_args(lab_files, lab3_path, out, "--no-plot", "--force", "--thresholds", "4"))
     assert code == 0, err
-    assert files_in(out) == ["models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
+    assert files_in(out) == [".torch-badnet-files", "models/X=4/pruned.h5", "models/X=4/pruned.pt", "summary.json", "sweep.csv"]
     assert f"replaced {out}" in err
 
 
@@ -250,7 +251,7 @@ def test_closing_line_names_only_written_files(lab_files, lab3_path, tmp_path, c
     assert last.startswith(f"wrote {tmp_path / 'none'}/summary.json and sweep.csv (60 steps on 800 images in ")
     assert last.endswith("; no threshold was reached (X = 95, 99 within 60 steps), so no pruned model was written")
     assert "models" not in last and "sweep.png" not in last
-    assert files_in(tmp_path / "none") == ["summary.json", "sweep.csv"]
+    assert files_in(tmp_path / "none") == [".torch-badnet-files", "summary.json", "sweep.csv"]
     code, stdout, err = cli(*sweep_args(lab_files, lab3_path, tmp_path / "some", "--thresholds", "3", "99"))
     assert code == 0, err
     last = stdout.splitlines()[-1]

@@ -28,7 +28,7 @@ from ..data.files import remove_path
 from ..errors import BadInputError, first_line
 from ..report.outdir import MARKER, OutputFolder, is_result
 from .data import SharedData
-from .manifest import DATA_COLUMNS, BatchItem, ManifestParseError, cell_argv, option_columns, option_parser, read_manifest
+from .manifest import DATA_COLUMNS, RESERVED_NAMES, BatchItem, ManifestParseError, cell_argv, option_columns, option_parser, read_manifest
 from .report import model_row, plot_batch, progress_line, write_tables
 from .task import FINGERPRINT, Task, init_worker, run_task, warm_up
 
@@ -79,9 +79,10 @@ def prune_batch(manifest: str | os.PathLike[str], out: str | os.PathLike[str], *
     if gpus_per_model < 0 or (gpus_per_model and ray is None):
         raise BadInputError("--gpus-per-model", "must be >= 0 and needs --ray (local workers share --device)")
     ray_module = connect_ray(ray) if ray is not None else None
-    out = check_folder(Path(out), force, items)
+    out = check_folder(Path(out), force, items, log)
     with lock(out), terminate_as_interrupt():
         clear_leftovers(out)
+        make_room(out, items, force, log)
         try:
             return Batch(Path(manifest), out, items, ray_module, log, progress).run(rerun, workers, gpus_per_model)
         finally:  # the workers have ended: what those killed by Ctrl-C / SIGTERM were staging
@@ -134,9 +135,28 @@ def check_options(manifest: Path, item: BatchItem) -> None:
         sweep_keywords(args)
         check_steps(args.thresholds, args.max_steps)
         parse_rescale(None if args.rescale is None else str(args.rescale))
+        check_preprocessing(item.model, args)
     except BadInputError as exc:
         column = exc.path.lstrip("-").replace("-", "_") if exc.path.startswith("--") else "finetune settings"
         raise BadInputError(manifest, f"row {item.row}, column {column}: {exc.problem}") from None
+
+
+def check_preprocessing(model: str, args: argparse.Namespace) -> None:
+    """A row's --rescale / --mean / --std against its model, as `sweep` checks them when it loads the model (a
+    count of values the model does not take, a scale or normalisation the file contradicts). Other problems of
+    the model file are the row's own failure, reported when it runs."""
+    from ..cli.commands.common import preprocessing_flags
+    from ..nets.loading import load_model_file
+    from ..nets.rescale import FLAG, MEAN_FLAG, STD_FLAG
+
+    rescale, mean, std = preprocessing_flags(args)
+    if rescale is None and mean is None and std is None:
+        return
+    try:
+        load_model_file(model, rescale, None, mean, std)
+    except BadInputError as exc:
+        if exc.path in (FLAG, MEAN_FLAG, STD_FLAG):
+            raise
 
 
 def check_passed_through(args: argparse.Namespace) -> None:
@@ -169,22 +189,68 @@ def connect_ray(address: str):
     return ray
 
 
-def check_folder(out: Path, force: bool, items: list[BatchItem]) -> Path:
-    """DIR: new, empty, a previous batch's (it holds .batch.lock) or, with `force`, any folder; never one whose
-    model folders would hold an input of the batch."""
+def check_folder(out: Path, force: bool, items: list[BatchItem], log: Log) -> Path:
+    """DIR: new, empty, a previous batch's (it holds .batch.lock) or, with `force`, any other folder, which is
+    then moved aside whole to DIR.replaced-<time> (one line says so); never one that holds an input of the
+    batch."""
+    from ..report.outdir import move_aside
+
     if out.exists() and not out.is_dir():
         raise BadInputError(out, "exists and is not a folder")
     target = Path(os.path.realpath(out))
     if target == Path(target.anchor) or Path.cwd().resolve().is_relative_to(target):
         raise BadInputError(out, "is the current folder or one above it; write the batch to a subfolder")
-    if out.is_dir() and any(out.iterdir()) and not (out / LOCK).exists() and not force:
+    foreign = out.is_dir() and any(out.iterdir()) and not (out / LOCK).exists()
+    if foreign and not force:
         raise BadInputError(out, "is not empty and holds no torch-badnet batch (no .batch.lock); choose an empty "
-                                 "or new folder, or pass --force to write into it")
+                                 "or new folder, or pass --force to move it aside (nothing is deleted) and write the batch there")
     for item in items:
         for path in item.files():
+            if foreign and Path(os.path.realpath(path)).is_relative_to(target):
+                raise BadInputError(out, f"holds {path}, an input of the batch; use another folder")
             if Path(os.path.realpath(path)).is_relative_to(target / item.name):
                 raise BadInputError(out, f"{item.name}/ would replace {path}, an input of the batch; use another folder")
+    if foreign:
+        aside = move_aside(out)
+        log(f"moved {out} aside to {out.with_name(aside.name)} (--force: it held no torch-badnet batch)")
     return out
+
+
+def make_room(out: Path, items: list[BatchItem], force: bool, log: Log) -> None:
+    """What the batch will write in DIR (batch.csv/json/png, each model's folder) must hold nothing torch-badnet
+    did not write (its FILES lists): else refused, or with `force` moved aside to `<name>.replaced-<time>`, one
+    line each. Anything else in DIR is never touched."""
+    from ..data.sha256_worker import sha256_of
+    from ..report.outdir import foreign_entries, move_aside, name_some, recorded_files, refusal
+
+    listed = recorded_files(out) or {}
+    crowded: list[tuple[Path, str]] = []
+    for name in sorted(RESERVED_NAMES):
+        path = out / name
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_file() or listed.get(name) != sha256_of(path)):
+            crowded.append((path, "was not written by torch-badnet (or changed since)"))
+    for item in items:
+        folder = out / item.name
+        if os.path.lexists(folder) and (not folder.is_dir() or folder.is_symlink()):
+            crowded.append((folder, "is not a result folder of torch-badnet"))
+        elif folder.is_dir() and any(folder.iterdir()):
+            foreign = foreign_entries(folder)
+            if foreign:
+                crowded.append((folder, refusal(folder, foreign, advice=False)))
+    if crowded and not force:
+        path, problem = crowded[0]
+        more = f" (and {name_some([p.name for p, _ in crowded[1:]])})" if len(crowded) > 1 else ""
+        raise BadInputError(path, f"{problem}{more}; move it away, or pass --force to move it aside (nothing is deleted)")
+    for path, _ in crowded:
+        aside = move_aside(path)
+        log(f"moved {path} aside to {aside} (--force: torch-badnet did not write all of it)")
+
+
+def write_table_list(out: Path) -> None:
+    """DIR's FILES list: the batch's own files there (batch.csv/json/png; each model folder lists its own)."""
+    from ..report.outdir import write_file_list
+
+    write_file_list(out, [name for name in sorted(RESERVED_NAMES) if (out / name).is_file()])
 
 
 @contextlib.contextmanager
@@ -283,6 +349,7 @@ class Batch:
             self._write()  # also when interrupted: the finished models' rows
         result = BatchResult(self.out, self._ordered(), self.meta)
         plot_batch(result.rows, self.out / "batch.png")
+        write_table_list(self.out)
         return result
 
     def _read(self, shared: SharedData, item: BatchItem) -> None:
@@ -320,6 +387,7 @@ class Batch:
 
     def _write(self) -> None:
         write_tables(self.out, self._ordered(), {**self.meta, "models_in_manifest": len(self.items)})
+        write_table_list(self.out)
 
     def _run_local(self, tasks: list[Task], workers: int | None, pool: LocalPool | None) -> None:
         """On the local pool (`pool`, if started early); a pool whose worker died is replaced and its unfinished
@@ -445,7 +513,7 @@ def fingerprint_of(item: BatchItem) -> tuple[dict[str, dict[str, str]], dict[str
 
 def install(folder: Path, files: dict[str, bytes]) -> None:
     """A result's files (from a Ray worker) into DIR/<name>, staged and swapped in whole."""
-    with OutputFolder(folder, force=True).staging() as staging:
+    with OutputFolder(folder).staging() as staging:  # (make_room made sure it holds only a result, if anything)
         for name, data in files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)

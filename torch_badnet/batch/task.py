@@ -40,10 +40,11 @@ class Task:
 
 
 class FingerprintedFolder(OutputFolder):
-    """DIR/<name>: replaced whole (the batch owns DIR), with fingerprint.json staged beside the result."""
+    """DIR/<name>: replaced whole when it holds only what torch-badnet wrote (the batch made sure of it before
+    the run: `run.make_room`), with fingerprint.json staged beside the result."""
 
     def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
-        super().__init__(out, force=True)
+        super().__init__(out)
         self.fingerprint = fingerprint
 
     @contextlib.contextmanager
@@ -107,6 +108,7 @@ def run_task(task: Task, out: str | None) -> dict[str, Any]:
 
 def sweep_model(task: Task):
     """`torch-badnet sweep`'s work for one row, on the shared data: (DefenseResult, whether to plot)."""
+    from ..cli.commands.common import preprocessing_flags
     from ..cli.commands.sweep import sweep_keywords
     from ..data.set_names import parse_poisoned
     from ..defense.pipeline import prune_sweep
@@ -114,7 +116,8 @@ def sweep_model(task: Task):
 
     args = argparse.Namespace(**task.options)
     keywords = {**passed_through(args), **sweep_keywords(args)}  # checked (finetune settings) before the model loads
-    model = load_model_file(task.model, args.rescale).model
+    rescale, mean, std = preprocessing_flags(args)  # as sweep's --rescale, --mean, --std
+    model = load_model_file(task.model, rescale, None, mean, std).model
 
     def read(path: str | None):
         return None if path is None else dataclasses.replace(open_file(task.handles[file_key(path)]), path=path)

@@ -89,8 +89,11 @@ def load_generic_pruned(path: str | os.PathLike[str], model: nn.Module, model_pa
     warning line through `log`."""
     from ..data.files import file_sha256
     from ..nets.checkpoint import ModelSource
+    from ..nets.pruned_record import read_pruned_record
+    from ..nets.rescale import check_pruned_record
 
     model_name = f"--model {model_path}" if model_path else "--model"
+    check_pruned_record(read_pruned_record(path), model, model_name)  # the preprocessing of its sweep
     if Path(path).suffix.lower() in MASKED_SUFFIXES:
         pruned, source_format = _from_masked_file(path, model, model_name), "pt"
     else:

@@ -15,19 +15,32 @@ from .checkpoint import LoadedModel
 
 def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = None,
               log: Callable[[str], None] | None = None, mean: Sequence[str | float] | None = None,
-              std: Sequence[str | float] | None = None) -> LoadedModel:
+              std: Sequence[str | float] | None = None, pruned: str | os.PathLike[str] | None = None) -> LoadedModel:
     """Any supported model file -> LoadedModel whose net has its input scale set: the file's own record, else
-    `rescale` (1, "1/255" or a positive float), else a published file's known scale, else 1; and, for a Keras
-    graph model, its per-channel `mean` / `std` likewise (the record, the flags, a published file's). A
-    recognized published file is announced through `log`."""
+    `rescale` (1, "1/255" or a positive float), else the record of `pruned` (the B' file the model is used with:
+    the preprocessing of its sweep), else a published file's known scale, else 1; and, for a Keras graph model,
+    its per-channel `mean` / `std` likewise. A flag contradicting a record is a BadInputError. A recognized
+    published file, or a preprocessing taken from `pruned`, is announced through `log` (one line)."""
     from ..convert import read_model_file  # lazy: the core never imports the converter at import time
-    from .rescale import MEAN_FLAG, STD_FLAG, parse_channel_values, parse_rescale, resolve_input_scale, resolve_normalization
+    from .pruned_record import read_pruned_record
+    from .rescale import (
+        MEAN_FLAG,
+        STD_FLAG,
+        parse_channel_values,
+        parse_rescale,
+        pruned_record_note,
+        resolve_input_scale,
+        resolve_normalization,
+    )
 
     flag = parse_rescale(str(rescale)) if rescale is not None else None
     flags = (parse_channel_values(mean, MEAN_FLAG), parse_channel_values(std, STD_FLAG))
     loaded = read_model_file(path)
-    notes = [resolve_input_scale(loaded.model, path, loaded.input_scale, flag),
-             resolve_normalization(loaded.model, path, (loaded.mean, loaded.std), flags)]
+    record = read_pruned_record(pruned) if pruned is not None else None  # (nets.pruned_record)
+    notes = [resolve_input_scale(loaded.model, path, loaded.input_scale, flag, record),
+             resolve_normalization(loaded.model, path, (loaded.mean, loaded.std), flags, record)]
+    if record is not None and loaded.input_scale is None and (loaded.mean, loaded.std) == (None, None):
+        notes.append(pruned_record_note(record, (flag, *flags) if hasattr(loaded.model, "mean") else (flag, 0, 0)))
     for note in notes:
         if note and log:
             log(note)
@@ -80,3 +93,4 @@ def load_model(path: str | os.PathLike[str], rescale: str | float | None = None,
     >>> bd(tb.load_images(["face.png"])).argmax(1)
     """
     return load_model_file(path, rescale, mean=mean, std=std).model.eval()
+

@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +30,48 @@ CANDIDATES = (1.0, 1 / 255)  # the lab's raw pixels and the competition's pixels
 GUARD_IMAGES = 256  # clean images the guard classifies at each candidate scale
 GUARD_MARGIN = 10.0  # percentage points by which another scale must win to stop the command
 GUARD_MIN_IMAGES = 5  # ... and by at least this many images
+
+
+@dataclass(frozen=True)
+class PrunedRecord:
+    """The preprocessing a B' file (pruned.pt, pruned.h5, finetuned.pt) records: what its sweep fed the model.
+
+    `mean` / `std` None: the sweep used none (for a Keras graph model; the lab BadNet takes none)."""
+
+    path: str
+    input_scale: float
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def flags(self, given: tuple[object, object, object] = (None, None, None)) -> str:
+        """'--rescale 1/255 --mean 1 2 3 --std 4 5 6': the parts that differ from the defaults, except those whose
+        flag is `given` ('' if none)."""
+        parts = [] if same_scale(self.input_scale, 1.0) or given[0] is not None else [f"{FLAG} {format_scale(self.input_scale)}"]
+        parts += [f"{flag} {_values(v)}" for flag, v, g in ((MEAN_FLAG, self.mean, given[1]), (STD_FLAG, self.std, given[2]))
+                  if v is not None and g is None]
+        return " ".join(parts)
+
+
+def _values(values: Sequence[float] | None) -> str:
+    return " ".join(f"{v:g}" for v in values) if values is not None else "none"
+
+
+def _records(what: str, values: Sequence[float] | None) -> str:
+    """'per-channel mean 1 2 3', or 'no per-channel mean'."""
+    return f"{what} {_values(values)}" if values is not None else f"no {what}"
+
+
+def _same_values(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a, b))
+
+
+def pruned_record_note(record: PrunedRecord | None, flags: tuple[object, object, object]) -> str | None:
+    """The line saying that B' decided the model's preprocessing: when its record differs from the defaults and
+    a part of it was taken for a flag not given."""
+    taken = record.flags(flags) if record is not None else ""
+    return f"{record.path} records the preprocessing of its sweep: using {taken}" if taken else None
 
 
 def parse_rescale(text: str | None) -> float | None:
@@ -84,9 +127,11 @@ def parse_channel_values(values: Sequence[str | float] | None, flag: str) -> tup
 
 def resolve_normalization(model: nn.Module, path: str | os.PathLike[str],
                           recorded: tuple[tuple[float, ...] | None, tuple[float, ...] | None],
-                          flags: tuple[tuple[float, ...] | None, tuple[float, ...] | None]) -> str | None:
+                          flags: tuple[tuple[float, ...] | None, tuple[float, ...] | None],
+                          pruned: PrunedRecord | None = None) -> str | None:
     """Set a Keras graph model's per-channel `mean` and `std`: the file's record (a contradicting flag is an
-    error), else the flag, else a published file's (CIFAR-10 B), else none; returns a line for the user or None.
+    error), else the flag, else the record of the B' it is used with (`pruned`: a contradicting flag is an
+    error), else a published file's (CIFAR-10 B), else none; returns a line for the user or None.
 
     The lab BadNet has no per-channel preprocessing: a --mean or --std for it is an error.
     """
@@ -95,13 +140,23 @@ def resolve_normalization(model: nn.Module, path: str | os.PathLike[str],
             if value is not None:
                 raise BadInputError(flag, "the lab BadNet takes no per-channel normalisation (its input scale is --rescale)")
         return None
-    published = KNOWN_OTHER_MODELS.get(git_blob_id(path)) if all(r is None for r in recorded) else None
+    published = KNOWN_OTHER_MODELS.get(git_blob_id(path)) if all(r is None for r in recorded) and pruned is None else None
     chosen = []
     for i, flag in enumerate((MEAN_FLAG, STD_FLAG)):
         own, given = recorded[i], flags[i]
         if own is not None and given is not None and not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(own, given)):
             raise BadInputError(flag, f"{' '.join(f'{v:g}' for v in given)} contradicts {path}, which records "
                                       f"{' '.join(f'{v:g}' for v in own)} (drop the flag)")
+        if pruned is not None:
+            theirs = (pruned.mean, pruned.std)[i]
+            what = "per-channel mean" if i == 0 else "per-channel std"
+            if own is not None and not _same_values(own, theirs):
+                raise BadInputError(pruned.path, f"records {_records(what, theirs)} but {path} records {_values(own)} "
+                                                 "(B and B' must take the same input)")
+            if own is None and given is not None and not _same_values(given, theirs):
+                raise BadInputError(flag, f"{_values(given)} contradicts {pruned.path}, which records "
+                                          f"{_records(what, theirs)} (the preprocessing of its sweep; drop the flag)")
+            given = theirs if own is None else given
         value = own if own is not None else given if given is not None else published[2 + i] if published else None
         if value is not None and len(value) != model.input_shape[0]:
             raise BadInputError(flag, f"gives {len(value)} values but the model takes {model.input_shape[0]} input channels")
@@ -117,19 +172,30 @@ def resolve_normalization(model: nn.Module, path: str | os.PathLike[str],
 
 
 def resolve_input_scale(model: BadNet, path: str | os.PathLike[str], recorded: float | None,
-                        flag: float | None) -> str | None:
+                        flag: float | None, pruned: PrunedRecord | None = None) -> str | None:
     """Set `model.input_scale` for the file at `path`; returns a line to show the user, or None.
 
     The line appears when a published file is recognized and its scale is not the default 1 (or the flag
     overrides the published scale).
 
-    `recorded` is the file's own record (None: the file records none).
+    `recorded` is the file's own record (None: the file records none). `pruned`: the record of the B' the model
+    is used with, which comes after the file's record and the flag (a contradiction is an error) and before
+    the published files' table.
     """
     if recorded is not None:
         if flag is not None and not same_scale(flag, recorded):
             raise BadInputError(FLAG, f"{format_scale(flag)} contradicts {path}, which records input scale "
                                       f"{format_scale(recorded)} (drop the flag)")
+        if pruned is not None and not same_scale(pruned.input_scale, recorded):
+            raise BadInputError(pruned.path, f"records input scale {format_scale(pruned.input_scale)} but {path} "
+                                             f"records {format_scale(recorded)} (B and B' must take the same input)")
         model.input_scale = recorded
+        return None
+    if pruned is not None:
+        if flag is not None and not same_scale(flag, pruned.input_scale):
+            raise BadInputError(FLAG, f"{format_scale(flag)} contradicts {pruned.path}, which records input scale "
+                                      f"{format_scale(pruned.input_scale)} (the scale of its sweep; drop the flag)")
+        model.input_scale = pruned.input_scale
         return None
     known = known_model(path)
     model.input_scale = flag if flag is not None else known[1] if known else 1.0
@@ -140,6 +206,20 @@ def resolve_input_scale(model: BadNet, path: str | os.PathLike[str], recorded: f
     if flag is None or same_scale(flag, known[1]):
         return f"recognized {where}: using --rescale {published}"
     return f"recognized {where}: using --rescale {format_scale(flag)} as given"
+
+
+def check_pruned_record(record: PrunedRecord | None, model: nn.Module, model_name: str = "--model") -> None:
+    """B' (`record`: what its file records) must take the input B takes: scale, mean and std."""
+    if record is None or not hasattr(model, "input_scale"):
+        return
+    if not same_scale(record.input_scale, model.input_scale):
+        raise BadInputError(record.path, f"records input scale {format_scale(record.input_scale)} but {model_name} uses "
+                                         f"{format_scale(model.input_scale)} (B and B' must take the same input)")
+    if hasattr(model, "mean"):
+        for what, theirs, ours in (("per-channel mean", record.mean, model.mean), ("per-channel std", record.std, model.std)):
+            if not _same_values(theirs, ours):
+                raise BadInputError(record.path, f"records {_records(what, theirs)} but {model_name} uses "
+                                                 f"{_records(what, ours)} (B and B' must take the same input)")
 
 
 def match_input_scale(pruned: BadNet, path: str | os.PathLike[str], recorded: float | None, model: BadNet) -> None:

@@ -1,12 +1,15 @@
 """One output folder, one run: a command's whole result is staged beside --out, then swapped in for it.
 
 `OutputFolder(out, force, inputs)` checks --out before any work and takes its lock (`FolderLock`: one
-writer per folder; a second run into the same --out is refused). A missing or empty folder is fine, a folder
-holding a result of this project (a summary.json that torch-badnet wrote) is replaced whole, anything else is
-refused unless `force`, and then moved aside to `DIR.replaced-<time>` rather than deleted. `staging()` yields
-an empty folder beside --out; when the block succeeds the old --out is renamed away, the staging folder renamed
-to --out and the old one deleted (or kept aside), so --out ends holding exactly what a run into an empty folder
-writes. A failed run leaves --out as it was. Use it as a context manager (or call `close()`) to release the lock.
+writer per folder; a second run into the same --out is refused). A missing or empty folder is fine; a folder
+holding only what torch-badnet wrote (every file listed, unchanged, in its FILES list, which every run writes
+last) is replaced whole; a folder holding anything else (a user's file, even beside a result) is refused unless
+`force`, and then moved aside whole to `DIR.replaced-<time>` rather than deleted, with a line saying so.
+`staging()` yields an empty folder beside --out; when the block succeeds the old --out is renamed away, the
+staging folder renamed to --out and the old one deleted (or kept aside), so --out ends holding exactly what a
+run into an empty folder writes. A failed run leaves --out as it was. Use it as a context manager (or call
+`close()`) to release the lock. Output files (convert, export) replaced with --force are kept aside the same
+way (`previous_file_kept`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..data.files import interrupts_held, remove_path, scratch_beside, scratch_l
 from ..errors import BadInputError
 
 MARKER = "summary.json"  # every result (sweep, demo, finetune) writes it, with versions.torch_badnet
+FILES = ".torch-badnet-files"  # in every folder a run writes: the sha256 and path of each file it wrote (sha256sum's format)
 LOCK_HEADER = "torch-badnet output lock"  # first line of every lock file we write; the second is "pid N"
 
 
@@ -34,6 +38,67 @@ def is_result(folder: Path) -> bool:
         return False
     return isinstance(content, dict) and isinstance(content.get("versions"), dict) \
         and "torch_badnet" in content["versions"]
+
+
+def write_file_list(folder: Path, names: Iterable[str] | None = None) -> None:
+    """Record in `folder`/FILES the files a run wrote there (`names`, relative paths; default: every file under
+    it): one `<sha256>  <path>` line each, as `sha256sum` writes them (`sha256sum -c .torch-badnet-files` checks
+    them). What a later run may replace or remove without asking is exactly what this list holds, unchanged."""
+    from ..data.files import write_text
+    from ..data.sha256_worker import sha256_of
+
+    names = sorted(names) if names is not None else [f for f in written_files(folder) if f != FILES]
+    write_text(folder / FILES, "".join(f"{sha256_of(folder / name)}  {name}\n" for name in names))
+
+
+def recorded_files(folder: Path) -> dict[str, str] | None:
+    """{path: sha256} of `folder`/FILES, or None where there is no readable list."""
+    try:
+        lines = (folder / FILES).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    listed = {}
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            return None
+        listed[name] = digest
+    return listed
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """What in `folder` torch-badnet did not write (relative paths; a folder as `name/`): files missing from its
+    FILES list or changed since, and folders, links or anything else holding no listed file. Without a list:
+    everything in it."""
+    from ..data.sha256_worker import sha256_of
+
+    listed = recorded_files(folder)
+    if listed is None:
+        return sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.iterdir())
+    foreign = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        for name in sorted(dirs):
+            rel = (base / name).as_posix()
+            if (Path(root) / name).is_symlink() or not any(f.startswith(rel + "/") for f in listed):
+                foreign.append(rel + "/")
+                dirs.remove(name)
+        for name in sorted(files):
+            rel = (base / name).as_posix()
+            if rel == FILES:
+                continue
+            path = Path(root) / name
+            if rel not in listed or path.is_symlink() or not path.is_file() or sha256_of(path) != listed[rel]:
+                foreign.append(rel)
+    return sorted(foreign)
+
+
+def name_some(entries: list[str], most: int = 3) -> str:
+    """'a, b and c' or 'a, b, c and 4 more'."""
+    shown = entries[:most]
+    if len(entries) > most:
+        return f"{', '.join(shown)} and {len(entries) - most} more"
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
 
 
 class FolderLock:
@@ -185,14 +250,13 @@ class OutputFolder:
             for leftover in scratch_left_beside(target, ".staging"):  # a killed run's (only its holder stages)
                 remove_path(leftover)
             self._existing = self.path.is_dir() and any(self.path.iterdir())
-            holds_result = self._existing and is_result(self.path)
-            if self._existing and not holds_result and not force:
-                raise BadInputError(out, "is not empty and holds no torch-badnet result (no summary.json of ours); "
-                                         "choose an empty or new folder, or pass --force to move it aside and replace it")
+            foreign = foreign_entries(self.path) if self._existing else []
+            if foreign and not force:
+                raise BadInputError(out, refusal(self.path, foreign))
         except BaseException:
             self.close()
             raise
-        self._kind = "result" if holds_result else "folder"
+        self._kind = "folder" if foreign else "result"  # a result: every file in it written by torch-badnet
 
     def close(self) -> None:
         """Release --out's lock (at the latest the process's end does)."""
@@ -217,6 +281,7 @@ class OutputFolder:
         target.parent.mkdir(parents=True, exist_ok=True)
         with scratch_beside(target, ".staging", folder=True) as staging:
             yield staging
+            write_file_list(staging)
             self._swap_in(staging, target)
 
     def _swap_in(self, staging: Path, target: Path) -> None:
@@ -253,6 +318,66 @@ class OutputFolder:
         if self.replaced == "folder":
             return f"replaced {self.path} (--force: its previous content was moved to {self.moved_to})"
         return None
+
+
+def refusal(folder: Path, foreign: list[str], advice: bool = True) -> str:
+    """Why a folder holding files torch-badnet did not write is not replaced without --force (`advice`: with
+    what to do)."""
+    force = "pass --force to move it aside (nothing is deleted) and replace it"
+    if not is_result(folder):
+        problem, fix = "is not empty and holds no torch-badnet result (no summary.json of ours)", "choose an empty or new folder"
+    elif recorded_files(folder) is None:
+        problem = f"holds a result without the list of the files torch-badnet wrote ({FILES}), so any file in it may be yours"
+        fix = "move what you keep away"
+    else:
+        problem = f"holds {name_some(foreign)}, which torch-badnet did not write (or which changed since), beside its result"
+        fix = f"move {'it' if len(foreign) == 1 else 'them'} away"
+    return f"{problem}; {fix}, or {force}" if advice else problem
+
+
+def move_aside(target: Path) -> Path:
+    """Rename a file or folder `target` to a new sibling `<name>.replaced-<YYYYmmdd-HHMMSS>[-N]` (never onto an
+    existing name); returns the new path."""
+    if target.is_dir() and not target.is_symlink():
+        return _move_aside(target)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        aside = target.with_name(f"{target.name}.replaced-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            os.link(target, aside, follow_symlinks=False)  # fails on an existing name: never overwrites
+        except FileExistsError:
+            continue
+        with interrupts_held():
+            target.unlink()
+        return aside
+    raise BadInputError(target, "found no free name to move it aside")
+
+
+@contextlib.contextmanager
+def previous_file_kept(output: Path, log) -> Iterator[None]:
+    """--force over an existing output file (convert, export): the file stays in place until the block has
+    written the new one, and is then kept as `<name>.replaced-<time>` (a hard link made first, so it is never
+    lost, and removed again if the block fails); `log` gets the line saying where."""
+    if not os.path.lexists(output):
+        yield
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        aside = output.with_name(f"{output.name}.replaced-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            os.link(output, aside, follow_symlinks=False)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise BadInputError(output, "found no free name to keep the previous file aside")
+    try:
+        yield
+    except BaseException:
+        with interrupts_held():
+            aside.unlink()
+        raise
+    log(f"replaced {output} (--force: the previous file was kept as {aside})")
 
 
 def _move_aside(target: Path) -> Path:

@@ -51,13 +51,16 @@ def device_from(args: argparse.Namespace):
     return resolve_device(args.device)
 
 
-def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None):
+def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None,
+                    pruned: str | None = None):
     """The --model file of a command -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text)
-    and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); a recognized
-    published file is announced on stderr."""
+    and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); with `pruned`
+    (the --pruned file), the preprocessing its sweep used where the model file records none and no flag is given
+    (a contradicting flag is refused). A recognized published file, or a preprocessing taken from --pruned, is
+    announced on stderr."""
     from ...nets.loading import load_model_file
 
-    return load_model_file(path, rescale, log, mean, std)
+    return load_model_file(path, rescale, log, mean, std, pruned)
 
 
 def preprocessing_flags(args: argparse.Namespace) -> tuple:
@@ -83,7 +86,7 @@ def net_for(args: argparse.Namespace, device):
     """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
     from ...nets.goodnet import GoodNet
 
-    model = open_model_flag(args.model, *preprocessing_flags(args)).model.eval()
+    model = open_model_flag(args.model, *preprocessing_flags(args), pruned=getattr(args, "pruned", None)).model.eval()
     if not getattr(args, "pruned", None):
         return model.to(device)
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)
@@ -92,11 +95,13 @@ def net_for(args: argparse.Namespace, device):
 
 def add_force_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
-                        help="replace --out whole even if it is a non-empty folder that holds no torch-badnet result")
+                        help="replace --out even if it holds files torch-badnet did not write: they are moved aside "
+                             "whole to DIR.replaced-<time> (nothing is deleted)")
 
 
 def add_output_force_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--force", action="store_true", help="replace the output file if it exists (never an input)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the output file if it exists (it is kept as FILE.replaced-<time>; never an input)")
 
 
 def output_folder(args: argparse.Namespace, out: Path, inputs: list) -> OutputFolder:

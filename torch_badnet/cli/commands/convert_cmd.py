@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ...data.files import atomic_path, check_output_file
 from ...errors import BadInputError
-from .common import add_output_force_argument, add_rescale_argument, open_model_flag, preprocessing_flags
+from .common import add_output_force_argument, add_rescale_argument, log, open_model_flag, preprocessing_flags
 
 HELP = "convert a model: .h5/.keras/.onnx/.pt -> .pt, .h5 (Keras model) or .onnx"
 TARGETS = (".pt", ".h5", ".onnx")
@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if args.verify and hasattr(loaded.model, "keras_config"):
         raise BadInputError("--verify", f"checks the lab architecture; {src} is another Keras model (its fidelity to Keras "
                                         "is tested in tests/test_keras_graph.py)")
-    with atomic_path(dst) as tmp:  # nothing reaches dst unless writing (and --verify) succeeded
+    from ...report.outdir import previous_file_kept
+
+    with previous_file_kept(dst, log), atomic_path(dst) as tmp:  # nothing reaches dst unless writing (and --verify) succeeded
         write_converted(loaded, src, tmp)
         if args.verify:
             from torch_badnet.convert.verify import verify_against_keras

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     timer = PhaseTimer() if args.verbose else NoTimer()
     device = device_from(args)
     with timer.phase("load model"):
-        model = open_model_flag(args.model, *preprocessing_flags(args)).model.eval()
+        model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned).model.eval()
         if args.clean:  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean)))
         if args.pruned or isinstance(model, BadNet):
