@@ -173,7 +173,8 @@ class DefenseResult:
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.reads_file)
-        write_keras = pruned_writer(self.model, self.sweep.net is not None) if keras else None
+        net = self.sweep.net
+        write_keras = pruned_writer(self.model, net is not None, net.layer if net is not None else None) if keras else None
         with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
@@ -194,15 +195,35 @@ def keras_writer() -> KerasWriter:
     return write_keras_model
 
 
-def pruned_writer(model: nn.Module, generic: bool) -> Callable[[Any, Path], None] | None:
-    """The Keras .h5 writer of B' for B = `model`: the lab's (a BadNet B'), else for a generic B' (a MaskedNet) the
-    Keras graph writer of a Keras-origin model, or the lab's writer of a BadNet pruned at another layer than conv_3
-    (the pruned channels' kernel and bias zeroed); None for a plain torch module."""
+def pruned_writer(model: nn.Module, generic: bool, layer: str | None = None) -> Callable[[Any, Path], None] | None:
+    """The Keras .h5 writer of B' for B = `model`: the lab's (a BadNet B'), else for a generic B' (a MaskedNet
+    pruned at `layer`) the Keras graph writer of a Keras-origin model, or the lab's writer of a BadNet pruned at a
+    conv layer other than conv_3 (the pruned channels' kernel and bias zeroed); None for a plain torch module, and
+    where Keras cannot express the mask at `layer`'s output (`keras_h5_problem`): then only the .pt is written."""
     if not generic:
         return keras_writer()
+    if layer is not None and keras_h5_problem(model, layer) is not None:
+        return None
     if isinstance(model, BadNet):
         return write_masked_badnet
     return keras_graph_writer(model)
+
+
+def keras_h5_problem(model: nn.Module, layer: str) -> str | None:
+    """Why a Keras .h5 of B' pruned at `layer` of `model` cannot be written (its mask sits where Keras has no
+    weights to zero), or None: it can, or `model` has no Keras form at all (a plain torch module)."""
+    from ..engine.prunable import is_conv_like, module_name
+
+    if isinstance(model, BadNet):
+        name = module_name(model, layer)
+        if is_conv_like(model.get_submodule(name)):
+            return None
+        return f"'{name}' ({type(model.get_submodule(name)).__name__}) has no weights: Keras cannot switch its output channels off"
+    if getattr(model, "keras_config", None) is None:
+        return None
+    from ..convert.keras_graph import mask_problem  # lazy: the core never imports the converter at import time
+
+    return mask_problem(model, module_name(model, layer))
 
 
 def write_masked_badnet(pruned: MaskedNet, target: Path) -> None:
@@ -483,7 +504,8 @@ class FinetuneRun:
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
         with own_lock(target, out), target.staging() as staging:
             generic = isinstance(self.model, MaskedNet)
-            writer = pruned_writer(self.model.net if generic else self.model, generic) if keras else None
+            net, layer = (self.model.net, self.model.layer) if generic else (self.model, None)
+            writer = pruned_writer(net, generic, layer) if keras else None
             self.tuned.write(staging, writer)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
             return written_files(staging)

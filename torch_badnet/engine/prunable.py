@@ -222,8 +222,10 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     shape = out[0][1]
     if shape is None or len(shape) < 3:
         kind = "no tensor" if shape is None else f"shape {tuple(shape)}"
+        can = prunable_layers(module, seen)
+        listed = ", ".join(can[:20]) + (", ..." if len(can) > 20 else "")
         raise BadInputError("--layer", f"layer {layer!r} ({type(target).__name__}) outputs {kind}, which has no channel "
-                                       "dimension (N, C, H, W); prune a convolution")
+                                       f"dimension (N, C, H, W); layers that can be pruned: {listed or 'none'}")
     channels = int(shape[1])
     rank_on = rank_on or ranking_point(module, layer, seen)
     rank_shape = seen.get(rank_on, [(None, None)])[0][1]
@@ -233,6 +235,14 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
                                          f"channels of {layer!r}")
     num_classes = int(output.shape[1])
     return PrunableNet(module, layer, rank_on, channels, num_classes, tuple(sample.shape[1:]))
+
+
+def prunable_layers(module: nn.Module, seen: dict[str, list]) -> list[str]:
+    """The layers (in `named_modules()` order) that ran once in the forward pass recorded in `seen` and output an
+    (N, C, H, W) map: those whose output channels a mask can switch off. A Keras-origin net's are its own layers."""
+    names = list(getattr(module, "layer_names", {}).values())
+    candidates = names or [name for name, _ in module.named_modules() if name]
+    return [n for n in candidates if len(seen.get(n, ())) == 1 and seen[n][0][1] is not None and len(seen[n][0][1]) >= 3]
 
 
 def _recorder(name: str, seen: dict[str, list]):

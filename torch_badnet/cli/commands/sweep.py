@@ -113,6 +113,12 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
         result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, **keywords,
                              show_progress=sys.stderr.isatty(), log=log, timer=timer)
     written = result.save(target, plot=not args.no_plot, timer=timer)
+    if result.sweep.net is not None and any(t.reached for t in result.thresholds):
+        from ...defense.pipeline import keras_h5_problem
+
+        problem = keras_h5_problem(model, result.sweep.net.layer)
+        if problem:
+            log(f"note: no pruned.h5 (the Keras model) was written, only pruned.pt: {problem}")
     if args.verbose:
         log(timer.line())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
