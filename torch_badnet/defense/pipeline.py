@@ -49,7 +49,7 @@ from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .finetuning import TrainingResult, effective_mask, holdout_size, train_masked
 from .metric_columns import Column
 from .metrics import DropKind, StopRule
-from .sanity import SetFacts, data_warnings, finetune_warnings
+from .sanity import SetFacts, data_warnings, finetune_warnings, same_file_warnings
 from .sweep import DataSpec, SweepConfig, SweepResult, Threshold, open_sets, run_sweep
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -354,6 +354,7 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
     xs = check_steps(thresholds, max_steps)
     finetune_config = (FinetuneConfig() if finetune is True else finetune) or None
     specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
+    early = warn(same_file_warnings([(s.kind, s.path) for s in specs if s.arrays is None]), log)
     config = SweepConfig(tuple(xs), stop, drop, max_steps, layer, rank_on, resolve_device(device), show_progress)
     started = time.perf_counter()
     source = source_of(model)
@@ -374,7 +375,7 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
     }
     defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=config.device.type)
     trains_on = str(next(s for s in specs if s.is_clean_valid).path) if finetune_config is not None else None
-    defense.warnings = warn(data_warnings(result.facts, trains_on), log)
+    defense.warnings = early + warn(data_warnings(result.facts, trains_on), log)
     if finetune_config is not None:
         started = time.perf_counter()
         with timer.phase("finetune") if timer else contextlib.nullcontext():
@@ -385,7 +386,12 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
 
 def check_steps(thresholds: Sequence[float], max_steps: int | None) -> list[float]:
     """The sorted, distinct thresholds, each in (0, 100), and a max_steps of at least 1 (else BadInputError)."""
-    xs = sorted({float(x) for x in thresholds})
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__iter__"):
+        raise BadInputError("thresholds", f"{thresholds!r} is not a sequence of X values: give e.g. thresholds=(4,) or (2, 4, 10)")
+    try:
+        xs = sorted({float(x) for x in thresholds})
+    except (TypeError, ValueError):
+        raise BadInputError("thresholds", f"{list(thresholds)!r} holds a value that is not a number") from None
     bad = [x for x in xs if not 0 < x < 100]
     if bad:
         raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -204,6 +204,12 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in module.named_modules() if name]
     try:
         output = module(sample)
+    except BadInputError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        one = " (one image? the data are batches (N, C, H, W): add the batch axis, x.unsqueeze(0))" if sample.dim() < 4 else ""
+        raise BadInputError("--model", f"the model fails on the data's first images, of shape {tuple(sample.shape)}{one}: "
+                                       f"{type(exc).__name__}: {first_line(exc)}") from None
     finally:
         for h in handles:
             h.remove()

@@ -24,7 +24,8 @@ from .finetune import add_finetune_options, config_from
 if TYPE_CHECKING:
     from ...report.outdir import OutputFolder
 
-HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
+HELP = ("rank the pruned layer's channels (--layer; the lab nets: conv_3, ranked on pool_3), prune them one by one, "
+        "pick B'_X per threshold X, build the GoodNet")
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 
 
