@@ -12,6 +12,7 @@ each lower level reruns the tests in a fresh process (the libraries read these v
 Levels at or above what the CPU has are skipped (on an AVX2 machine: avx and sse41). Usage:
 
     python scripts/isa_tests.py                 # the fidelity files on every lower level
+    python scripts/isa_tests.py --quick         # what .ci/run adds: the core fidelity tests, next lower level only
     python scripts/isa_tests.py --docs          # also tests/test_docs.py on the docs that print Keras fidelity
     python scripts/isa_tests.py --level avx -- -k lab3   # one level; pytest arguments after --
 
@@ -40,7 +41,12 @@ LEVELS: dict[str, dict[str, str]] = {
 RANK = {"sse41": 0, "avx": 1, "avx2": 2, "avx512": 3}
 # the tests that compare our numbers with Keras / onnxruntime / float64 (docs/fidelity.md)
 FIDELITY_FILES = ["tests/test_keras_import.py", "tests/test_keras_graph.py", "tests/test_onnx.py", "tests/test_verify.py",
-                  "tests/test_keras_reference.py", "tests/test_keras_model_files.py"]
+                  "tests/test_keras_reference.py", "tests/test_keras_model_files.py",
+                  "tests/test_cli.py::test_convert_to_checkpoint_with_verify"]
+# what CI runs (--quick, one level: the one right below the CPU's): the float32-vs-Keras comparisons on the real
+# weights, the Keras graphs and `convert --verify`, without the long Keras procedure and model-file round trips
+QUICK_FILES = ["tests/test_keras_import.py", "tests/test_keras_graph.py", "tests/test_verify.py",
+               "tests/test_cli.py::test_convert_to_checkpoint_with_verify"]
 # the docs whose shown output holds a CPU-dependent number (checked within its stated bound)
 DOC_TESTS = ["tests/test_docs.py::test_code_blocks_run_as_printed[cli]",
              "tests/test_docs.py::test_code_blocks_run_as_printed[formats]"]
@@ -73,14 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--level", choices=sorted(LEVELS), action="append", help="run only this level (repeatable)")
     parser.add_argument("--docs", action="store_true", help="also run the docs' blocks that print fidelity numbers")
+    parser.add_argument("--quick", action="store_true", help="CI's pass: the next lower level only, on the core fidelity tests")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args(argv)
     best = cpu_level(cpu_flags())
-    levels = args.level or lower_levels(best)
+    levels = args.level or lower_levels(best)[: 1 if args.quick else None]
     if not levels:
         print(f"isa_tests: this CPU's best level is {best}; there is no lower level to test")
         return 0
-    targets = FIDELITY_FILES + (DOC_TESTS if args.docs else [])
+    targets = (QUICK_FILES if args.quick else FIDELITY_FILES) + (DOC_TESTS if args.docs else [])
     for level in levels:
         env = {**os.environ, **LEVELS[level], "TF_CPP_MIN_LOG_LEVEL": "3"}
         started = time.perf_counter()

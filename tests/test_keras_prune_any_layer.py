@@ -145,3 +145,11 @@ def test_writer_refuses_a_mask_keras_cannot_express(tf_keras: Any, tmp_path: Pat
         with pytest.raises(ValueError, match=f"channel mask for '{layer}'"):
             write_keras_graph(net, tmp_path / "b.h5", {layer: torch.ones(8)})
     assert not (tmp_path / "b.h5").exists()
+
+
+def test_weights_only_file_of_another_architecture_is_told_to_save_the_full_model(tf_keras: Any, tmp_path: Path) -> None:
+    path = tmp_path / "res.weights.h5"
+    residual_model(tf_keras).save_weights(str(path))
+    with pytest.raises(tb.BadInputError, match=r"not part of the lab BadNet architecture; the file holds weights only "
+                                               r"\(no model config\): save the full model"):
+        tb.load_model(path)

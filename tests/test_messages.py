@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,31 @@ def test_one_image_into_a_net_is_a_bad_input_error() -> None:
     with pytest.raises(InputShapeError, match=r"^x: got one image of shape \(3, 55, 47\).*unsqueeze\(0\)"):
         BadNet(10)(torch.zeros(3, 55, 47))
     assert issubclass(InputShapeError, ValueError) and issubclass(InputShapeError, BadInputError)
+
+
+def test_same_file_as_clean_and_poisoned_is_warned(tmp_path: Path) -> None:
+    from torch_badnet.data.lab_sets import write_lab_h5
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "set.h5"
+    write_lab_h5(path, rng.uniform(0, 255, (20, 3, 8, 8)).astype(np.float32), np.arange(20) % 5)
+    (tmp_path / "link.h5").symlink_to(path)
+    lines: list[str] = []
+    result = tb.prune_sweep(small_net(), path, str(tmp_path / "link.h5"), thresholds=(4,), log=lines.append)
+    same = [line for line in lines if "given as clean and as poisoned data" in line]
+    assert len(same) == 1 and same[0].startswith(f"warning: {path}:") and same[0] in result.warnings
+    other = tmp_path / "other.h5"
+    write_lab_h5(other, rng.uniform(0, 255, (20, 3, 8, 8)).astype(np.float32), np.zeros(20, int))
+    lines.clear()
+    tb.prune_sweep(small_net(), path, other, thresholds=(4,), log=lines.append)
+    assert not [line for line in lines if "given as clean and as poisoned" in line]
+
+
+def test_missing_dataset_quotes_the_models_shape(tmp_path: Path) -> None:
+    import h5py
+
+    path = tmp_path / "no_label.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros((2, 3, 32, 32), np.float32)
+    with pytest.raises(BadInputError, match=r"missing dataset 'label' \(a lab file has 'data' \(N, 3, 32, 32\)"):
+        tb.load_lab_set(path, input_shape=(3, 32, 32))
