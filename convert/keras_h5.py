@@ -273,11 +273,14 @@ def keras_weights_to_state_dict(weights: KerasWeights, path: str | os.PathLike[s
     """Check every expected layer and shape, then map to a BadNet state_dict; returns it and the class count."""
     layers = weights.layers
     unexpected = sorted(set(layers) - set(WEIGHTED_LAYERS))
+    # a weights-only file (save_weights) holds no architecture: one of another model can only be built from its full file
+    full = "" if weights.config is not None else ("; the file holds weights only (no model config): save the full model "
+                                                  "(model.save('model.h5') or 'model.keras') and give that file")
     if unexpected:
-        raise BadInputError(path, f"layer '{unexpected[0]}' has weights but is not part of the lab BadNet architecture")
+        raise BadInputError(path, f"layer '{unexpected[0]}' has weights but is not part of the lab BadNet architecture{full}")
     for name in WEIGHTED_LAYERS:
         if name not in layers:
-            raise BadInputError(path, f"missing layer '{name}' (the lab BadNet needs {', '.join(WEIGHTED_LAYERS)})")
+            raise BadInputError(path, f"missing layer '{name}' (the lab BadNet needs {', '.join(WEIGHTED_LAYERS)}){full}")
         if len(layers[name]) != 2:
             raise BadInputError(path, f"layer '{name}' holds {len(layers[name])} arrays, expected kernel and bias")
     output_kernel = layers["output"][0]

@@ -17,8 +17,8 @@ def test_convert_to_checkpoint_with_verify(cli, lab3_path, tmp_path, lab3_model)
     out = tmp_path / "bd_net.pt"
     code, stdout, err = cli("convert", lab3_path, "-o", out, "--verify")
     assert code == 0, err
-    line = next(row for row in stdout.splitlines() if row.startswith("verified against Keras"))
-    assert float(line.rsplit(" ", 1)[1]) <= 1e-5
+    line = next(row for row in stdout.splitlines() if row.startswith("verified against Keras 3 on 256"))
+    assert float(line.rsplit(" ", 1)[1]) <= 2e-5  # docs/fidelity.md's bound: 1.1e-5 with oneDNN/MKL limited to AVX
     loaded = load_checkpoint(out)
     assert loaded.metadata["source_format"].startswith("keras2.3.1")
     assert len(loaded.metadata["source_sha256"]) == 64

@@ -6,6 +6,9 @@ compares nothing but the exit status), `python` (runs as a script), `text`/`json
 `<!-- doc-test: file NAME -->` before a block (python, or a shown csv/json/text one) writes it to NAME in the
 sandbox instead of running it;
 `<!-- doc-test: skip REASON -->` leaves it out (a GPU, a cluster, another Python). An untagged fence fails.
+`<!-- doc-test: bound "LABEL" <= VALUE -->` before a console block: the number printed right after LABEL depends
+on the CPU (float32 kernels), so it is matched as a number, which must be <= VALUE (the shown one too), not as
+digits; the doc says that it varies. Several directive lines may stand above one block.
 
 All blocks of one file run in order in one sandbox folder holding small stand-ins laid out like the real
 material: `models/bd_net.h5` and `data/{cl,bd}/...h5` (the demo workspace, standing in for the lab's 700 MB
@@ -34,7 +37,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHOWN = {"text", "json", "csv"}
 RUN = {"bash", "console", "python"}
 FENCE = re.compile(r"^```(\S*)(.*)$")
-DIRECTIVE = re.compile(r"^<!-- doc-test: (skip|file) (.+?) -->$")
+DIRECTIVE = re.compile(r"^<!-- doc-test: (skip|file|bound) (.+?) -->$")
+BOUND = re.compile(r'^"(.+)" <= (\S+)$')
+NUMBER = r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 DURATION = re.compile(r"\d+(?:\.\d+)? s\b")
 SETUP = re.compile(r"^(pip install|python -m pytest|ruff check)\b")
 README_LINES = 250
@@ -49,6 +54,7 @@ class Block:
     info: str
     text: str
     directive: tuple[str, str] | None
+    bounds: tuple[tuple[str, float], ...] = ()  # (label, largest value) of `bound` directives
 
     def where(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
@@ -68,11 +74,22 @@ def blocks(path: Path) -> list[Block]:
         while i < len(lines) and lines[i] != "```":
             body.append(lines[i])
             i += 1
-        before = DIRECTIVE.match(lines[start - 1]) if start else None
+        above, j = [], start - 1
+        while j >= 0 and DIRECTIVE.match(lines[j]):
+            above.append(DIRECTIVE.match(lines[j]))
+            j -= 1
+        kinds = [d for d in above if d[1] != "bound"]
         found.append(Block(path, start + 1, m[1], m[2].strip(), "\n".join(body) + "\n",
-                           (before[1], before[2]) if before else None))
+                           (kinds[0][1], kinds[0][2]) if kinds else None,
+                           tuple(parse_bound(d[2], path, start + 1) for d in reversed(above) if d[1] == "bound")))
         i += 1
     return found
+
+
+def parse_bound(text: str, path: Path, line: int) -> tuple[str, float]:
+    m = BOUND.match(text)
+    assert m, f'{path.name}:{line}: doc-test bound takes "LABEL" <= VALUE, got {text!r}'
+    return m[1], float(m[2])
 
 
 def commands(text: str) -> list[str]:
@@ -109,16 +126,37 @@ def runnable(command: str) -> str | None:
     return " && ".join(kept) if kept else None
 
 
-def output_pattern(shown: list[str]) -> re.Pattern[str]:
-    """Shown output as a regex over the real output: `...` lines match any lines, durations any duration."""
+def output_pattern(shown: list[str], bounds: tuple[tuple[str, float], ...] = ()) -> re.Pattern[str]:
+    """Shown output as a regex over the real output: `...` lines match any lines, durations any duration, and the
+    number after each bound's LABEL any number (captured as group b<i> for `check_bounds`)."""
+    labels = re.compile("|".join(f"({re.escape(label)} )" + NUMBER for label, _ in bounds)) if bounds else None
     pieces = []
     for line in shown:
         if line.strip() == "...":
             pieces.append(r"(?:[^\n]*\n)*?")
             continue
-        parts = DURATION.split(line.rstrip())
-        pieces.append(r"\d+(?:\.\d+)? s".join(re.escape(p) for p in parts) + r"[ \t]*\n")
+        text, line_pieces, at = line.rstrip(), [], 0
+        for m in labels.finditer(text) if labels else ():
+            i = next(k for k, g in enumerate(m.groups()) if g is not None)
+            line_pieces += [_plain(text[at:m.start()]), re.escape(m[i + 1]) + f"(?P<b{i}_{len(pieces)}>{NUMBER})"]
+            at = m.end()
+        pieces.append("".join(line_pieces) + _plain(text[at:]) + r"[ \t]*\n")
     return re.compile("".join(pieces))
+
+
+def _plain(text: str) -> str:
+    """Literal text, durations matching any duration."""
+    return r"\d+(?:\.\d+)? s".join(re.escape(p) for p in DURATION.split(text))
+
+
+def check_bounds(match: re.Match[str], bounds: tuple[tuple[str, float], ...]) -> list[str]:
+    """The bound directives a matched output breaks, in words."""
+    broken = []
+    for name, value in match.groupdict().items():
+        label, limit = bounds[int(name[1:].split("_")[0])]
+        if float(value) > limit:
+            broken.append(f"{label} {value} is above the doc's stated bound {limit:g}")
+    return broken
 
 
 def normalise(output: str) -> str:
@@ -142,6 +180,13 @@ def test_every_fence_has_a_known_tag(path: Path) -> None:
             assert block.tag == "console" and block.info == "illustrative", f"{block.where()}: info {block.info!r}"
         if block.directive and block.directive[0] == "file":
             assert block.tag in {"python"} | SHOWN, f"{block.where()}: doc-test file applies to python and shown blocks"
+        if block.bounds:
+            assert block.tag == "console", f"{block.where()}: doc-test bound applies to console blocks"
+            shown = [line for _, out in transcript(block.text) for line in out]
+            for label, limit in block.bounds:
+                values = [float(m[1]) for line in shown for m in re.finditer(re.escape(label) + f" ({NUMBER})", line)]
+                assert values, f"{block.where()}: no {label!r} in the shown output (a stale doc-test bound)"
+                assert max(values) <= limit, f"{block.where()}: the shown {label} {max(values)} is above its bound {limit:g}"
 
 
 def readme_commands() -> list[str]:
@@ -172,6 +217,18 @@ def test_setup_commands_name_real_extras_and_markers(pytestconfig: pytest.Config
                 for expr in re.findall(r'-m "([^"]+)"', command):
                     names = set(re.findall(r"[a-z_]+", expr)) - {"not", "and", "or"}
                     assert names <= markers, f"{block.where()}: unregistered marker in {command!r}"
+
+
+def test_bound_directive_matches_a_number_within_its_bound(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text('<!-- doc-test: bound "max |d|" <= 2e-05 -->\n```console\n$ run\nok, max |d| 7.81e-06 in 2.0 s\n```\n')
+    (block,) = blocks(doc)
+    assert block.bounds == (("max |d|", 2e-05),) and block.directive is None
+    pattern = output_pattern(block.text.splitlines()[1:], block.bounds)
+    assert not check_bounds(pattern.fullmatch("ok, max |d| 9.42e-06 in 3.1 s\n"), block.bounds)  # another CPU
+    assert check_bounds(pattern.fullmatch("ok, max |d| 3.5e-05 in 3.1 s\n"), block.bounds)  # over the bound
+    assert not pattern.fullmatch("ok, max |e| 9.42e-06 in 3.1 s\n")
+    assert not output_pattern(block.text.splitlines()[1:]).fullmatch("ok, max |d| 9.42e-06 in 2.0 s\n")  # no directive: digits
 
 
 def test_output_pattern() -> None:
@@ -238,8 +295,10 @@ def check_console(block: Block, cwd: Path, env: dict[str, str]) -> None:
         if block.info == "illustrative":
             continue
         output = normalise(done.stdout)
-        assert output_pattern(shown).fullmatch(output), (f"{block.where()}: `{command}` printed\n{output}\n"
-                                                         f"which does not match the shown\n" + "\n".join(shown))
+        match = output_pattern(shown, block.bounds).fullmatch(output)
+        assert match, f"{block.where()}: `{command}` printed\n{output}\nwhich does not match the shown\n" + "\n".join(shown)
+        broken = check_bounds(match, block.bounds)
+        assert not broken, f"{block.where()}: `{command}` printed\n{output}\nwhere " + "; ".join(broken)
 
 
 def writes_file(block: Block) -> bool:

@@ -28,7 +28,9 @@ from torch_badnet.engine.pruning import prune
 from torch_badnet.errors import BadInputError
 from torch_badnet.nets.badnet import BadNet
 
-SOFTMAX_TOL = 1e-5
+# float32 against Keras' own float32 (docs/fidelity.md): measured up to 1.1e-5 on lab3 at raw pixels with oneDNN/MKL
+# limited to AVX (scripts/isa_tests.py), 7.6e-6..9.4e-6 on other instruction sets; the bound that holds is 2e-5.
+SOFTMAX_TOL = 2e-5
 RANDOM_INPUTS = 256
 LAB_LAYERS = ["input", "conv_1", "pool_1", "conv_2", "pool_2", "conv_3", "pool_3", "conv_4", "flatten_1",
               "flatten_2", "fc_1", "fc_2", "add_1", "activation_1", "output"]

@@ -8,6 +8,6 @@ The layer registry (layers.CONVERTERS) maps each Keras class to one small conver
 
 from .layers import CONVERTERS, register
 from .net import KerasGraphNet
-from .writer import write_keras_graph
+from .writer import mask_problem, write_keras_graph
 
-__all__ = ["CONVERTERS", "KerasGraphNet", "register", "write_keras_graph"]
+__all__ = ["CONVERTERS", "KerasGraphNet", "mask_problem", "register", "write_keras_graph"]

@@ -52,6 +52,7 @@ class KerasConv2d(nn.Conv2d):
     """Keras Conv2D: optional asymmetric 'same' padding (F.pad before the conv), the conv, the fused activation."""
 
     keras_weight_names = ("kernel", "bias")
+    keras_maskable = True  # zeroed kernel[..., c] and bias[c] give activation(0) = pruned_fill
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
                  dilation: tuple[int, int], groups: int, bias: bool, pad: tuple[int, int, int, int],
@@ -94,6 +95,7 @@ class KerasDense(nn.Linear):
     """Keras Dense on (N, features): kernel (in, out) transposed, fused activation."""
 
     keras_weight_names = ("kernel", "bias")
+    keras_maskable = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool, activation: str) -> None:
         super().__init__(in_features, out_features, bias=bias)
@@ -155,8 +157,22 @@ class KerasBatchNorm(nn.Module):
     def keras_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(t.shape) for t in self._tensors()]
 
+    @property
+    def keras_maskable(self) -> bool:
+        """Whether the Keras arrays can switch an output channel off: gamma (and beta) set to 0 give exactly 0."""
+        return self.scale
+
     def keras_arrays(self, mask: torch.Tensor | None = None) -> list[np.ndarray]:
-        return [t.detach().cpu().float().numpy() for t in self._tensors()]
+        """gamma, beta, moving mean and variance; channels where `mask` is 0 get gamma[c] = beta[c] = 0, so the
+        layer outputs exactly 0 there (x * 0 + 0), the value the engine's mask hook gives."""
+        arrays = [t.detach().cpu().float().numpy().copy() for t in self._tensors()]
+        if mask is not None:
+            if not self.scale:
+                raise ValueError("a BatchNormalization without scale (gamma) cannot switch channels off in Keras")
+            off = (mask.detach().cpu() == 0).numpy()
+            for i in range(1 + int(self.center)):  # gamma, then beta
+                arrays[i][off] = 0.0
+        return arrays
 
 
 class KerasActivation(nn.Module):

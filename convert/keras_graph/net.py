@@ -20,7 +20,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from torch_badnet.errors import BadInputError, first_line
+from torch_badnet.errors import BadInputError, InputShapeError, first_line
 from torch_badnet.nets.badnet import scale_divisor
 
 from .config import Node, layer_classes, parse_graph
@@ -28,13 +28,14 @@ from .layers import LayerError, Shape, _keras_shape, converter_of
 
 
 def checked_input(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """`x` itself, after a clear ValueError unless it is an (N, C, H, W) batch of the model's input shape."""
+    """`x` itself, after a clear InputShapeError (a ValueError) unless it is an (N, C, H, W) batch of the model's input shape."""
     if torch.jit.is_tracing() or not isinstance(x, torch.Tensor):
         return x
     if x.dim() == 3 and tuple(x.shape) == shape:
-        raise ValueError(f"got one image of shape {shape}; the model takes batches (N, {', '.join(map(str, shape))}): use x.unsqueeze(0)")
+        raise InputShapeError("x", f"got one image of shape {shape}; the model takes batches (N, {', '.join(map(str, shape))}): "
+                                   "use x.unsqueeze(0)")
     if x.dim() != 4 or tuple(x.shape[1:]) != shape:
-        raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
+        raise InputShapeError("x", f"expected a batch of shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
     return x
 
 

@@ -35,8 +35,9 @@ def write_keras_graph(net: KerasGraphNet, path: str | os.PathLike[str],
                       channel_masks: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write `net` as a Keras 2 full-model .h5 at `path` (atomically).
 
-    `channel_masks`: {module name (or Keras layer name) of a Conv2D or Dense: 0/1 tensor of its output channels};
-    a 0 channel is written with zeroed kernel[..., c] and bias[c]. The preprocessing is recorded in root
+    `channel_masks`: {module name (or Keras layer name) of a Conv2D, Dense or BatchNormalization: 0/1 tensor of its
+    output channels}; a 0 channel is written with zeroed kernel[..., c] and bias[c] (gamma[c] and beta[c]); any
+    other layer is refused (`mask_problem`: Keras has no weights there to zero). The preprocessing is recorded in root
     attributes (Keras ignores them; Keras is fed what the model's own eval feeds it).
     """
     masks = _masks_by_layer(net, channel_masks or {})
@@ -69,17 +70,39 @@ def write_keras_graph(net: KerasGraphNet, path: str | os.PathLike[str],
                     layer.create_dataset(weight_name, data=np.asarray(array, np.float32))
 
 
+def mask_problem(net: KerasGraphNet, layer: str) -> str | None:
+    """Why a Keras file cannot hold a mask at the output of `layer` (a module or Keras layer name), or None when
+    it can: a Conv2D or Dense (kernel and bias zeroed) or a BatchNormalization with gamma (gamma and beta zeroed).
+    A layer without weights (an Activation, a pooling, an Add, ...) has nothing Keras could zero."""
+    by_module = {module_name: keras_name for keras_name, module_name in net.layer_names.items()}
+    keras_name = by_module.get(layer, layer)
+    module = dict(net.keras_layers()).get(keras_name)
+    if module is None:
+        return f"'{layer}' is not a layer of the model"
+    if getattr(module, "keras_maskable", False):
+        return None
+    if hasattr(module, "keras_maskable"):
+        return f"'{keras_name}' is a BatchNormalization without scale (gamma): Keras cannot switch its channels off"
+    from .config import layer_classes
+
+    cls = dict(layer_classes(net.keras_config)).get(keras_name, type(module).__name__)
+    return (f"'{keras_name}' ({cls}) has no weights: Keras cannot switch its output channels off "
+            "(Conv2D, Dense and BatchNormalization layers can be written)")
+
+
 def _masks_by_layer(net: KerasGraphNet, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """{Keras layer name: mask}, checked: a Conv2D or Dense layer, one value per output channel."""
+    """{Keras layer name: mask}, checked: a layer whose Keras arrays can switch channels off (`mask_problem`),
+    one value per output channel."""
     by_module = {module_name: keras_name for keras_name, module_name in net.layer_names.items()}
     modules = dict(net.keras_layers())
     out = {}
     for name, mask in masks.items():
+        problem = mask_problem(net, name)
+        if problem is not None:
+            raise ValueError(f"channel mask for '{name}': {problem}")
         keras_name = by_module.get(name, name)
-        module = modules.get(keras_name)
-        if module is None or not hasattr(module, "pruned_fill"):
-            raise ValueError(f"channel mask for '{name}': not a Conv2D or Dense layer of the model")
-        channels = module.weight.shape[0]
+        module = modules[keras_name]
+        channels = module.weight.shape[0] if hasattr(module, "weight") else module.norm.num_features
         mask = torch.as_tensor(mask).detach().flatten()
         if mask.numel() != channels:
             raise ValueError(f"channel mask for '{name}' has {mask.numel()} values, the layer has {channels} channels")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 from .commands import batch, classify, convert_cmd, demo, evaluate, export, finetune, sweep
 
 EXIT_BAD_INPUT = 2
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
         if os.environ.get("TORCH_BADNET_DEBUG"):
             raise
-        sys.stderr.write(f"error: internal error {type(exc).__name__}: {exc} (set TORCH_BADNET_DEBUG=1 for the traceback)\n")
+        sys.stderr.write(f"error: internal error {type(exc).__name__}: {first_line(exc)} (set TORCH_BADNET_DEBUG=1 for the traceback)\n")
         return 1
     finally:
         from .commands.common import release_output_folders

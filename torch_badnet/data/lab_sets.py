@@ -75,7 +75,8 @@ class LabDataset(_Set):
         f, where = self._file, self.path
         for key in ("data", "label"):
             if key not in f or not isinstance(f[key], h5py.Dataset):
-                raise BadInputError(where, f"missing dataset '{key}' (a lab file has 'data' (N,3,55,47) and 'label' (N,))")
+                shape = "(N, " + ", ".join(map(str, self.input_shape)) + ")" if self.input_shape else "(N, C, H, W)"
+                raise BadInputError(where, f"missing dataset '{key}' (a lab file has 'data' {shape} and 'label' (N,))")
         data, label = f["data"], f["label"]
         self.layout = pixel_layout(tuple(data.shape), self.input_shape, where, "'data'") if self.input_shape else "nchw"
         if not (np.issubdtype(data.dtype, np.floating) or data.dtype == np.uint8):

@@ -49,7 +49,7 @@ from .finetune_config import OPTIMIZERS, FinetuneConfig
 from .finetuning import TrainingResult, effective_mask, holdout_size, train_masked
 from .metric_columns import Column
 from .metrics import DropKind, StopRule
-from .sanity import SetFacts, data_warnings, finetune_warnings
+from .sanity import SetFacts, data_warnings, finetune_warnings, same_file_warnings
 from .sweep import DataSpec, SweepConfig, SweepResult, Threshold, open_sets, run_sweep
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
@@ -173,7 +173,8 @@ class DefenseResult:
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
         prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.reads_file)
-        write_keras = pruned_writer(self.model, self.sweep.net is not None) if keras else None
+        net = self.sweep.net
+        write_keras = pruned_writer(self.model, net is not None, net.layer if net is not None else None) if keras else None
         with own_lock(target, out), target.staging() as staging:
             for x, tuned in self.finetuned.items():
                 tuned.write(staging / model_dir(self.threshold(x)), write_keras)
@@ -194,15 +195,35 @@ def keras_writer() -> KerasWriter:
     return write_keras_model
 
 
-def pruned_writer(model: nn.Module, generic: bool) -> Callable[[Any, Path], None] | None:
-    """The Keras .h5 writer of B' for B = `model`: the lab's (a BadNet B'), else for a generic B' (a MaskedNet) the
-    Keras graph writer of a Keras-origin model, or the lab's writer of a BadNet pruned at another layer than conv_3
-    (the pruned channels' kernel and bias zeroed); None for a plain torch module."""
+def pruned_writer(model: nn.Module, generic: bool, layer: str | None = None) -> Callable[[Any, Path], None] | None:
+    """The Keras .h5 writer of B' for B = `model`: the lab's (a BadNet B'), else for a generic B' (a MaskedNet
+    pruned at `layer`) the Keras graph writer of a Keras-origin model, or the lab's writer of a BadNet pruned at a
+    conv layer other than conv_3 (the pruned channels' kernel and bias zeroed); None for a plain torch module, and
+    where Keras cannot express the mask at `layer`'s output (`keras_h5_problem`): then only the .pt is written."""
     if not generic:
         return keras_writer()
+    if layer is not None and keras_h5_problem(model, layer) is not None:
+        return None
     if isinstance(model, BadNet):
         return write_masked_badnet
     return keras_graph_writer(model)
+
+
+def keras_h5_problem(model: nn.Module, layer: str) -> str | None:
+    """Why a Keras .h5 of B' pruned at `layer` of `model` cannot be written (its mask sits where Keras has no
+    weights to zero), or None: it can, or `model` has no Keras form at all (a plain torch module)."""
+    from ..engine.prunable import is_conv_like, module_name
+
+    if isinstance(model, BadNet):
+        name = module_name(model, layer)
+        if is_conv_like(model.get_submodule(name)):
+            return None
+        return f"'{name}' ({type(model.get_submodule(name)).__name__}) has no weights: Keras cannot switch its output channels off"
+    if getattr(model, "keras_config", None) is None:
+        return None
+    from ..convert.keras_graph import mask_problem  # lazy: the core never imports the converter at import time
+
+    return mask_problem(model, module_name(model, layer))
 
 
 def write_masked_badnet(pruned: MaskedNet, target: Path) -> None:
@@ -335,6 +356,7 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
     xs = check_steps(thresholds, max_steps)
     finetune_config = (FinetuneConfig() if finetune is True else finetune) or None
     specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
+    early = warn(same_file_warnings([(s.kind, s.path) for s in specs if s.arrays is None]), log)
     config = SweepConfig(tuple(xs), stop, drop, max_steps, layer, rank_on, resolve_device(device), show_progress)
     started = time.perf_counter()
     source = source_of(model)
@@ -355,7 +377,7 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
     }
     defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=config.device.type)
     trains_on = str(next(s for s in specs if s.is_clean_valid).path) if finetune_config is not None else None
-    defense.warnings = warn(data_warnings(result.facts, trains_on), log)
+    defense.warnings = early + warn(data_warnings(result.facts, trains_on), log)
     if finetune_config is not None:
         started = time.perf_counter()
         with timer.phase("finetune") if timer else contextlib.nullcontext():
@@ -366,7 +388,12 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
 
 def check_steps(thresholds: Sequence[float], max_steps: int | None) -> list[float]:
     """The sorted, distinct thresholds, each in (0, 100), and a max_steps of at least 1 (else BadInputError)."""
-    xs = sorted({float(x) for x in thresholds})
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__iter__"):
+        raise BadInputError("thresholds", f"{thresholds!r} is not a sequence of X values: give e.g. thresholds=(4,) or (2, 4, 10)")
+    try:
+        xs = sorted({float(x) for x in thresholds})
+    except (TypeError, ValueError):
+        raise BadInputError("thresholds", f"{list(thresholds)!r} holds a value that is not a number") from None
     bad = [x for x in xs if not 0 < x < 100]
     if bad:
         raise BadInputError("--thresholds", f"{bad[0]:g} is outside (0, 100)")
@@ -485,7 +512,8 @@ class FinetuneRun:
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
         with own_lock(target, out), target.staging() as staging:
             generic = isinstance(self.model, MaskedNet)
-            writer = pruned_writer(self.model.net if generic else self.model, generic) if keras else None
+            net, layer = (self.model.net, self.model.layer) if generic else (self.model, None)
+            writer = pruned_writer(net, generic, layer) if keras else None
             self.tuned.write(staging, writer)
             write_text(staging / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
             return written_files(staging)

@@ -130,3 +130,24 @@ def unpruned_warning(path: str | os.PathLike[str], pruned_channels: int) -> str 
         return None
     return (f"warning: {path}: no conv_3 channel is pruned in it (is it B itself? B' is a pruned B, such as "
             "models/X=<x>/pruned.pt of a sweep); with B itself the GoodNet never flags an input")
+
+
+def same_file_warnings(files: Sequence[tuple[str, str | os.PathLike[str]]]) -> list[str]:
+    """A warning line for each file given both as clean and as poisoned data (`files`: (kind, path) of each set
+    read from a file): its clean accuracy and attack success rate then measure the same images."""
+    clean = [path for kind, path in files if kind == "clean"]
+    lines, seen = [], set()
+    for kind, path in files:
+        if kind != "poisoned":
+            continue
+        for other in clean:
+            try:
+                same = os.path.samefile(path, other)
+            except OSError:
+                same = False
+            if same and (str(other), str(path)) not in seen:
+                seen.add((str(other), str(path)))
+                also = "" if str(other) == str(path) else f" (as {path})"
+                lines.append(f"warning: {other}: given as clean and as poisoned data{also}: the clean accuracy and the attack "
+                             "success rate then measure the same images; give the poisoned set its own file")
+    return lines

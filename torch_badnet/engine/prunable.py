@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -220,6 +220,12 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in module.named_modules() if name]
     try:
         output = module(sample)
+    except BadInputError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        one = " (one image? the data are batches (N, C, H, W): add the batch axis, x.unsqueeze(0))" if sample.dim() < 4 else ""
+        raise BadInputError("--model", f"the model fails on the data's first images, of shape {tuple(sample.shape)}{one}: "
+                                       f"{type(exc).__name__}: {first_line(exc)}") from None
     finally:
         for h in handles:
             h.remove()
@@ -238,12 +244,16 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     shape = out[0][1]
     if shape is None or len(shape) < 3:
         kind = "no tensor" if shape is None else f"shape {tuple(shape)}"
+        can = prunable_layers(module, seen)
+        listed = ", ".join(can[:20]) + (", ..." if len(can) > 20 else "")
         raise BadInputError("--layer", f"layer {layer!r} ({type(target).__name__}) outputs {kind}, which has no channel "
-                                       "dimension (N, C, H, W); prune a convolution")
+                                       f"dimension (N, C, H, W); layers that can be pruned: {listed or 'none'}")
     if len(shape) != 4:  # (N, tokens, dim), (N, C, L), (N, C, D, H, W): dim 1 is not known to be channels
+        can = prunable_layers(module, seen)
+        listed = ", ".join(can[:20]) + (", ..." if len(can) > 20 else "")
         raise BadInputError("--layer", f"layer {layer!r} ({type(target).__name__}) outputs shape {tuple(shape)}; the "
-                                       "defense prunes channels (dim 1) of an (N, C, H, W) output: prune a 2-d "
-                                       "convolution or a module that outputs one")
+                                       "defense prunes channels (dim 1) of an (N, C, H, W) output; layers that can be "
+                                       f"pruned: {listed or 'none'}")
     channels = int(shape[1])
     if rank_on is None:
         rank_on, rank_call, note = ranking_point(module, layer, seen)
@@ -256,6 +266,14 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
                                          f"channels of {layer!r}")
     num_classes = int(output.shape[1])
     return PrunableNet(module, layer, rank_on, channels, num_classes, tuple(sample.shape[1:]), rank_call, note)
+
+
+def prunable_layers(module: nn.Module, seen: dict[str, list]) -> list[str]:
+    """The layers (in `named_modules()` order) that ran once in the forward pass recorded in `seen` and output an
+    (N, C, H, W) map: those whose output channels a mask can switch off. A Keras-origin net's are its own layers."""
+    names = list(getattr(module, "layer_names", {}).values())
+    candidates = names or [name for name, _ in module.named_modules() if name]
+    return [n for n in candidates if len(seen.get(n, ())) == 1 and seen[n][0][1] is not None and len(seen[n][0][1]) == 4]
 
 
 def _recorder(name: str, seen: dict[str, list]):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputShapeError
+
 INPUT_SHAPE = (3, 55, 47)
 POOL3_CHANNELS = 60
 POOL3_SHAPE = (POOL3_CHANNELS, 5, 4)
@@ -118,20 +120,20 @@ class BadNet(nn.Module):
         return self.output((a + b).relu())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, 55, 47) float pixels -> (N, classes) logits. A single (3, 55, 47) image is a ValueError:
+        """(N, 3, 55, 47) float pixels -> (N, classes) logits. A single (3, 55, 47) image is an InputShapeError:
         batch it with `x.unsqueeze(0)` (or `tb.load_images`, which always returns a batch)."""
         check_batch(x)
         return self.head(self.trunk(x))
 
 
 def check_batch(x: torch.Tensor) -> None:
-    """A clear ValueError unless `x` is an (N, 3, 55, 47) batch (the usual mistakes: one image, NHWC layout)."""
+    """A clear InputShapeError (a ValueError) unless `x` is an (N, 3, 55, 47) batch (the usual mistakes: one image, NHWC layout)."""
     if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy):  # an export (or the generic engine's fx split)
         return  # traces a batch that passed this check in its caller
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor batch of shape (N, 3, 55, 47), got {type(x).__name__}")
     if x.dim() == 3 and tuple(x.shape) == INPUT_SHAPE:
-        raise ValueError("got one image of shape (3, 55, 47); the nets take batches (N, 3, 55, 47): use x.unsqueeze(0)")
+        raise InputShapeError("x", "got one image of shape (3, 55, 47); the nets take batches (N, 3, 55, 47): use x.unsqueeze(0)")
     if x.dim() != 4 or tuple(x.shape[1:]) != INPUT_SHAPE:
         hint = " (channels last? the nets take channels first)" if x.shape[-1:] == (3,) else ""
-        raise ValueError(f"expected a batch of shape (N, 3, 55, 47), got {tuple(x.shape)}{hint}")
+        raise InputShapeError("x", f"expected a batch of shape (N, 3, 55, 47), got {tuple(x.shape)}{hint}")

@@ -17,6 +17,7 @@ from ..data.files import check_is_file, file_sha256, write_bytes
 from ..errors import BadInputError, first_line
 from .badnet import BadNet
 from .pairing import FINGERPRINT_KEY, base_fingerprint
+from .pt_files import check_savable, not_a_checkpoint, refused_pickle
 
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
@@ -68,6 +69,7 @@ def save_checkpoint(model: BadNet, path: str | os.PathLike[str], **metadata: Any
 
     >>> tb.save_checkpoint(result.pruned(4), "b4.pt", note="B'_4")   # tb.load_model("b4.pt") reads it back
     """
+    check_savable(model, path)
     if base_fingerprint(model) is not None:
         metadata = {**metadata, FINGERPRINT_KEY: metadata.get(FINGERPRINT_KEY, base_fingerprint(model))}
     payload = {
@@ -92,9 +94,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise BadInputError(path, f"not a loadable torch-badnet checkpoint (refused by weights_only load: {first_line(exc)})") from None
+        raise refused_pickle(path, exc) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise BadInputError(path, "not a torch-badnet checkpoint (missing format marker; convert it with `torch-badnet convert`)")
+        raise not_a_checkpoint(path, payload)  # says what the file is and what takes it
     if payload.get("format_version") != FORMAT_VERSION:
         raise BadInputError(path, f"unsupported checkpoint format_version {payload.get('format_version')!r}")
     num_classes = payload.get("num_classes")

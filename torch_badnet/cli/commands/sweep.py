@@ -24,7 +24,8 @@ from .finetune import add_finetune_options, config_from
 if TYPE_CHECKING:
     from ...report.outdir import OutputFolder
 
-HELP = "rank pool_3 channels, prune them one by one, pick B'_X per threshold X, build the GoodNet"
+HELP = ("rank the pruned layer's channels (--layer; the lab nets: conv_3, ranked on pool_3), prune them one by one, "
+        "pick B'_X per threshold X, build the GoodNet")
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 
 
@@ -115,6 +116,12 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
         result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, **keywords,
                              show_progress=sys.stderr.isatty(), log=log, timer=timer)
     written = result.save(target, plot=not args.no_plot, timer=timer)
+    if result.sweep.net is not None and any(t.reached for t in result.thresholds):
+        from ...defense.pipeline import keras_h5_problem
+
+        problem = keras_h5_problem(model, result.sweep.net.layer)
+        if problem:
+            log(f"note: no pruned.h5 (the Keras model) was written, only pruned.pt: {problem}")
     if args.verbose:
         log(timer.line())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))

@@ -1,0 +1,74 @@
+""".pt files that are not torch-badnet model checkpoints: what they are, and what takes them (one line each).
+
+A model checkpoint (`checkpoint.FORMAT`) is what `--model` and `convert` read; the other .pt files people have
+are a generic model's B' (the sweep's pruned.pt: `--pruned`), a plain state_dict or a training checkpoint (no
+architecture: the Python API or `--arch`), or a whole pickled model (never unpickled: it can run code).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from ..errors import BadInputError, first_line
+
+MASKED_FORMAT = "torch-badnet-masked"  # engine.saving.FORMAT (not imported: the loader stays free of the engine)
+STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
+ARCH_ADVICE = ("load it into your module in code (the Python API: tb.prune_sweep(module, ...)) or build that "
+               "module with --arch MODULE:CALLABLE")
+
+
+def refused_pickle(path: str | os.PathLike[str], exc: BaseException) -> BadInputError:
+    """The one-line error for a .pt file that torch's weights_only load refuses."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        name = found[1]
+        whole = name.startswith("torch.nn.") or "Module" in name or "." in name and name.split(".")[-1][:1].isupper()
+        what = f"a pickled {name} object" + (" (a whole model saved with torch.save(model))" if whole else "")
+        return BadInputError(path, f"holds {what}, which torch-badnet never unpickles (unpickling can run code): save "
+                                   f"model.state_dict() instead and {ARCH_ADVICE}")
+    return BadInputError(path, f"not a loadable .pt file (refused by torch's weights_only load: {first_line(exc)})")
+
+
+def not_a_checkpoint(path: str | os.PathLike[str], payload: Any) -> BadInputError:
+    """The one-line error for a loadable .pt file that is not a model checkpoint: what it is, what takes it."""
+    if isinstance(payload, dict) and payload.get("format") == MASKED_FORMAT:
+        arch = payload.get("architecture") if isinstance(payload.get("architecture"), dict) else {}
+        of = f" of a {arch['class']}" if isinstance(arch.get("class"), str) else " of a Keras model" if arch.get("kind") == "keras" else ""
+        return BadInputError(path, f"is a pruned model B' (the sweep's pruned.pt{of}, pruned at layer "
+                                   f"{payload.get('layer')!r}), not a model B: give it as --pruned beside its --model "
+                                   "(eval, classify, export, finetune), or load it with torch_badnet.engine.saving.load_masked")
+    if isinstance(payload, dict) and payload and all(_is_tensor(v) for v in payload.values()):
+        return BadInputError(path, f"is a plain state_dict ({len(payload)} tensors, no architecture), not a torch-badnet "
+                                   f"model checkpoint: {ARCH_ADVICE}")
+    if isinstance(payload, dict):
+        key = next((k for k in STATE_KEYS if isinstance(payload.get(k), dict)), None)
+        if key is not None:
+            return BadInputError(path, f"is a training checkpoint (a state_dict under {key!r}, no architecture), not a "
+                                       f"torch-badnet model checkpoint: {ARCH_ADVICE}")
+    kind = type(payload).__name__
+    return BadInputError(path, f"holds a {kind} that is not a torch-badnet model checkpoint (those are written by "
+                               "`torch-badnet convert` from a .h5/.keras/.onnx model, and by tb.save_checkpoint)")
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def check_savable(model: Any, path: str | os.PathLike[str]) -> None:
+    """A one-line error unless `model` is what a model checkpoint records: a BadNet or a Keras-origin net (whose
+    architecture the file can hold without code); a generic B' and a user's own module are named with what saves them."""
+
+    if hasattr(model, "keras_config") or (hasattr(model, "num_classes") and hasattr(model, "input_scale")):
+        return
+    if hasattr(model, "channel_mask") and hasattr(model, "layer"):
+        raise BadInputError(path, "is to hold a pruned generic model B' (a MaskedNet), which a model checkpoint cannot: save it "
+                                  "with torch_badnet.engine.saving.save_masked(b_prime, path), or result.save(DIR)")
+    kind = f"a {type(model).__name__}"
+    raise BadInputError(path, f"tb.save_checkpoint writes a BadNet or a Keras-origin model (tb.load_model's), not {kind}, "
+                              "whose architecture it cannot record: save torch.save(module.state_dict(), path) and rebuild "
+                              "the module in code (or with --arch MODULE:CALLABLE)")
