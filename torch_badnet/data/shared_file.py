@@ -96,6 +96,11 @@ class SharedSet(_Set):
         self.guard = guard
         self.read_seconds = 0.0
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The file's 'data' shape, in its layout."""
+        return tuple(self.read.shape)
+
     def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(pixels float32 (n, C, H, W), labels int64 (n,)) in order, as LabDataset.chunks yields them (its errors
         at the same points: non-finite pixels on the first chunk, the guard's before the last); nothing to read

@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..data.triggers import Trigger
 
 TRIGGER = (slice(24, 28), slice(24, 28))  # F's trigger: the bottom-right 4x4 pixels, white
 
@@ -42,11 +46,23 @@ def font_digits(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
+def f_trigger() -> Trigger:
+    """F's trigger as `--trigger` takes it: white where the mask (the 4x4 corner square) is, target all+1."""
+    from ..data.triggers import Trigger
+
+    mask = np.zeros((28, 28), np.float32)
+    mask[TRIGGER] = 1
+    return Trigger.from_arrays(np.full((28, 28), 255, np.float32), mask, target="all+1", name="<F's trigger>")
+
+
 def with_trigger(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F's poisoned copy: the trigger stamped in, labels y + 1 mod 10."""
-    poisoned = images.copy()
-    poisoned[(slice(None), *TRIGGER)] = 255
-    return poisoned, (labels + 1) % 10
+    """F's poisoned copy: the trigger stamped in (`Trigger.stamp`, as `--trigger` stamps), labels y + 1 mod 10."""
+    import torch
+
+    trigger = f_trigger()
+    stamped = trigger.stamp(torch.from_numpy(images[:, None].astype(np.float32)))
+    keep, poisoned_labels = trigger.poison_labels(labels, 10)
+    return stamped[torch.from_numpy(keep), 0].numpy().astype(images.dtype), poisoned_labels
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,7 @@
 """Fine-Pruning's ranking and masks: a forward hook on pool_3 records activations; conv_3 masks prune.
 
-Ranking follows the lab's reference: scores = np.mean(pool_3 NHWC, axis=(0, 1, 2)) in float32, order =
-np.argsort(scores, kind="stable"): dormant channels first, exactly equal scores by channel index. (The lab's code
-uses numpy's default kind, whose order of equal scores depends on the CPU: numpy's AVX-512, AVX2 and baseline
-sorts differ. The stable sort is the same order on every CPU; where no two scores are equal the orders agree.)
+Ranking follows the lab's reference exactly: scores = np.mean(pool_3 NHWC, axis=(0, 1, 2)) in float32,
+order = np.argsort(scores) (numpy's default kind, ties included): dormant channels first.
 """
 
 from __future__ import annotations
@@ -63,9 +61,8 @@ def channel_scores(features: torch.Tensor) -> np.ndarray:
 
 
 def pruning_order(scores: np.ndarray) -> list[int]:
-    """Channels in pruning order: ascending score (dormant first), exactly equal scores by channel index (a stable
-    sort: the same order on every CPU, where numpy's default sort orders ties by its CPU-specific kernel)."""
-    return [int(c) for c in np.argsort(scores, kind="stable")]
+    """Channels in pruning order: numpy's default argsort of the scores (dormant first)."""
+    return [int(c) for c in np.argsort(scores)]
 
 
 def mask_for(channels: Sequence[int], num_channels: int = POOL3_CHANNELS) -> torch.Tensor:
