@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,7 +152,7 @@ class NpzSet(_ArrayFileSet):
                     raise BadInputError(path, problem)
                 (x_key, y_key), = pairs
                 pixels, labels = npz[x_key], npz[y_key]
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise BadInputError(path, f"not a readable .npz file ({first_line(exc)})") from None
         self._setup(pixels, labels, num_classes, input_shape, guard, (self.path, self.path), (f"'{x_key}'", f"'{y_key}'"))
 
