@@ -142,6 +142,8 @@ def load_trigger(path: str | os.PathLike[str], target: str | int, mask: str | os
     from .files import file_sha256
 
     target = parse_target(target)
+    if not (0 < float(alpha) <= 1):
+        raise BadInputError("--trigger-alpha", f"{alpha:g} is outside (0, 1]")
     pixels, own_alpha = _read_image(path)
     if mask is not None:
         grey, _ = _read_image(mask, grey=True)
