@@ -70,7 +70,7 @@ class Trigger:
         target = "all-to-all: label + 1 mod N" if self.target == ALL_TO_ALL else f"target {self.target}"
         left_out = "" if self.target == ALL_TO_ALL else f"; images of class {self.target} left out"
         return (f"poisoned sets made from the clean sets with the trigger {self.path} ({mask}alpha {self.alpha:g}, "
-                f"{target}{left_out}; sha256 {self.sha256[:12]})")
+                f"{target}{left_out})")
 
     def record(self) -> dict[str, Any]:
         """summary.json's `trigger`."""

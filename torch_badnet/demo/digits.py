@@ -1,6 +1,7 @@
 """Font digits in lab layout, for trying the repository's MNIST BadNets (C, F) without MNIST.
 
     python -m torch_badnet.demo.digits digits.h5 digits_bd.h5     # clean, and with F's trigger
+    python -m torch_badnet.demo.digits --trigger-png corner.png   # F's trigger, for `sweep --trigger`
 
 Each image is a font digit about 20 pixels tall, shifted and rotated a little, on a 28x28 black field (uint8
 0..255, labels 0-9 in turn). The poisoned copy carries the MNIST F BadNet's trigger (a white 4x4 square in the
@@ -65,23 +66,41 @@ def with_trigger(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return stamped[torch.from_numpy(keep), 0].numpy().astype(images.dtype), poisoned_labels
 
 
+def write_trigger_png(path: str) -> None:
+    """F's trigger as a PNG for `--trigger`: the white corner square, every other pixel transparent (the mask)."""
+    from PIL import Image
+
+    from ..data.files import atomic_path
+
+    pixels = np.zeros((28, 28, 2), np.uint8)
+    pixels[TRIGGER] = 255
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels, "LA").save(tmp, format="PNG")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("clean", help="the clean lab-layout .h5 file to write")
+    p.add_argument("clean", nargs="?", help="the clean lab-layout .h5 file to write")
     p.add_argument("poisoned", nargs="?", help="also write the copy with F's trigger here")
     p.add_argument("-n", type=int, default=300, help="images (default 300)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trigger-png", metavar="PNG", help="also write F's trigger here, for `torch-badnet sweep --trigger`")
     args = p.parse_args(argv)
     from ..data.lab_sets import write_lab_h5
 
-    for path in (args.clean, args.poisoned):
+    if not args.clean and not args.trigger_png:
+        p.error("give the clean file to write, or --trigger-png")
+    for path in (args.clean, args.poisoned, args.trigger_png):
         if path and os.path.exists(path):
             print(f"error: {path}: exists; choose a new file", file=sys.stderr)
             return 2
-    images, labels = font_digits(args.n, args.seed)
-    write_lab_h5(args.clean, images, labels)
-    if args.poisoned:
-        write_lab_h5(args.poisoned, *with_trigger(images, labels))
+    if args.clean:
+        images, labels = font_digits(args.n, args.seed)
+        write_lab_h5(args.clean, images, labels)
+        if args.poisoned:
+            write_lab_h5(args.poisoned, *with_trigger(images, labels))
+    if args.trigger_png:
+        write_trigger_png(args.trigger_png)
     return 0
 
 
