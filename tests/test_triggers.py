@@ -215,3 +215,33 @@ def test_a_colour_trigger_on_grey_data_is_one_line(tmp_path):
     trigger = load_trigger(tmp_path / "red.png", 0, alpha=0.5)
     with pytest.raises(BadInputError, match="red.png: a colour trigger, but the images of digits.h5 have 1 channel"):
         trigger.stamp(torch.zeros(2, 1, 28, 28), "digits.h5")
+
+
+def test_batch_rows_with_other_layouts_and_a_trigger(cli, tmp_path, files, faces):  # noqa: F811
+    """A manifest row may name an .npz, an .npy pair or an image folder, and make its poisoned set with a trigger
+    column: each row's sweep.csv equals its separate sweep's."""
+    x, y = faces["valid"]
+    np.savez(tmp_path / "valid.npz", x=x, y=y)
+    np.save(tmp_path / "images.npy", x)
+    np.save(tmp_path / "labels.npy", y)
+    for i, (image, label) in enumerate(zip(x, y)):
+        (tmp_path / "folder" / f"id{label:03d}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / "folder" / f"id{label:03d}" / f"{i:03d}.png")
+    model = tmp_path / "bd.h5"
+    model.write_bytes(Path(SHIPPED_MODEL).read_bytes())
+    (tmp_path / "models.csv").write_text(
+        "name,model,clean_valid,poisoned_valid,trigger,trigger_mask,target\n"
+        f"npz,bd.h5,valid.npz,{files / 'bd_valid.h5'},,,\n"
+        f"pair,bd.h5,\"images.npy,labels.npy\",{files / 'bd_valid.h5'},,,\n"
+        f"made,bd.h5,folder,,{files / 'trigger.png'},{files / 'mask.png'},{TARGET}\n")
+    code, out, err = cli("batch", tmp_path / "models.csv", "--out", tmp_path / "many", "--workers", "1", *SWEEP)
+    assert code == 0, err
+    assert "3 models (3 done, 0 reused, 0 failed)" in out, (out, err)
+    code, _, err = cli("sweep", "--model", model, "--clean-valid", files / "valid.h5", "--poisoned-valid",
+                       files / "bd_valid.h5", "--out", tmp_path / "single", *SWEEP)
+    assert code == 0, err
+    single = (tmp_path / "single" / "sweep.csv").read_bytes()
+    assert {row: (tmp_path / "many" / row / "sweep.csv").read_bytes() == single for row in ("npz", "pair", "made")} \
+        == {"npz": True, "pair": True, "made": True}
+    summary = json.loads((tmp_path / "many" / "made" / "summary.json").read_text())
+    assert summary["inputs"]["poisoned_valid"]["made_from"] == "clean_valid"

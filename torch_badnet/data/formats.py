@@ -21,21 +21,13 @@ import torch
 from ..errors import BadInputError, first_line
 from .files import check_is_file
 from .lab_sets import LabDataset, StreamedSet, check_arrays, check_labels
+from .set_names import data_files, npy_pair
+
+__all__ = ["data_files", "npy_pair", "open_data_file", "data_sha256", "parse_classes"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 NPZ_KEYS = (("x", "y"), ("data", "label"))  # (pixels, labels) key pairs of an .npz file
 HDF5_MAGIC, ZIP_MAGIC, NPY_MAGIC = b"\x89HDF\r\n\x1a\n", b"PK\x03\x04", b"\x93NUMPY"
-
-
-def npy_pair(value: str | os.PathLike[str]) -> tuple[Path, Path] | None:
-    """`IMAGES.npy,LABELS.npy` as its two paths; None for any other value (an existing path is never split)."""
-    text = os.fspath(value)
-    if "," not in text or os.path.exists(text):
-        return None
-    parts = text.split(",")
-    if len(parts) == 2 and all(part.lower().endswith(".npy") for part in parts):
-        return Path(parts[0]), Path(parts[1])
-    return None
 
 
 def layout_of(value: str | os.PathLike[str]) -> str:
@@ -74,12 +66,6 @@ def open_data_file(value: str | os.PathLike[str], num_classes: int | None = None
         raise BadInputError(value, "a single .npy file holds no labels: give the images and the labels as "
                                    "IMAGES.npy,LABELS.npy")
     return LabDataset(value, num_classes, input_shape, guard)
-
-
-def data_files(value: str | os.PathLike[str]) -> list[Path]:
-    """The files (or folder) a data flag's value names: both files of an .npy pair, else the path itself."""
-    pair = npy_pair(value)
-    return list(pair) if pair is not None else [Path(value)]
 
 
 def data_sha256(value: str | os.PathLike[str]) -> str:
