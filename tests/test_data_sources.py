@@ -4,6 +4,7 @@ an IterableDataset give byte-equal sweep.csv files; each bad input is one line n
 has is modified."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,20 @@ def test_lab_file_checks_are_unchanged(tmp_path):
     write_lab_h5(path, GOOD_X, GOOD_Y[:3])
     with pytest.raises(BadInputError, match="'data' holds 4 images but 'label' holds 3 labels"):
         LabDataset(path)
+
+
+def test_eval_takes_every_layout_and_classes(cli, tmp_path, layouts):
+    """eval's --clean/--poisoned take the layouts too; --classes reorders an image folder's labels."""
+    outputs = {}
+    for name in ("h5", "image folder", "npy pair"):
+        clean, poisoned = layouts[name]
+        code, out, err = cli("eval", "--model", SHIPPED_MODEL, "--clean", clean, "--poisoned", poisoned, "--json")
+        assert code == 0, err
+        outputs[name] = out
+    assert outputs["image folder"] == outputs["h5"] == outputs["npy pair"]
+    clean = layouts["image folder"][0]
+    names = sorted(p.name for p in Path(clean).iterdir())
+    code, out, err = cli("eval", "--model", SHIPPED_MODEL, "--clean", clean, "--classes", ",".join(reversed(names)), "--json")
+    assert code == 0, err
+    right = json.loads(outputs["h5"])["clean_accuracy"]
+    assert right > 90 and json.loads(out)["clean_accuracy"] < 5  # every label moved: (almost) none right

@@ -542,7 +542,8 @@ class FinetuneRun:
         """finetuned.pt, finetuned.h5 (`keras`), history.csv and summary.json, through a staging folder that then
         replaces `out` whole (a non-empty `out` holding no torch-badnet result needs `force`; one holding an input
         of the run is refused)."""
-        inputs = [entry["path"] for entry in self.context.values() if not entry["path"].startswith("<")]
+        inputs = [str(f) for entry in self.context.values() if not entry["path"].startswith("<")
+                  for f in data_files(entry["path"])]
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
         with own_lock(target, out), target.staging() as staging:
             generic = isinstance(self.model, MaskedNet)
@@ -552,12 +553,12 @@ class FinetuneRun:
             return written_files(staging)
 
 
-def finetune_specs(clean_valid: DataSource, clean_test: DataSource | None,
-                   poisoned_test: PoisonedSources | None) -> tuple[DataSpec, list[DataSpec]]:
+def finetune_specs(clean_valid: DataSource, clean_test: DataSource | None, poisoned_test: PoisonedSources | None,
+                   classes: Sequence[str] | None = None) -> tuple[DataSpec, list[DataSpec]]:
     """Fine-tuning's sets: the clean validation set it trains on, and the test sets it is evaluated on."""
-    specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
-    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
-    return data_spec("valid", "clean", clean_valid), specs
+    specs = ([data_spec("test", "clean", clean_test, classes=classes)] if clean_test is not None else [])
+    specs += poisoned_specs("test", poisoned_test, "--poisoned-test", classes)
+    return data_spec("valid", "clean", clean_valid, classes=classes), specs
 
 
 def tune_and_evaluate(model: nn.Module, pruned: nn.Module, train: DataSpec, specs: list[DataSpec], pixels: torch.Tensor,
@@ -580,7 +581,7 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
              batch_size: int | None = None, seed: int | None = None, holdout: float | None = None,
              patience: int | None = None, optimizer: str | None = None, weight_decay: float | None = None,
              tolerance: float | None = None, train_conv_1: bool | None = None, device: str | torch.device = "auto",
-             allow_unpaired: bool = False, log: Log | None = None) -> FinetuneRun:
+             allow_unpaired: bool = False, log: Log | None = None, classes: Sequence[str] | None = None) -> FinetuneRun:
     """Fine-Pruning's second half: fine-tune B' (`pruned`) on the clean validation data with its pruned conv_3
     channels held at zero; evaluate B'_ft and the GoodNet of B and B'_ft on the test sets (if given).
 
@@ -588,7 +589,8 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
     layer) `pruned` is its `MaskedNet` (`result.pruned(x)`, or `engine.saving.load_masked(path, module)`), whose
     pruned channels stay at their fill; its first Conv2d stays fixed unless `train_conv_1` (docs/models.md).
 
-    Keywords mirror `torch-badnet finetune`'s flags (None = the default). Test data is for evaluation only.
+    Keywords mirror `torch-badnet finetune`'s flags (None = the default). Test data is for evaluation only. Data:
+    any source `prune_sweep` takes (`classes`: an image folder's label order).
     A B' made from another model than B raises `pairing.PairingError`, unless `allow_unpaired`.
 
     >>> run = finetune(bd, result.pruned(4), "cl/valid.h5", "cl/test.h5", "bd/bd_test.h5")
@@ -597,12 +599,13 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, holdout=holdout, patience=patience,
                     optimizer=optimizer, weight_decay=weight_decay, tolerance=tolerance, train_conv_1=train_conv_1)
     if not isinstance(model, BadNet) or isinstance(pruned, MaskedNet):
-        return finetune_generic(model, pruned, clean_valid, clean_test, poisoned_test, settings, device, allow_unpaired, log)
+        return finetune_generic(model, pruned, clean_valid, clean_test, poisoned_test, settings, device, allow_unpaired, log,
+                                classes)
     if not allow_unpaired:
         check_pair(model, pruned)  # raises PairingError for a B' of another model
     config = checked_config(**settings)
     torch_device = resolve_device(device)
-    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test)
+    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test, classes)
     with open_sets([train, *specs], model.num_classes) as sets:  # every file validated before training
         pixels, labels = read_all(sets[train.name])
     b_hits, b_images = check_scale(model, pixels, labels, str(train.path)) or (None, None)
@@ -620,7 +623,7 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
 
 def finetune_generic(model: nn.Module, pruned: MaskedNet, clean_valid: DataSource, clean_test: DataSource | None,
                      poisoned_test: PoisonedSources | None, settings: dict[str, Any], device: str | torch.device,
-                     allow_unpaired: bool, log: Log | None) -> FinetuneRun:
+                     allow_unpaired: bool, log: Log | None, classes: Sequence[str] | None = None) -> FinetuneRun:
     """`finetune` for a generic B and its MaskedNet B': the sets read as the sweep reads them (the model's input
     shape; the 0..255 guard for a Keras-origin net only), the same training, evaluation and report."""
     from ..engine.pairing import check_generic_pair
@@ -633,7 +636,7 @@ def finetune_generic(model: nn.Module, pruned: MaskedNet, clean_valid: DataSourc
         check_generic_pair(model, pruned)  # raises PairingError for a B' of another model
     config = checked_config(**settings)
     torch_device = resolve_device(device)
-    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test)
+    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test, classes)
     shape = getattr(model, "input_shape", None)
     checks = {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
     model.eval()
