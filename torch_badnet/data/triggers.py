@@ -14,7 +14,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -251,6 +250,3 @@ def _cat(held: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, t
         return held[0]
     return torch.cat([x for x, _ in held]), torch.cat([y for _, y in held])
 
-
-def default_name(trigger: Trigger) -> str:
-    return Path(trigger.path).name
