@@ -118,7 +118,8 @@ class _ArrayFileSet(StreamedSet):
         return tuple(self.pixels.shape)
 
     def _rows(self, chunk_size: int):
-        return contextlib.nullcontext(lambda start, stop: torch.from_numpy(np.asarray(self.pixels[start:stop], np.float32)))
+        # a fresh float32 array per chunk (never a view of a mapped, read-only file)
+        return contextlib.nullcontext(lambda start, stop: torch.from_numpy(np.array(self.pixels[start:stop], np.float32)))
 
 
 class NpzSet(_ArrayFileSet):
