@@ -203,7 +203,8 @@ def _item(manifest: Path, line: int, row: dict[str, str], parser: argparse.Argum
         options[action.dest] = getattr(parsed, action.dest)
     if data["clean_valid"] is None or not (data["poisoned_valid"] or options.get("trigger")):
         missing = "clean_valid" if data["clean_valid"] is None else "poisoned_valid"
-        raise bad(missing, f"empty and no --{missing.replace('_', '-')} given to batch (or a trigger column)")
+        either = " (nor a trigger column)" if missing == "poisoned_valid" else ""
+        raise bad(missing, f"empty and no --{missing.replace('_', '-')} given to batch{either}")
     return BatchItem(name, line, model, data, options)
 
 
