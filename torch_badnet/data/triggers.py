@@ -40,7 +40,13 @@ def parse_target(value: str | int) -> int | str:
 @dataclass(frozen=True)
 class Trigger:
     """A trigger to stamp: `pixels` (C, H, W) float32 0..255 (C = 1 or 3), `weight` (1, H, W) float32 in [0, 1]
-    (mask times alpha), the target, and where it came from (summary.json's record)."""
+    (mask times alpha), the target, and where it came from (summary.json's record).
+
+    >>> corner = np.zeros((28, 28)); corner[24:, 24:] = 1
+    >>> trigger = tb.Trigger.from_arrays(np.full((28, 28), 255.0), corner, target="all+1")
+    >>> tb.prune_sweep(model, (x, y), trigger=trigger)        # the poisoned set made from (x, y)
+    >>> trigger.stamp(x[:8])                                 # or just the stamped images
+    """
 
     pixels: np.ndarray
     weight: np.ndarray
@@ -137,7 +143,11 @@ def load_trigger(path: str | os.PathLike[str], target: str | int, mask: str | os
                  alpha: float = 1.0) -> Trigger:
     """--trigger, --target, --trigger-mask and --trigger-alpha as a Trigger. The mask: the mask image (grey
     levels / 255, white = the trigger's pixel), else the trigger PNG's transparency, else (with alpha < 1) every
-    pixel; a trigger that would replace every pixel whole is refused."""
+    pixel; a trigger that would replace every pixel whole is refused.
+
+    >>> trigger = tb.load_trigger("white.png", target=0, mask="corner.png")
+    >>> tb.prune_sweep(bd, "cl/valid.h5", clean_test="cl/test.h5", trigger=trigger)
+    """
     from .files import file_sha256
 
     target = parse_target(target)
