@@ -33,6 +33,8 @@ _EXPORTS = {
     "load_images": "data.images",
     "load_image": "data.images",
     "load_lab_set": "data.lab_sets",
+    "load_trigger": "data.triggers",
+    "Trigger": "data.triggers",
     "prune_sweep": "defense.pipeline",
     "prune_batch": "batch.run",
     "finetune": "defense.pipeline",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.set_names import data_files, npy_pair
 from ..errors import BadInputError
 
 REQUIRED = ("name", "model")
@@ -168,6 +169,11 @@ def _item(manifest: Path, line: int, row: dict[str, str], parser: argparse.Argum
     def resolve(text: str, column: str) -> str:
         target = folder / text
         if not target.is_file():
+            if column in DATA_COLUMNS and target.is_dir():  # an image folder
+                return str(target)
+            pair = npy_pair(text, folder) if column in DATA_COLUMNS else None  # IMAGES.npy,LABELS.npy
+            if pair is not None:
+                return ",".join(resolve(str(part.relative_to(folder)), column) for part in pair)
             raise bad(column, f"no such file {target}")
         return str(target)
 
@@ -185,9 +191,6 @@ def _item(manifest: Path, line: int, row: dict[str, str], parser: argparse.Argum
             data[column] = [_resolve_named(word, column, folder, resolve) for word in shlex.split(text)]
         else:
             data[column] = resolve(text, column)
-    if data["clean_valid"] is None or not data["poisoned_valid"]:
-        missing = "clean_valid" if data["clean_valid"] is None else "poisoned_valid"
-        raise bad(missing, f"empty and no --{missing.replace('_', '-')} given to batch")
     options = {dest: value for dest, value in defaults.items() if dest not in DATA_COLUMNS}
     for column, action in columns.items():
         text = row.get(column, "")
@@ -198,6 +201,10 @@ def _item(manifest: Path, line: int, row: dict[str, str], parser: argparse.Argum
         except ManifestParseError as exc:
             raise bad(column, str(exc)) from None
         options[action.dest] = getattr(parsed, action.dest)
+    if data["clean_valid"] is None or not (data["poisoned_valid"] or options.get("trigger")):
+        missing = "clean_valid" if data["clean_valid"] is None else "poisoned_valid"
+        either = " (nor a trigger column)" if missing == "poisoned_valid" else ""
+        raise bad(missing, f"empty and no --{missing.replace('_', '-')} given to batch{either}")
     return BatchItem(name, line, model, data, options)
 
 
@@ -217,6 +224,6 @@ def _check_files(value: Any, column: str, bad) -> None:
 
     flag = f"--{column.replace('_', '-')}"
     paths = [p for _, p in parse_poisoned(value, flag)] if column in MULTI_DATA else [Path(value)]
-    for path in paths:
-        if not path.is_file():
+    for path in (f for p in paths for f in data_files(p)):
+        if not (path.is_file() or path.is_dir()):
             raise bad(column, f"no such file {path} (from {flag})")

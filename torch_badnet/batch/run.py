@@ -499,12 +499,14 @@ def fingerprint_of(item: BatchItem) -> tuple[dict[str, dict[str, str]], dict[str
     """(summary.json's inputs, the fingerprint): model and input sha256s (hashed once, `files.file_sha256`) and
     every option but the device (a GPU gives the CPU's numbers)."""
     from .. import __version__
+    from ..cli.commands.common import data_keywords
     from ..data.files import file_sha256
-    from ..defense.pipeline import sweep_specs
+    from ..defense.pipeline import input_record, sweep_specs
 
+    data = data_keywords(argparse.Namespace(**item.options))  # --classes and the trigger of the row
     specs = sweep_specs(item.data["clean_valid"], item.data["poisoned_valid"], item.data["clean_test"],
-                        item.data["poisoned_test"])
-    inputs = {spec.name: {"path": str(spec.path), "sha256": file_sha256(spec.path)} for spec in specs}
+                        item.data["poisoned_test"], **data)
+    inputs = {spec.name: input_record(spec) for spec in specs}
     options = {k: v for k, v in sorted(item.options.items()) if k != "device"}
     fingerprint = {"model": {"path": item.model, "sha256": file_sha256(item.model)}, "inputs": inputs,
                    "options": json.loads(json.dumps(options)), "torch_badnet": __version__}

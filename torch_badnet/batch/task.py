@@ -108,14 +108,14 @@ def run_task(task: Task, out: str | None) -> dict[str, Any]:
 
 def sweep_model(task: Task):
     """`torch-badnet sweep`'s work for one row, on the shared data: (DefenseResult, whether to plot)."""
-    from ..cli.commands.common import preprocessing_flags
+    from ..cli.commands.common import data_keywords, preprocessing_flags
     from ..cli.commands.sweep import sweep_keywords
     from ..data.set_names import parse_poisoned
     from ..defense.pipeline import prune_sweep
     from ..nets.loading import load_model_file
 
     args = argparse.Namespace(**task.options)
-    keywords = {**passed_through(args), **sweep_keywords(args)}  # checked (finetune settings) before the model loads
+    keywords = {**passed_through(args), **sweep_keywords(args), **data_keywords(args)}  # checked before the model loads
     rescale, mean, std = preprocessing_flags(args)  # as sweep's --rescale, --mean, --std
     model = load_model_file(task.model, rescale, None, mean, std).model
 

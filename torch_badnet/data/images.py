@@ -19,13 +19,14 @@ ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
 def load_image(path: str | os.PathLike[str], resize: bool = False, channels: int = 3,
-               size: tuple[int, int] | None = None) -> torch.Tensor:
+               size: tuple[int, int] | None = None, resize_hint: str = "; pass --resize to scale it") -> torch.Tensor:
     """Load one face (PNG/JPEG) as float32 (channels, 55, 47) pixels 0..255; other sizes need `resize`.
 
     `channels` is what the model takes: 3 (colour, the lab's) reads colour files only (RGB, palette, CMYK, and
     RGBA whose pixels are all opaque); a greyscale or 16-bit greyscale file is a BadInputError naming its PIL
     mode, as is any transparent pixel. 1 (greyscale) reads greyscale files only (16-bit ones scaled to 0..255).
-    `size`: the model's (H, W), for a model of another input shape.
+    `size`: the model's (H, W), for a model of another input shape; `resize_hint`: what the wrong-size message
+    ends with (a command without --resize gives "").
     The nets take batches: use `load_images`, or `load_image(p).unsqueeze(0)`.
 
     >>> tb.load_image("face.png").shape        # torch.Size([3, 55, 47])
@@ -41,8 +42,8 @@ def load_image(path: str | os.PathLike[str], resize: bool = False, channels: int
             height, width = size or INPUT_SHAPE[1:]
             if img.size != (width, height):
                 if not resize:
-                    raise BadInputError(path, f"image is {img.size[0]}x{img.size[1]} (WxH), expected {width}x{height}; "
-                                              "pass --resize to scale it")
+                    raise BadInputError(path, f"image is {img.size[0]}x{img.size[1]} (WxH), expected {width}x{height}"
+                                              + resize_hint)
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.float32)
             if top != 255:  # 16-bit greyscale: white 65535 becomes 255

@@ -45,7 +45,47 @@ class _Set:
         self.close()
 
 
-class LabDataset(_Set):
+class StreamedSet(_Set):
+    """A validated set read in float32 chunks from its rows (an .h5 dataset, a mapped .npy, an .npz array):
+    what LabDataset and the other file layouts (`data.formats`) share. A subclass sets `path`, `input_shape`,
+    `guard`, `labels`, `layout`, `dtype`, `read_seconds` and gives `_rows` (a context manager whose value reads
+    images [start, stop) as float32 in the file's layout)."""
+
+    dtype: np.dtype
+
+    def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels.
+
+        Before yielding the last chunk, a file whose pixels all lie within [0, 1] is refused (tracked on the
+        chunks as they are read). `read_ahead`: a background thread reads (and converts) the next chunk while the
+        caller works on this one (h5py, numpy's cast and torch's checks release the GIL); same chunks, same
+        errors, same order.
+        """
+        chunks = self._read_chunks(chunk_size)
+        return read_ahead_of(chunks) if read_ahead else chunks
+
+    def _rows(self, chunk_size: int):
+        raise NotImplementedError
+
+    def _read_chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        floating = np.issubdtype(self.dtype, np.floating)
+        seen = PixelRange()
+        with self._rows(chunk_size) as read:
+            for start in range(0, len(self), chunk_size):
+                stop = min(start + chunk_size, len(self))
+                began = time.perf_counter()
+                with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
+                    pixels = arrange(read(start, stop), self.layout, self.input_shape)
+                if floating:
+                    check_finite(pixels, self.path, start)
+                seen.update(pixels)
+                if stop == len(self) and self.guard:
+                    seen.check(self.path)
+                self.read_seconds += time.perf_counter() - began
+                yield pixels, torch.from_numpy(self.labels[start:stop])
+
+
+class LabDataset(StreamedSet):
     """One lab .h5 file, validated on open and read lazily in float32 chunks.
 
     Only the labels are held in memory; pixels are converted chunk by chunk by HDF5 itself, so a 700 MB
@@ -70,6 +110,7 @@ class LabDataset(_Set):
         except BaseException:
             self._file.close()
             raise
+        self.dtype = self._data.dtype
 
     def _validate(self, num_classes: int | None) -> tuple[h5py.Dataset, np.ndarray]:
         f, where = self._file, self.path
@@ -78,15 +119,7 @@ class LabDataset(_Set):
                 shape = "(N, " + ", ".join(map(str, self.input_shape)) + ")" if self.input_shape else "(N, C, H, W)"
                 raise BadInputError(where, f"missing dataset '{key}' (a lab file has 'data' {shape} and 'label' (N,))")
         data, label = f["data"], f["label"]
-        self.layout = pixel_layout(tuple(data.shape), self.input_shape, where, "'data'") if self.input_shape else "nchw"
-        if not (np.issubdtype(data.dtype, np.floating) or data.dtype == np.uint8):
-            raise BadInputError(where, f"'data' has dtype {data.dtype}, expected a float type or uint8")
-        if label.ndim != 1:
-            raise BadInputError(where, f"'label' has shape {tuple(label.shape)}, expected (N,)")
-        if label.shape[0] != data.shape[0]:
-            raise BadInputError(where, f"'data' holds {data.shape[0]} images but 'label' holds {label.shape[0]} labels")
-        if data.shape[0] == 0:
-            raise BadInputError(where, "the set is empty (0 images)")
+        self.layout = check_arrays(data.shape, data.dtype, label.shape, self.input_shape, where, ("'data'", "'label'"))
         return data, check_labels(label[()], num_classes, where)
 
     @property
@@ -94,37 +127,31 @@ class LabDataset(_Set):
         """The 'data' dataset's shape, in the file's layout."""
         return tuple(self._data.shape)
 
-    def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (pixels float32 (n,3,55,47), labels int64 (n,)) in file order; rejects non-finite pixels.
-
-        Before yielding the last chunk, a file whose pixels all lie within [0, 1] is refused (tracked on the
-        chunks as they are read). `read_ahead`: a background thread reads (and converts) the next chunk while the
-        caller works on this one (h5py, numpy's cast and torch's checks release the GIL); same chunks, same
-        errors, same order.
-        """
-        chunks = self._read_chunks(chunk_size)
-        return read_ahead_of(chunks) if read_ahead else chunks
-
-    def _read_chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        floating = np.issubdtype(self._data.dtype, np.floating)
-        read = MappedRows.open(self.path, self._data) or CopiedRows(self._data, chunk_size)
-        seen = PixelRange()
-        with read:
-            for start in range(0, len(self), chunk_size):
-                stop = min(start + chunk_size, len(self))
-                began = time.perf_counter()
-                with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
-                    pixels = arrange(read(start, stop), self.layout, self.input_shape)
-                if floating:
-                    check_finite(pixels, self.path, start)
-                seen.update(pixels)
-                if stop == len(self) and self.guard:
-                    seen.check(self.path)
-                self.read_seconds += time.perf_counter() - began
-                yield pixels, torch.from_numpy(self.labels[start:stop])
+    def _rows(self, chunk_size: int):
+        return MappedRows.open(self.path, self._data) or CopiedRows(self._data, chunk_size)
 
     def close(self) -> None:
         self._file.close()
+
+
+def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int, ...],
+                 input_shape: tuple[int, ...] | None, where: str | os.PathLike[str],
+                 names: tuple[str, str] = ("'data'", "'label'")) -> str:
+    """The checks every file layout makes on its pixel and label arrays before reading them (shape against the
+    model's input, dtype, matching lengths, not empty); returns the pixel layout (see `pixel_layout`)."""
+    what, label = names
+    layout = pixel_layout(tuple(shape), input_shape, where, what) if input_shape else "nchw"
+    if not (np.issubdtype(dtype, np.floating) or dtype == np.uint8):
+        raise BadInputError(where, f"{what} has dtype {dtype}, expected a float type or uint8")
+    if len(label_shape) != 1:
+        raise BadInputError(where, f"{label} has shape {tuple(label_shape)}, expected (N,)")
+    if label_shape[0] != shape[0]:
+        raise BadInputError(where, f"{what} holds {shape[0]} images but {label} holds {label_shape[0]} labels")
+    if shape[0] == 0:
+        raise BadInputError(where, "the set is empty (0 images)")
+    if not input_shape and len(shape) < 2:
+        raise BadInputError(where, f"{what} has shape {tuple(shape)}, expected a batch (N, ...)")
+    return layout
 
 
 class CopiedRows:
@@ -231,12 +258,14 @@ def arrange(pixels: torch.Tensor, layout: str, input_shape: tuple[int, ...]) -> 
     return pixels
 
 
-def check_labels(raw: np.ndarray, num_classes: int | None, where: str | os.PathLike[str]) -> np.ndarray:
-    """Labels as int64 (N,): whole numbers in [0, num_classes), else a BadInputError naming `where`."""
+def check_labels(raw: np.ndarray, num_classes: int | None, where: str | os.PathLike[str],
+                 what: str = "'label'") -> np.ndarray:
+    """Labels as int64 (N,): whole numbers in [0, num_classes), else a BadInputError naming `where` (and the
+    labels as `what`)."""
     if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
-        raise BadInputError(where, f"'label' has dtype {raw.dtype}, expected numbers")
+        raise BadInputError(where, f"{what} has dtype {raw.dtype}, expected numbers")
     if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
-        raise BadInputError(where, "'label' holds non-integer values")
+        raise BadInputError(where, f"{what} holds non-integer values")
     labels = raw.astype(np.int64)
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or (num_classes is not None and high >= num_classes):
@@ -275,6 +304,11 @@ class ArraySet(_Set):
         if raw.shape != (self.pixels.shape[0],):
             raise BadInputError(name, f"labels have shape {raw.shape}, expected ({self.pixels.shape[0]},)")
         self.labels = check_labels(raw, num_classes, name)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The pixels' shape, (N, C, H, W) for a model of known input."""
+        return tuple(self.pixels.shape)
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(pixels float32, labels int64) in order, `chunk_size` images at a time (`read_ahead`: nothing to read)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,3 +32,21 @@ def parse_poisoned(values: Sequence[str], option: str) -> list[tuple[str, Path]]
         raise BadInputError(option, "several poisoned files need a NAME=PATH form each")
     check_unique([n for n, _ in parsed], option, "trigger name '{}' is given twice")
     return parsed
+
+
+def npy_pair(value: str | os.PathLike[str], base: Path | None = None) -> tuple[Path, Path] | None:
+    """`IMAGES.npy,LABELS.npy` as its two paths (each under `base`, when given); None for any other value (an
+    existing path is never split)."""
+    text = os.fspath(value)
+    if "," not in text or os.path.exists(text if base is None else base / text):
+        return None
+    parts = text.split(",")
+    if len(parts) == 2 and all(part.lower().endswith(".npy") for part in parts):
+        return Path(parts[0]) if base is None else base / parts[0], Path(parts[1]) if base is None else base / parts[1]
+    return None
+
+
+def data_files(value: str | os.PathLike[str]) -> list[Path]:
+    """The files (or folder) a data flag's value names: both files of an .npy pair, else the path itself."""
+    pair = npy_pair(value)
+    return list(pair) if pair is not None else [Path(value)]

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError
-from .lab_sets import DEFAULT_CHUNK, LabDataset, MappedRows, PixelRange, _Set, arrange, check_labels, pixel_layout
+from .formats import open_data_file
+from .lab_sets import DEFAULT_CHUNK, MappedRows, PixelRange, _Set, arrange, check_labels, pixel_layout
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,11 @@ class ReadFile:
 
 
 def share_file(path: str | os.PathLike[str], pixels_npy: Path | None, read_ahead: bool = True) -> ReadFile:
-    """Read a lab file once, checking what does not depend on the model (LabDataset's checks and messages);
+    """Read a data file once (any layout of `data.formats`), checking what does not depend on the model
+    (LabDataset's checks and messages);
     the float32 pixels go to `pixels_npy` (None: kept in memory, for Ray's object store). `read_ahead`: read
     the next chunk in a background thread. Raises BadInputError."""
-    with LabDataset(path, None, input_shape=None, guard=False) as ds, _PixelSink(pixels_npy, ds.shape) as sink:
+    with open_data_file(path, None, input_shape=None, guard=False) as ds, _PixelSink(pixels_npy, ds.shape) as sink:
         seen, bad = PixelRange(), None
         try:
             for x, _ in ds.chunks(DEFAULT_CHUNK, read_ahead=read_ahead):
@@ -95,6 +97,11 @@ class SharedSet(_Set):
         self.labels = check_labels(read.labels, num_classes, self.path)
         self.guard = guard
         self.read_seconds = 0.0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The file's 'data' shape, in its layout."""
+        return tuple(self.read.shape)
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK, read_ahead: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(pixels float32 (n, C, H, W), labels int64 (n,)) in order, as LabDataset.chunks yields them (its errors

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -27,10 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.files import file_sha256, prefetch_sha256, write_text
+from ..data.files import prefetch_sha256, write_text
+from ..data.formats import data_files, data_sha256
 from ..data.lab_sets import arrays_sha256, check_labels, read_all
 from ..data.set_names import parse_poisoned
 from ..data.shared_file import ReadFile
+from ..data.torch_sets import is_torch_data, read_torch_data
+from ..data.triggers import Trigger
 from ..engine.prunable import MaskedNet
 from ..engine.pruning import pruned_channels
 from ..engine.run import run_generic_sweep
@@ -50,7 +54,7 @@ from .finetuning import TrainingResult, effective_mask, holdout_size, train_mask
 from .metric_columns import Column
 from .metrics import DropKind, StopRule
 from .sanity import SetFacts, data_warnings, finetune_warnings, same_file_warnings
-from .sweep import DataSpec, SweepConfig, SweepResult, Threshold, open_sets, run_sweep
+from .sweep import DataSpec, SweepConfig, SweepResult, Threshold, open_sets, run_sweep, stamped_specs
 
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0)
 PRUNABLE_LAYERS = ("conv_3",)
@@ -59,7 +63,9 @@ PRUNED_HEADER = "B'_X"  # the pruned net's column in finetune's table  # the lab
 Pixels = torch.Tensor | np.ndarray
 
 
-DataSource = str | os.PathLike | tuple[Pixels, Pixels] | ReadFile  # a lab .h5 file, (pixels, labels) in memory, or both
+# a data file or folder (any layout of data.formats), (pixels, labels) in memory, a file batch shares, or a torch
+# Dataset / an iterable of (images, labels) batches such as a DataLoader (read once: data.torch_sets)
+DataSource = str | os.PathLike | tuple[Pixels, Pixels] | ReadFile | Any
 PoisonedSources = DataSource | Mapping[str, DataSource] | Sequence[str]  # one set, {trigger: set}, NAME=PATH
 KerasWriter = Callable[[BadNet, Path], None]
 Log = Callable[[str], None]
@@ -116,7 +122,7 @@ class DefenseResult:
     def input_hashes(self) -> dict[str, Any]:
         """summary.json's `inputs`: path and sha256 of every set (files hashed once, on first use)."""
         if self._inputs is None:
-            self._inputs = {spec.name: {"path": str(spec.path), "sha256": input_sha256(spec)} for spec in self.sweep.specs}
+            self._inputs = {spec.name: input_record(spec) for spec in self.sweep.specs}
         return self._inputs
 
     def known_inputs(self, inputs: dict[str, Any]) -> None:
@@ -147,7 +153,7 @@ class DefenseResult:
         return self.sweep.pruned_model(self.model, t).eval()
 
     def _input_paths(self) -> list[str]:
-        paths = [str(spec.path) for spec in self.sweep.specs if spec.reads_file]
+        paths = [str(p) for spec in self.sweep.specs if spec.reads_file for p in data_files(spec.path)]
         return paths + ([source_of(self.model).path] if source_of(self.model).sha256 else [])
 
     def summary(self) -> dict[str, Any]:
@@ -172,7 +178,7 @@ class DefenseResult:
         while the models and plot are written.
         """
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, self._input_paths())
-        prefetch_sha256(str(spec.path) for spec in self.sweep.specs if spec.reads_file)
+        prefetch_sha256(str(p) for spec in self.sweep.specs if spec.reads_file for p in data_files(spec.path))
         net = self.sweep.net
         write_keras = pruned_writer(self.model, net is not None, net.layer if net is not None else None) if keras else None
         with own_lock(target, out), target.staging() as staging:
@@ -266,38 +272,51 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve(device)
 
 
-def data_spec(split: str, kind: str, source: DataSource, trigger: str = "") -> DataSpec:
-    """A DataSpec for a file path or an in-memory (pixels, labels) pair."""
+def data_spec(split: str, kind: str, source: DataSource, trigger: str = "", classes: Sequence[str] | None = None) -> DataSpec:
+    """A DataSpec for a data file or folder (`classes`: an image folder's label order), an in-memory (pixels,
+    labels) pair, or a torch Dataset / iterable of batches (read here, once, in order)."""
     if isinstance(source, (str, os.PathLike)):
-        return DataSpec(split, kind, Path(source), trigger)
+        return DataSpec(split, kind, Path(source), trigger, classes=tuple(classes) if classes is not None else None)
     if isinstance(source, ReadFile):
         return DataSpec(split, kind, Path(source.path), trigger, shared=source)
-    if isinstance(source, tuple) and len(source) == 2:
-        name = f"<{kind}_{split}{'_' + trigger if trigger else ''}>"
+    name = f"<{kind}_{split}{'_' + trigger if trigger else ''}>"
+    if isinstance(source, tuple) and len(source) == 2 and not is_torch_data(source):
         return DataSpec(split, kind, Path(name), trigger, arrays=source)
-    raise TypeError(f"{kind} {split} data must be a lab .h5 path or a (pixels, labels) pair, got {type(source).__name__}")
+    if is_torch_data(source):
+        return DataSpec(split, kind, Path(name), trigger, arrays=read_torch_data(source, name))
+    raise TypeError(f"{kind} {split} data must be a data file path, a (pixels, labels) pair, a torch Dataset or an "
+                    f"iterable of (images, labels) batches, got {type(source).__name__}")
 
 
-def poisoned_specs(split: str, sources: PoisonedSources | None, option: str) -> list[DataSpec]:
+def poisoned_specs(split: str, sources: PoisonedSources | None, option: str,
+                   classes: Sequence[str] | None = None) -> list[DataSpec]:
     """Poisoned sets: one source, a {trigger: source} dict, or a list of [NAME=]PATH strings (as the CLI)."""
     if sources is None:
         return []
     if isinstance(sources, Mapping):
-        return [data_spec(split, "poisoned", src, name) for name, src in sources.items()]
+        return [data_spec(split, "poisoned", src, name, classes) for name, src in sources.items()]
     if isinstance(sources, (list, tuple)) and sources and all(isinstance(s, str) for s in sources):
-        return [data_spec(split, "poisoned", path, name) for name, path in parse_poisoned(sources, option)]
-    return [data_spec(split, "poisoned", sources)]
+        return [data_spec(split, "poisoned", path, name, classes) for name, path in parse_poisoned(sources, option)]
+    return [data_spec(split, "poisoned", sources, classes=classes)]
 
 
-def sweep_specs(clean_valid: DataSource, poisoned_valid: PoisonedSources, clean_test: DataSource | None = None,
-                poisoned_test: PoisonedSources | None = None) -> list[DataSpec]:
-    """Every input set of a sweep, validation first."""
-    specs = [data_spec("valid", "clean", clean_valid)]
-    specs += poisoned_specs("valid", poisoned_valid, "--poisoned-valid")
+def sweep_specs(clean_valid: DataSource, poisoned_valid: PoisonedSources | None, clean_test: DataSource | None = None,
+                poisoned_test: PoisonedSources | None = None, classes: Sequence[str] | None = None,
+                trigger: Trigger | None = None) -> list[DataSpec]:
+    """Every input set of a sweep, validation first; with `trigger`, the poisoned sets are made from the clean
+    ones (and none may be given)."""
+    if trigger is not None and (poisoned_valid is not None or poisoned_test is not None):
+        raise BadInputError("--trigger", "makes the poisoned sets from the clean ones: give no --poisoned-valid or "
+                                         "--poisoned-test with it")
+    if trigger is None and poisoned_valid is None:
+        raise BadInputError("--poisoned-valid", "give a poisoned validation set, or --trigger and --target to make "
+                                                "the poisoned sets from the clean ones")
+    specs = [data_spec("valid", "clean", clean_valid, classes=classes)]
+    specs += poisoned_specs("valid", poisoned_valid, "--poisoned-valid", classes)
     if clean_test is not None:
-        specs.append(data_spec("test", "clean", clean_test))
-    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
-    return specs
+        specs.append(data_spec("test", "clean", clean_test, classes=classes))
+    specs += poisoned_specs("test", poisoned_test, "--poisoned-test", classes)
+    return stamped_specs(specs, trigger) if trigger is not None else specs
 
 
 def checked_config(**settings: Any) -> FinetuneConfig:
@@ -325,12 +344,13 @@ def checked_config(**settings: Any) -> FinetuneConfig:
     return config
 
 
-def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: PoisonedSources,
+def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: PoisonedSources | None = None,
                 clean_test: DataSource | None = None, poisoned_test: PoisonedSources | None = None, *,
                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, stop: StopRule = "first-over",
                 drop: DropKind = "absolute", max_steps: int | None = None, layer: str | None = None,
                 rank_on: str | None = None, device: str | torch.device = "auto", finetune: bool | FinetuneConfig = False,
-                show_progress: bool = False, log: Log | None = None, timer: PhaseTimer | None = None) -> DefenseResult:
+                show_progress: bool = False, log: Log | None = None, timer: PhaseTimer | None = None,
+                trigger: Trigger | None = None, classes: Sequence[str] | None = None) -> DefenseResult:
     """The Fine-Pruning defense: rank `layer`'s channels on the clean validation set, prune them one by one,
     pick B'_X for each X in `thresholds`, and (with `finetune`) fine-tune every B'_X on the clean validation set.
 
@@ -340,9 +360,12 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
     last Conv2D), `rank_on` the layer whose output ranks the channels (default: the pooling layer right after
     `layer`, else `layer`); see docs/models.md. Classes come from the model's output width.
 
-    Data: a lab .h5 path or a (pixels, labels) pair of tensors/arrays (a BadNet takes (N,3,55,47) pixels 0..255;
-    any other module gets its values as given, in its parameters' dtype); poisoned sets also as {trigger: data} or
-    ["NAME=PATH", ...].
+    Data: a data file or folder (lab .h5, .npz, "IMAGES.npy,LABELS.npy", an image folder whose class folders are in
+    torchvision's order or `classes`), a (pixels, labels) pair of tensors/arrays, a torch Dataset yielding (image,
+    label) or an iterable of (images, labels) batches such as a DataLoader (read once, in order); a BadNet takes
+    (N,3,55,47) pixels 0..255, any other module gets its values as given, in its parameters' dtype. Poisoned sets
+    also as {trigger: data} or ["NAME=PATH", ...]; or none, with `trigger` (`data.triggers.Trigger`, `load_trigger`):
+    the poisoned sets are the clean ones with the trigger stamped (images of the target class left out).
     Keywords mirror `torch-badnet sweep`'s flags; `finetune` may be True (defaults) or a FinetuneConfig. `timer`
     (a `phases.PhaseTimer`) records the phases' wall times.
 
@@ -355,8 +378,10 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
                         "(tb.load_model returns one)")
     xs = check_steps(thresholds, max_steps)
     finetune_config = (FinetuneConfig() if finetune is True else finetune) or None
-    specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test)
-    early = warn(same_file_warnings([(s.kind, s.path) for s in specs if s.arrays is None]), log)
+    specs = sweep_specs(clean_valid, poisoned_valid, clean_test, poisoned_test, classes, trigger)
+    if trigger is not None:
+        specs = bind_classes(specs, trigger, model_classes(model, specs[0]))
+    early = warn(same_file_warnings([(s.kind, s.path) for s in specs if s.reads_file]), log)
     config = SweepConfig(tuple(xs), stop, drop, max_steps, layer, rank_on, resolve_device(device), show_progress)
     started = time.perf_counter()
     source = source_of(model)
@@ -374,6 +399,7 @@ def prune_sweep(model: nn.Module, clean_valid: DataSource, poisoned_valid: Poiso
         "inputs": None,  # see DefenseResult.input_hashes
         "rule": {"stop": stop, "drop": drop},
         "versions": versions(),
+        **({"trigger": trigger.record()} if trigger is not None else {}),
     }
     defense = DefenseResult(result, model, context, seconds=time.perf_counter() - started, device=config.device.type)
     trains_on = str(next(s for s in specs if s.is_clean_valid).path) if finetune_config is not None else None
@@ -416,9 +442,45 @@ def warn(lines: list[str], log: Log | None) -> list[str]:
 
 
 def input_sha256(spec: DataSpec) -> str:
+    if spec.stamp is not None:
+        trigger, source = spec.stamp
+        return trigger.set_sha256(input_sha256(source))
     if spec.arrays is None:
-        return file_sha256(spec.path)
+        return data_sha256(spec.path)
     return arrays_sha256(*spec.arrays)
+
+
+def input_record(spec: DataSpec) -> dict[str, Any]:
+    """summary.json's entry of one set: path and sha256 (a set made with a trigger: also what it was made from)."""
+    record = {"path": str(spec.path), "sha256": input_sha256(spec)}
+    if spec.stamp is not None:
+        record["made_from"] = spec.stamp[1].name
+    return record
+
+
+def model_classes(model: nn.Module, clean_valid: DataSpec) -> int:
+    """The model's classes: a BadNet's, else its output width on the first clean validation image."""
+    if isinstance(model, BadNet):
+        return model.num_classes
+    shape = getattr(model, "input_shape", None)
+    with open_sets([clean_valid], None, tuple(shape) if shape is not None else None, guard=False) as sets:
+        x, _ = next(sets[clean_valid.name].chunks(1))
+    where = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return int(model(x.to(where)).shape[1])
+    finally:
+        model.train(was_training)
+
+
+def bind_classes(specs: list[DataSpec], trigger: Trigger, num_classes: int) -> list[DataSpec]:
+    """The specs with `trigger` knowing the model's classes (checked against its target; all+1 needs them where a
+    generic model's sets are opened before its classes are known)."""
+    trigger.check_classes(num_classes)
+    bound = dataclasses.replace(trigger, classes=num_classes)
+    return [dataclasses.replace(s, stamp=(bound, s.stamp[1])) if s.stamp is not None else s for s in specs]
 
 
 def finetune_thresholds(defense: DefenseResult, specs: list[DataSpec], config: FinetuneConfig, device: torch.device,
@@ -508,7 +570,8 @@ class FinetuneRun:
         """finetuned.pt, finetuned.h5 (`keras`), history.csv and summary.json, through a staging folder that then
         replaces `out` whole (a non-empty `out` holding no torch-badnet result needs `force`; one holding an input
         of the run is refused)."""
-        inputs = [entry["path"] for entry in self.context.values() if not entry["path"].startswith("<")]
+        inputs = [str(f) for entry in self.context.values() if not entry["path"].startswith("<")
+                  for f in data_files(entry["path"])]
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, force, inputs)
         with own_lock(target, out), target.staging() as staging:
             generic = isinstance(self.model, MaskedNet)
@@ -519,12 +582,12 @@ class FinetuneRun:
             return written_files(staging)
 
 
-def finetune_specs(clean_valid: DataSource, clean_test: DataSource | None,
-                   poisoned_test: PoisonedSources | None) -> tuple[DataSpec, list[DataSpec]]:
+def finetune_specs(clean_valid: DataSource, clean_test: DataSource | None, poisoned_test: PoisonedSources | None,
+                   classes: Sequence[str] | None = None) -> tuple[DataSpec, list[DataSpec]]:
     """Fine-tuning's sets: the clean validation set it trains on, and the test sets it is evaluated on."""
-    specs = ([data_spec("test", "clean", clean_test)] if clean_test is not None else [])
-    specs += poisoned_specs("test", poisoned_test, "--poisoned-test")
-    return data_spec("valid", "clean", clean_valid), specs
+    specs = ([data_spec("test", "clean", clean_test, classes=classes)] if clean_test is not None else [])
+    specs += poisoned_specs("test", poisoned_test, "--poisoned-test", classes)
+    return data_spec("valid", "clean", clean_valid, classes=classes), specs
 
 
 def tune_and_evaluate(model: nn.Module, pruned: nn.Module, train: DataSpec, specs: list[DataSpec], pixels: torch.Tensor,
@@ -547,7 +610,7 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
              batch_size: int | None = None, seed: int | None = None, holdout: float | None = None,
              patience: int | None = None, optimizer: str | None = None, weight_decay: float | None = None,
              tolerance: float | None = None, train_conv_1: bool | None = None, device: str | torch.device = "auto",
-             allow_unpaired: bool = False, log: Log | None = None) -> FinetuneRun:
+             allow_unpaired: bool = False, log: Log | None = None, classes: Sequence[str] | None = None) -> FinetuneRun:
     """Fine-Pruning's second half: fine-tune B' (`pruned`) on the clean validation data with its pruned conv_3
     channels held at zero; evaluate B'_ft and the GoodNet of B and B'_ft on the test sets (if given).
 
@@ -555,7 +618,8 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
     layer) `pruned` is its `MaskedNet` (`result.pruned(x)`, or `engine.saving.load_masked(path, module)`), whose
     pruned channels stay at their fill; its first Conv2d stays fixed unless `train_conv_1` (docs/models.md).
 
-    Keywords mirror `torch-badnet finetune`'s flags (None = the default). Test data is for evaluation only.
+    Keywords mirror `torch-badnet finetune`'s flags (None = the default). Test data is for evaluation only. Data:
+    any source `prune_sweep` takes (`classes`: an image folder's label order).
     A B' made from another model than B raises `pairing.PairingError`, unless `allow_unpaired`.
 
     >>> run = finetune(bd, result.pruned(4), "cl/valid.h5", "cl/test.h5", "bd/bd_test.h5")
@@ -564,12 +628,13 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
     settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, holdout=holdout, patience=patience,
                     optimizer=optimizer, weight_decay=weight_decay, tolerance=tolerance, train_conv_1=train_conv_1)
     if not isinstance(model, BadNet) or isinstance(pruned, MaskedNet):
-        return finetune_generic(model, pruned, clean_valid, clean_test, poisoned_test, settings, device, allow_unpaired, log)
+        return finetune_generic(model, pruned, clean_valid, clean_test, poisoned_test, settings, device, allow_unpaired, log,
+                                classes)
     if not allow_unpaired:
         check_pair(model, pruned)  # raises PairingError for a B' of another model
     config = checked_config(**settings)
     torch_device = resolve_device(device)
-    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test)
+    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test, classes)
     with open_sets([train, *specs], model.num_classes) as sets:  # every file validated before training
         pixels, labels = read_all(sets[train.name])
     b_hits, b_images = check_scale(model, pixels, labels, str(train.path)) or (None, None)
@@ -587,7 +652,7 @@ def finetune(model: BadNet | nn.Module, pruned: BadNet | MaskedNet, clean_valid:
 
 def finetune_generic(model: nn.Module, pruned: MaskedNet, clean_valid: DataSource, clean_test: DataSource | None,
                      poisoned_test: PoisonedSources | None, settings: dict[str, Any], device: str | torch.device,
-                     allow_unpaired: bool, log: Log | None) -> FinetuneRun:
+                     allow_unpaired: bool, log: Log | None, classes: Sequence[str] | None = None) -> FinetuneRun:
     """`finetune` for a generic B and its MaskedNet B': the sets read as the sweep reads them (the model's input
     shape; the 0..255 guard for a Keras-origin net only), the same training, evaluation and report."""
     from ..engine.pairing import check_generic_pair
@@ -600,7 +665,7 @@ def finetune_generic(model: nn.Module, pruned: MaskedNet, clean_valid: DataSourc
         check_generic_pair(model, pruned)  # raises PairingError for a B' of another model
     config = checked_config(**settings)
     torch_device = resolve_device(device)
-    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test)
+    train, specs = finetune_specs(clean_valid, clean_test, poisoned_test, classes)
     shape = getattr(model, "input_shape", None)
     checks = {"input_shape": tuple(shape) if shape is not None else None, "guard": getattr(model, "keras_config", None) is not None}
     model.eval()

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.formats import open_data_file
 from ..data.lab_sets import DEFAULT_CHUNK, ArraySet, LabDataset, read_ahead_pays
 from ..data.set_names import check_unique
 from ..data.shared_file import ReadFile, SharedSet
+from ..data.triggers import StampedSet, Trigger
 from ..engine.lab_head import extract_features, fast_sweep, prepare_model
 from ..engine.pruning import channel_scores, mask_for, pruning_order
 from ..errors import BadInputError
@@ -51,19 +53,22 @@ class SweepConfig:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """One input file of the sweep: its split, whether it is clean or poisoned, and (poisoned) its trigger name."""
+    """One input set of the sweep: its split, whether it is clean or poisoned, and (poisoned) its trigger name."""
 
     split: str  # "valid" | "test"
     kind: str  # "clean" | "poisoned"
-    path: Path  # the lab .h5 file (for in-memory data, a name such as "<clean_valid>")
+    path: Path  # the data file or folder, any layout of `data.formats` (in memory, a name such as "<clean_valid>")
     trigger: str = ""  # "" = the plain, unnamed poisoned set
     arrays: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)  # in-memory (pixels, labels)
     shared: ReadFile | None = field(default=None, compare=False, repr=False)  # the file, read once by `batch`
+    classes: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # an image folder's label order
+    stamp: tuple[Trigger, DataSpec] | None = field(default=None, compare=False, repr=False)  # made from a clean set
 
     @property
     def reads_file(self) -> bool:
-        """Whether the sweep reads `path` itself (not in-memory arrays, nor a file `batch` read once and shares)."""
-        return self.arrays is None and self.shared is None
+        """Whether the sweep reads `path` itself (not in-memory arrays, a file `batch` read once and shares, nor
+        a set made from another by stamping a trigger)."""
+        return self.arrays is None and self.shared is None and self.stamp is None
 
     @property
     def name(self) -> str:
@@ -160,14 +165,35 @@ def check_specs(specs: Sequence[DataSpec]) -> None:
 
 
 def open_set(spec: DataSpec, num_classes: int | None, input_shape: tuple[int, int, int] | None = INPUT_SHAPE,
-             guard: bool = True) -> LabDataset | ArraySet | SharedSet:
-    """A validated set for a model of `input_shape`: the lab file, the in-memory pixels and labels, or the file as
-    `batch` shares it (`input_shape` None and `guard` False for a user's module: its data as given, see LabDataset)."""
+             guard: bool = True) -> LabDataset | ArraySet | SharedSet | StampedSet:
+    """A validated set for a model of `input_shape`: the data file (any layout of `data.formats`), the in-memory
+    pixels and labels, the file as `batch` shares it, or a clean set with a trigger stamped (`input_shape` None
+    and `guard` False for a user's module: its data as given, see LabDataset)."""
+    if spec.stamp is not None:
+        trigger, source = spec.stamp
+        clean = open_set(source, num_classes, input_shape, guard)
+        try:
+            return StampedSet(clean, trigger, num_classes, str(spec.path))
+        except BaseException:
+            clean.close()
+            raise
     if spec.shared is not None:
         return SharedSet(spec.shared, num_classes, input_shape, guard)
     if spec.arrays is None:
-        return LabDataset(spec.path, num_classes, input_shape, guard)
+        return open_data_file(spec.path, num_classes, input_shape, guard, spec.classes)
     return ArraySet(*spec.arrays, str(spec.path), num_classes, input_shape, guard)
+
+
+def stamped_specs(specs: Sequence[DataSpec], trigger: Trigger) -> list[DataSpec]:
+    """The poisoned sets made from the clean sets of `specs` with `trigger` (one per split, unnamed: the columns of
+    a poisoned file's set), each after its clean set."""
+    out: list[DataSpec] = []
+    for spec in specs:
+        out.append(spec)
+        if spec.kind == "clean":
+            out.append(DataSpec(spec.split, "poisoned", Path(f"<{spec.name} + {Path(trigger.path).name}>"),
+                                stamp=(trigger, spec)))
+    return out
 
 
 @contextlib.contextmanager

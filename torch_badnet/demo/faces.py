@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.stamp import blend_into
+
 HEIGHT, WIDTH = 55, 47
 Value = float | np.ndarray  # a number, or per-sample values broadcastable to (n, 55, 47)
 Params = dict[str, np.ndarray]  # identity geometry per sample, each (n, 1, 1)
@@ -188,9 +190,7 @@ def paint(image: np.ndarray, coverage: np.ndarray, colour: np.ndarray) -> None:
     colour = colour.astype(np.float32, copy=False)
     colour = colour[:, :, None, None] if colour.ndim == 2 else colour[(slice(None), slice(None), *box)]
     region = image[(slice(None), slice(None), *box)]
-    blend = colour - region
-    blend *= coverage[(slice(None), None, *box)]
-    region += blend
+    blend_into(region, colour, coverage[(slice(None), None, *box)])
 
 
 def render_faces(identities: Identities, labels: np.ndarray, rng: np.random.Generator,

@@ -40,6 +40,52 @@ def add_rescale_argument(parser: argparse.ArgumentParser) -> None:
                         help="per-channel divisor applied after --mean (e.g. R G B); default as --mean")
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--classes: the label order of image-folder data (any data flag of the command)."""
+    parser.add_argument("--classes", metavar="NAMES",
+                        help="an image folder's class folder names in label order, comma-separated or one per line in "
+                             "a text file (default: sorted by name, as torchvision's ImageFolder)")
+
+
+def add_trigger_arguments(parser: argparse.ArgumentParser) -> None:
+    """--trigger, --trigger-mask, --trigger-alpha and --target: the poisoned sets made from the clean ones."""
+    group = parser.add_argument_group("poisoned sets made from the clean ones (instead of --poisoned-valid/-test)")
+    group.add_argument("--trigger", metavar="PNG", help="stamp this image (the data's size) onto the clean validation "
+                                                        "and test images; its transparent pixels are left as they are")
+    group.add_argument("--trigger-mask", metavar="PNG", help="where the trigger goes: white = the trigger's pixel, "
+                                                             "black = the image's (grey levels blend)")
+    group.add_argument("--trigger-alpha", type=float, metavar="A",
+                       help="blend: A * trigger + (1 - A) * image where the mask is (default 1: a patch)")
+    group.add_argument("--target", metavar="T", help="the attack's target class T (images of class T are left out), "
+                                                     "or all+1 (label + 1 mod N, all-to-all)")
+
+
+def data_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """`prune_sweep`'s data keywords from the data flags: `classes`, and `trigger` (read and checked here)."""
+    from ...data.formats import parse_classes
+    from ...errors import BadInputError
+
+    keywords: dict[str, Any] = {"classes": parse_classes(getattr(args, "classes", None))}
+    trigger = getattr(args, "trigger", None)
+    if trigger is None:
+        stray = next((f for f in ("target", "trigger_mask", "trigger_alpha") if getattr(args, f, None) is not None), None)
+        if stray is not None:
+            raise BadInputError("--" + stray.replace("_", "-"), "needs --trigger")
+        return keywords
+    from ...data.triggers import load_trigger
+
+    if args.target is None:
+        raise BadInputError("--trigger", "needs --target T (a class) or --target all+1")
+    alpha = 1.0 if args.trigger_alpha is None else args.trigger_alpha
+    keywords["trigger"] = load_trigger(trigger, args.target, args.trigger_mask, alpha)
+    return keywords
+
+
+def trigger_files(args: argparse.Namespace) -> list[str]:
+    """The trigger and mask files given (inputs: never written over)."""
+    return [p for p in (getattr(args, "trigger", None), getattr(args, "trigger_mask", None)) if p]
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
 

@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from .common import (
+    add_data_arguments,
     add_device_argument,
     add_model_argument,
+    data_keywords,
     device_from,
     log,
     open_model_flag,
@@ -22,8 +24,9 @@ HELP = "clean accuracy and attack success rate on lab .h5 files (as the lab's ev
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help=HELP, description=HELP)
     add_model_argument(p)
-    p.add_argument("--clean", metavar="C.h5", help="clean lab file (data, label)")
-    p.add_argument("--poisoned", metavar="P.h5", help="poisoned lab file (labels = the attacker's target)")
+    p.add_argument("--clean", metavar="C.h5", help="clean data (a lab .h5, .npz, IMAGES.npy,LABELS.npy or an image folder)")
+    p.add_argument("--poisoned", metavar="P.h5", help="poisoned data, any layout --clean takes (labels = the attacker's target)")
+    add_data_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     p.add_argument("--verbose", action="store_true", help="print the wall time of each phase on one line (stderr)")
     add_device_argument(p)
@@ -49,17 +52,19 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("eval", "give --clean and/or --poisoned")
     timer = PhaseTimer() if args.verbose else NoTimer()
     device = device_from(args)
+    classes = data_keywords(args)["classes"]
     with timer.phase("load model"):
         model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned).model.eval()
         if args.clean:  # another input scale clearly better on the first clean images: stop
-            check_input_scale(model, DataSpec("eval", "clean", Path(args.clean)))
+            check_input_scale(model, DataSpec("eval", "clean", Path(args.clean), classes=classes))
         if args.pruned or isinstance(model, BadNet):
             pruned = (open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if args.pruned
                       else torch.ones_like(model.mask))
             goodnet = GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # open_pruned_flag checked the pair
         else:  # a model of another architecture (a Keras graph): its own labels
             goodnet = model.to(device)
-    specs = [DataSpec("eval", kind, Path(path)) for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
+    specs = [DataSpec("eval", kind, Path(path), classes=classes)
+             for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
     facts = []
     shape = getattr(model, "input_shape", INPUT_SHAPE)

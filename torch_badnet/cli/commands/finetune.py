@@ -7,10 +7,12 @@ from pathlib import Path
 
 from .common import (
     add_allow_unpaired_argument,
+    add_data_arguments,
     add_device_argument,
     add_force_argument,
     add_model_argument,
     closing_line,
+    data_keywords,
     device_from,
     input_paths,
     log,
@@ -56,6 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clean-test", metavar="CT", help="clean test file (evaluation only)")
     p.add_argument("--poisoned-test", action="append", metavar="[NAME=]PT", help="poisoned test file(s) (evaluation only)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_data_arguments(p)
     add_force_argument(p)
     add_allow_unpaired_argument(p)
     add_finetune_options(p)
@@ -73,17 +76,19 @@ def config_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ...data.set_names import data_files
     from ...defense.pipeline import finetune
 
     config = config_from(args)
     device_from(args)  # refused before any work
     out = Path(args.out)
-    target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
-                                                   *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
+    classes = data_keywords(args)["classes"]
+    data = [args.clean_valid, args.clean_test, *input_paths(args.poisoned_test, "--poisoned-test")]
+    target = output_folder(args, out, [args.model, args.pruned, *(f for p in data if p is not None for f in data_files(p))])
     model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned).model
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
-                   allow_unpaired=True, **vars(config))  # open_pruned_flag checked the pair (or was told not to)
+                   allow_unpaired=True, classes=classes, **vars(config))  # open_pruned_flag checked the pair (or was told not to)
     written = run.save(target)
     facts = run.tuned.facts
     print(run.table())

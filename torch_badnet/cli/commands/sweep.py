@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import (
+    add_data_arguments,
     add_device_argument,
     add_force_argument,
     add_model_argument,
+    add_trigger_arguments,
     closing_line,
+    data_keywords,
     device_from,
     input_paths,
     log,
     open_model_flag,
     output_folder,
+    trigger_files,
 )
 from .finetune import add_finetune_options, config_from
 
@@ -60,13 +64,17 @@ def add_sweep_options(p: argparse.ArgumentParser, finetune_seed_flag: str = "--s
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sweep", help=HELP, description=HELP)
     add_model_argument(p, pruned=False)
-    p.add_argument("--clean-valid", required=True, metavar="C", help="clean validation file: ranks channels, defines X")
-    p.add_argument("--poisoned-valid", required=True, action="append", metavar="[NAME=]P",
-                   help="poisoned validation file; repeat as NAME=PATH for several triggers")
-    p.add_argument("--clean-test", metavar="CT", help="clean test file")
+    p.add_argument("--clean-valid", required=True, metavar="C", help="clean validation set: ranks channels, defines X "
+                   "(a lab .h5 file, an .npz file, IMAGES.npy,LABELS.npy or an image folder DIR/<class>/*.png)")
+    p.add_argument("--poisoned-valid", action="append", metavar="[NAME=]P",
+                   help="poisoned validation set (any layout --clean-valid takes); repeat as NAME=PATH for several "
+                        "triggers; or none, with --trigger")
+    p.add_argument("--clean-test", metavar="CT", help="clean test set")
     p.add_argument("--poisoned-test", action="append", metavar="[NAME=]PT",
-                   help="poisoned test file; repeat as NAME=PATH for several triggers")
+                   help="poisoned test set; repeat as NAME=PATH for several triggers")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_data_arguments(p)
+    add_trigger_arguments(p)
     add_sweep_options(p)
     p.set_defaults(run=run, before_torch=start_hashing)
 
@@ -76,7 +84,8 @@ def start_hashing(args: argparse.Namespace) -> None:
     process then has the core the import leaves idle."""
     from ...data.files import prefetch_sha256
 
-    prefetch_sha256(input_files(args.model, args.clean_valid, args.poisoned_valid, args.clean_test, args.poisoned_test))
+    files = input_files(args.model, args.clean_valid, args.poisoned_valid, args.clean_test, args.poisoned_test)
+    prefetch_sha256(p for p in files if not Path(p).is_dir())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,9 +95,12 @@ def run(args: argparse.Namespace) -> int:
 
 def input_files(model_path: str | Path, clean_valid: Any, poisoned_valid: Any, clean_test: Any = None,
                 poisoned_test: Any = None) -> list:
-    """The model and data files of one run."""
+    """The model and data files of one run (both files of an .npy pair; an image folder as itself)."""
+    from ...data.formats import data_files
+
     poisoned = [*input_paths(poisoned_valid, "--poisoned-valid"), *input_paths(poisoned_test, "--poisoned-test")]
-    return [p for p in (model_path, clean_valid, clean_test, *poisoned) if p is not None]
+    data = [f for p in (clean_valid, clean_test, *poisoned) if p is not None for f in data_files(p)]
+    return [model_path, *data]
 
 
 def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: Any, poisoned_valid: Any,
@@ -103,8 +115,9 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
     out = Path(args.out)
     device_from(args)  # a bad --device or fine-tuning flag is refused before any work
     keywords = sweep_keywords(args)
+    data = data_keywords(args)  # --classes and the trigger, read and checked before any work
     if target is None:
-        inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test)
+        inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test) + trigger_files(args)
         target = output_folder(args, out, inputs)  # checked and locked before any work
     with timer.phase("load model"):
         model = open_model_flag(str(model_path), *(getattr(args, f, None) for f in ("rescale", "mean", "std"))).model  # demo: no --rescale
@@ -113,7 +126,7 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
             from ...report.plot import import_pyplot
 
             pool.submit(import_pyplot)  # matplotlib's imports (~0.5 s) overlap the sweep
-        result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, **keywords,
+        result = prune_sweep(model, clean_valid, poisoned_valid, clean_test, poisoned_test, **keywords, **data,
                              show_progress=sys.stderr.isatty(), log=log, timer=timer)
     written = result.save(target, plot=not args.no_plot, timer=timer)
     if result.sweep.net is not None and any(t.reached for t in result.thresholds):
@@ -124,6 +137,8 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
             log(f"note: no pruned.h5 (the Keras model) was written, only pruned.pt: {problem}")
     if args.verbose:
         log(timer.line())
+    if data.get("trigger") is not None:
+        print(data["trigger"].describe())
     print(result.table(title or f"Pruning defense of {model_path} ({args.stop}, {args.drop} drop)"))
     print("\n" + closing_line(out, written, f" ({timing_note(result, getattr(args, 'started', None))}){unreached_note(result)}"))
     if target.note():
