@@ -172,3 +172,19 @@ def build_badnet(state: GraphState, path: str | os.PathLike[str]) -> BadNet:
     model = BadNet(int(tensors["output.weight"].shape[0]), state.input_scale)
     model.load_state_dict(tensors)
     return model.eval()
+
+
+def load_onnx_any(path: str | os.PathLike[str]) -> torch.nn.Module:
+    """The lab BadNet where the graph is one (its own importer, `load_onnx`), else any CNN graph as an
+    OnnxGraphNet (convert/onnx_graph.py). A GoodNet graph, an unreadable file or external weights are refused."""
+    from .onnx_graph import load_onnx_graph
+
+    path = check_is_file(path)
+    model = read_onnx_model(path)
+    _refuse_goodnet(model.graph, path)
+    try:
+        return build_badnet(walk_graph(model, path), path)
+    except BadInputError as lab_error:
+        if "stored in an external file" in lab_error.problem:
+            raise
+    return load_onnx_graph(model, path, _constants(model.graph, path), _inferred_shapes(model))

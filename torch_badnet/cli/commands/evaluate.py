@@ -14,6 +14,7 @@ from .common import (
     open_pruned_flag,
     preprocessing_flags,
     print_json,
+    source_flags,
 )
 
 HELP = "clean accuracy and attack success rate on lab .h5 files (as the lab's eval.py)"
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     timer = PhaseTimer() if args.verbose else NoTimer()
     device = device_from(args)
     with timer.phase("load model"):
-        model = open_model_flag(args.model, *preprocessing_flags(args)).model.eval()
+        model = open_model_flag(args.model, *preprocessing_flags(args), **source_flags(args)).model.eval()
         if args.clean:  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean)))
         if args.pruned or isinstance(model, BadNet):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, add_output_force_argument, open_model_flag, open_pruned_flag, preprocessing_flags
+from .common import add_model_argument, add_output_force_argument, open_model_flag, open_pruned_flag, preprocessing_flags, source_flags
 
 HELP = "export B (or, with --pruned, the GoodNet as one graph) to ONNX"
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(args.output, "the output of export must be a .onnx file")
     opset = DEFAULT_OPSET if args.opset is None else check_opset(args.opset)
     check_output_file(args.output, [p for p in (args.model, args.pruned) if p], args.force)
-    model = open_model_flag(args.model, *preprocessing_flags(args)).model
+    model = open_model_flag(args.model, *preprocessing_flags(args), **source_flags(args)).model
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if args.pruned else None
     export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # open_pruned_flag checked the pair
     kind = f"GoodNet (output 'label', int64 in [0, {model.num_classes}])" if pruned is not None else "BadNet (output 'logits')"

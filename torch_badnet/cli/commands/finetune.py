@@ -18,6 +18,7 @@ from .common import (
     open_pruned_flag,
     output_folder,
     preprocessing_flags,
+    source_flags,
 )
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     target = output_folder(args, out, [p for p in (args.model, args.pruned, args.clean_valid, args.clean_test,
                                                    *input_paths(args.poisoned_test, "--poisoned-test")) if p is not None])
-    model = open_model_flag(args.model, *preprocessing_flags(args)).model
+    model = open_model_flag(args.model, *preprocessing_flags(args), **source_flags(args)).model
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
                    allow_unpaired=True, **vars(config))  # open_pruned_flag checked the pair (or was told not to)
