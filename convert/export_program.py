@@ -75,7 +75,7 @@ def load_pt2(path: str | os.PathLike[str]) -> LoadedModel:
                                   "(export it again with tensors only, or give ONNX / --arch with its state_dict)") from None
     except Exception as exc:  # noqa: BLE001 - zip, JSON and schema errors of a damaged or foreign file
         raise BadInputError(path, f"not a loadable torch.export program ({first_line(exc)})") from None
-    _check_inputs(program, path)
+    shape = _check_inputs(program, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -83,11 +83,13 @@ def load_pt2(path: str | os.PathLike[str]) -> LoadedModel:
         except Exception as exc:  # noqa: BLE001
             raise BadInputError(path, f"torch.export.unflatten failed ({first_line(exc)})") from None
     net = rebuild(unflat, path)
+    if all(isinstance(d, int) for d in shape):
+        net.input_shape = shape
     return LoadedModel(net.eval(), str(path), "pt2", file_sha256(path))
 
 
-def _check_inputs(program: torch.export.ExportedProgram, path: os.PathLike[str]) -> None:
-    """One image input whose batch size is free (exported with a dynamic batch dimension)."""
+def _check_inputs(program: torch.export.ExportedProgram, path: os.PathLike[str]) -> tuple:
+    """One image input whose batch size is free (exported with a dynamic batch dimension): its (C, H, W)."""
     spec = program.graph_signature
     users = [s for s in spec.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
     if len(users) != 1:
@@ -99,20 +101,35 @@ def _check_inputs(program: torch.export.ExportedProgram, path: os.PathLike[str])
     if isinstance(value.shape[0], int):
         raise BadInputError(path, f"the program was exported for batches of exactly {value.shape[0]}; export it with a "
                                   "dynamic batch: dynamic_shapes=({0: torch.export.Dim('batch')},)")
+    return tuple(value.shape[1:])
+
+
+class ProgramNet(fx.GraphModule):
+    """A model read from a graph file (a .pt2 program, an ONNX graph): an fx.GraphModule whose copies keep where
+    it came from (`source`) and its input shape (fx's own deepcopy keeps neither)."""
+
+    KEPT = ("source", "input_shape")
+
+    def __deepcopy__(self, memo: dict) -> ProgramNet:
+        copied = super().__deepcopy__(memo)
+        for name in self.KEPT:
+            if name in self.__dict__:
+                copied.__dict__[name] = copy.deepcopy(self.__dict__[name], memo)
+        return copied
 
 
 def rebuild(module: nn.Module, path: os.PathLike[str]) -> nn.Module:
     """The unflattened module as torch layers (where a submodule is one) and fx.GraphModules (elsewhere)."""
-    top = _rebuild(module)
-    graph = top.graph
+    for name, child in list(module.named_children()):
+        setattr(module, name, _rebuild(child))
+    graph = copy.deepcopy(module.graph)
     output = next(n for n in graph.nodes if n.op == "output")
     result = output.args[0]
     if isinstance(result, (tuple, list)):
         if len(result) != 1:
             raise BadInputError(path, f"the program returns {len(result)} outputs; the defense needs one (the logits)")
         output.args = (result[0],)
-    top.recompile()
-    return top
+    return ProgramNet(module, graph, class_name="ExportedProgramNet")
 
 
 def _rebuild(module: nn.Module) -> nn.Module:

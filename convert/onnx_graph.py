@@ -29,13 +29,13 @@ from torch import fx, nn
 
 from torch_badnet.errors import BadInputError
 
-from .export_program import ExportedBatchNorm
-from .onnx_ops import attributes
+from .export_program import ExportedBatchNorm, ProgramNet
+from .onnx_ops import NodeMismatch, attributes, constant_node_value
 
 SHAPE = object()  # marks an integer tensor computed from a tensor's shape (only Reshape's target may use it)
 
 
-class OnnxGraphNet(fx.GraphModule):
+class OnnxGraphNet(ProgramNet):
     """An imported ONNX graph: an fx.GraphModule whose submodules carry the exporter's names."""
 
 
@@ -173,9 +173,10 @@ def load_onnx_graph(model: onnx.ModelProto, path: str | os.PathLike[str], consta
 
 def _visit(node: onnx.NodeProto, b: Builder) -> None:
     if node.op_type == "Constant":
-        from .onnx_import import _constant_node_value
-
-        b.constants[node.output[0]] = _constant_node_value(node)
+        try:
+            b.constants[node.output[0]] = constant_node_value(node)
+        except NodeMismatch as exc:
+            raise Unsupported(str(exc)) from None
         return
     if node.domain not in ("", "ai.onnx"):
         raise Unsupported(f"an op of domain '{node.domain}' has no converter")

@@ -18,7 +18,7 @@ from torch_badnet.data.files import check_is_file
 from torch_badnet.errors import BadInputError, first_line
 from torch_badnet.nets.badnet import BadNet
 
-from .onnx_ops import CONSTANT_FOLDS, NCHW, NHWC, RULES, GraphState, NodeMismatch, Value, attributes, describe
+from .onnx_ops import CONSTANT_FOLDS, NCHW, NHWC, RULES, GraphState, NodeMismatch, Value, constant_node_value, describe
 
 LAYER_NAMES = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
 GOODNET_OUTPUT = "label"  # onnx_export.LABEL_NAME: `torch-badnet export --pruned` writes the GoodNet's int64 labels
@@ -76,7 +76,7 @@ def _refuse_goodnet(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> Non
 
 def _visit(node: onnx.NodeProto, state: GraphState) -> None:
     if node.op_type == "Constant":
-        state.constants[node.output[0]] = _constant_node_value(node)
+        state.constants[node.output[0]] = constant_node_value(node)
         return
     if node.domain not in ("", "ai.onnx"):
         raise NodeMismatch(f"an op of domain '{node.domain}'")
@@ -107,15 +107,6 @@ def _constants(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> dict[str
                                       "only self-contained ONNX files are supported")
         constants[tensor.name] = numpy_helper.to_array(tensor)
     return constants
-
-
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
-    values = attributes(node)
-    if "value" in values:
-        return numpy_helper.to_array(values["value"])
-    if len(values) != 1:
-        raise NodeMismatch("a Constant without a single value")
-    return np.asarray(next(iter(values.values())))
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

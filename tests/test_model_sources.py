@@ -298,3 +298,34 @@ def test_pt2_with_a_fixed_batch_is_refused(sources, tmp_path):
     with pytest.raises(BadInputError, match=r"exported for batches of exactly 2; export it with a dynamic batch"):
         read_model_file(path)
 
+
+
+# --- B, B' and the GoodNet of every source: pruned.pt records the rebuild, export round-trips ---------------------
+
+@pytest.mark.parametrize("source", ["arch", "pt2", "onnx"])
+def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, source):
+    import onnxruntime as ort
+
+    from torch_badnet.engine.saving import load_masked, read_masked
+
+    root = sources["root"]
+    model, extra = {"arch": (root / "weights.pt", ARCH), "pt2": (root / "resnet.pt2", []),
+                    "onnx": (root / "resnet.onnx", [])}[source]
+    out = sweep(cli, sources, model, tmp_path / "out", *extra)
+    pruned = next(out.glob("models/X=*/pruned.pt"))
+    record = read_masked(pruned)["architecture"]
+    assert record["kind"] == {"arch": "arch", "pt2": "pt2", "onnx": "onnx-graph"}[source]
+    assert record["arch"] == "model_zoo:head_resnet" if source == "arch" else record["path"] == str(model)
+    b_prime = load_masked(pruned)  # rebuilt from the record alone
+    x = sources["x"][:120]
+    shape = ["--input-shape", 3, 32, 32] if source == "arch" else []
+    for name, flags in [("b", []), ("g", ["--pruned", pruned])]:
+        code, _, err = cli("export", "--model", model, *extra, *flags, *shape, "-o", tmp_path / f"{name}.onnx")
+        assert code == 0, err
+        ran = ort.InferenceSession(str(tmp_path / f"{name}.onnx")).run(None, {"input": x.numpy()})[0]
+        base = read_model_file(model, *(extra[1::2])).model
+        expected = base(x).argmax(1) if name == "b" else tb.GoodNet(base, b_prime, allow_unpaired=True)(x)
+        got = torch.from_numpy(ran).argmax(1) if name == "b" else torch.from_numpy(ran)
+        assert torch.equal(got, expected), name
+    back = read_model_file(tmp_path / "b.onnx").model  # our own export reads back, with the same labels
+    assert torch.equal(back(x).argmax(1), read_model_file(model, *(extra[1::2])).model(x).argmax(1))

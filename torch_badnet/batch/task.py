@@ -114,7 +114,8 @@ def sweep_model(task: Task):
 
     args = argparse.Namespace(**task.options)
     keywords = {**passed_through(args), **sweep_keywords(args)}  # checked (finetune settings) before the model loads
-    model = load_model_file(task.model, args.rescale).model
+    source = {key: getattr(args, key, None) for key in ("arch", "arch_kwargs")}  # the row's own class, imported here
+    model = load_model_file(task.model, args.rescale, allow_pickle=bool(getattr(args, "allow_pickle", False)), **source).model
 
     def read(path: str | None):
         return None if path is None else dataclasses.replace(open_file(task.handles[file_key(path)]), path=path)
