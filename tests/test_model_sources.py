@@ -329,3 +329,13 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
         assert torch.equal(got, expected), name
     back = read_model_file(tmp_path / "b.onnx").model  # our own export reads back, with the same labels
     assert torch.equal(back(x).argmax(1), read_model_file(model, *(extra[1::2])).model(x).argmax(1))
+    import h5py
+
+    code, out_text, err = cli("eval", "--model", model, *extra, "--pruned", pruned, "--clean", sources["files"]["clean_test"], "--json")
+    assert code == 0, err
+    with h5py.File(sources["files"]["clean_test"]) as f:
+        data, labels = torch.from_numpy(f["data"][:]), torch.from_numpy(f["label"][:]).long()
+    goodnet = tb.GoodNet(read_model_file(model, *(extra[1::2])).model, b_prime, allow_unpaired=True)
+    import json
+
+    assert json.loads(out_text)["clean_accuracy"] == pytest.approx(100.0 * float((goodnet(data) == labels).float().mean()))
