@@ -5,6 +5,7 @@ several architectures against onnxruntime; pickled models refused unless --allow
 
 from __future__ import annotations
 
+import csv
 import io
 import pickle
 import zipfile
@@ -339,3 +340,35 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
     import json
 
     assert json.loads(out_text)["clean_accuracy"] == pytest.approx(100.0 * float((goodnet(data) == labels).float().mean()))
+
+
+# --- batch: a manifest mixing every source ---------------------------------------------------------------------
+
+def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, sources, tmp_path, monkeypatch, lab3_path,
+                                                                          lab_files):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the workers import --arch's module from it
+    root, f = sources["root"], sources["files"]
+    torch_data = {k: str(v) for k, v in f.items()}
+    rows = [{"name": "keras", "model": str(lab3_path), **{k: str(v) for k, v in lab_files.items()}, "max_steps": "6"},
+            {"name": "onnx", "model": str(root / "resnet.onnx"), **torch_data},
+            {"name": "pt2", "model": str(root / "resnet.pt2"), **torch_data},
+            {"name": "arch", "model": str(root / "weights.pt"), "arch": "model_zoo:head_resnet", "arch_kwargs": "'{\"seed\": 3}'",
+             **torch_data}]
+    manifest = tmp_path / "models.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    code, _, err = cli("batch", manifest, "--out", tmp_path / "batch", "--workers", 2, "--no-plot", "--thresholds", "2", "10")
+    assert code == 0, err
+    assert [r["status"] for r in read_csv(tmp_path / "batch" / "batch.csv")] == ["done"] * 4
+    singles = {"keras": ["--model", lab3_path, *[a for k, v in lab_files.items() for a in (f"--{k.replace('_', '-')}", v)],
+                         "--max-steps", 6],
+               "onnx": ["--model", root / "resnet.onnx"], "pt2": ["--model", root / "resnet.pt2"],
+               "arch": ["--model", root / "weights.pt", *ARCH]}
+    for name, args in singles.items():
+        data = [] if name == "keras" else [a for k, v in f.items() for a in (f"--{k.replace('_', '-')}", v)]
+        code, _, err = cli("sweep", *args, *data, "--out", tmp_path / name, "--no-plot", "--thresholds", "2", "10")
+        assert code == 0, err
+        for file in ("sweep.csv",):
+            assert (tmp_path / "batch" / name / file).read_bytes() == (tmp_path / name / file).read_bytes(), name
