@@ -372,3 +372,29 @@ def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, s
         assert code == 0, err
         for file in ("sweep.csv",):
             assert (tmp_path / "batch" / name / file).read_bytes() == (tmp_path / name / file).read_bytes(), name
+
+
+def test_classify_and_finetune_take_a_model_of_any_source(cli, sources, tmp_path):
+    from PIL import Image
+
+    root = sources["root"]
+    pixels = (torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    images = []
+    for k, image in enumerate(pixels):
+        images.append(tmp_path / f"i{k}.png")
+        Image.fromarray(image).save(images[-1])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    expected = [f"{p}\t{int(label)}" for p, label in zip(images, sources["model"](x).argmax(1))]
+    for model, extra in [(root / "resnet.pt2", []), (root / "weights.pt", [*ARCH, "--input-shape", 3, 32, 32])]:
+        code, out, err = cli("classify", "--model", model, *extra, *images)
+        assert code == 0 and out.splitlines() == expected, err
+    code, out, err = cli("classify", "--model", root / "weights.pt", *ARCH, *images)
+    assert_one_line_error((code, out, err), "--input-shape", "does not record its input shape")
+    swept = sweep(cli, sources, root / "resnet.pt2", tmp_path / "swept")
+    code, _, err = cli("finetune", "--model", root / "resnet.pt2", "--pruned", next(swept.glob("models/X=*/pruned.pt")),
+                       "--clean-valid", sources["files"]["clean_valid"], "--out", tmp_path / "ft", "--epochs", 1)
+    assert code == 0, err
+    tuned = tb.load_model(root / "resnet.pt2")
+    from torch_badnet.engine.saving import load_masked
+
+    assert load_masked(tmp_path / "ft" / "finetuned.pt", tuned).pruned_channels  # a B' of the program, mask held

@@ -34,6 +34,22 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load a whole pickled torch model (torch.save(model)); this runs code stored in the file")
 
 
+def add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", nargs=3, type=int, metavar=("C", "H", "W"),
+                        help="the input's (C, H, W), for a model that does not record it (one built by --arch)")
+
+
+def set_input_shape(model, args: argparse.Namespace) -> None:
+    """--input-shape onto a model that lacks one; a torch module of unknown input shape without it is one line."""
+    from ...errors import BadInputError
+    from ...nets.badnet import BadNet
+
+    if getattr(args, "input_shape", None):
+        model.input_shape = tuple(args.input_shape)
+    elif not isinstance(model, BadNet) and getattr(model, "input_shape", None) is None:
+        raise BadInputError("--input-shape", f"{args.model}'s module does not record its input shape: give --input-shape C H W")
+
+
 def source_flags(args: argparse.Namespace) -> dict[str, Any]:
     """open_model_flag's keywords from a command's --arch / --arch-kwargs / --allow-pickle (absent: None)."""
     return {"arch": getattr(args, "arch", None), "arch_kwargs": getattr(args, "arch_kwargs", None),
@@ -103,6 +119,8 @@ def net_for(args: argparse.Namespace, device):
     from ...nets.goodnet import GoodNet
 
     model = open_model_flag(args.model, *preprocessing_flags(args), **source_flags(args)).model.eval()
+    if hasattr(args, "input_shape"):
+        set_input_shape(model, args)
     if not getattr(args, "pruned", None):
         return model.to(device)
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)

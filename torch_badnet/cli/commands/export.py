@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, add_output_force_argument, open_model_flag, open_pruned_flag, preprocessing_flags, source_flags
+from .common import (
+    add_input_shape_argument,
+    add_model_argument,
+    add_output_force_argument,
+    open_model_flag,
+    open_pruned_flag,
+    preprocessing_flags,
+    set_input_shape,
+    source_flags,
+)
 
 HELP = "export B (or, with --pruned, the GoodNet as one graph) to ONNX"
 
@@ -15,8 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output .onnx file")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the project's tested opset; "
                    "torch's exporter writes 7 to its highest, the GoodNet needs 9 or above)")
-    p.add_argument("--input-shape", nargs=3, type=int, metavar=("C", "H", "W"),
-                   help="the input's (C, H, W), for a model that does not record it (one built by --arch)")
+    add_input_shape_argument(p)
     add_output_force_argument(p)
     p.set_defaults(run=run)
 
@@ -34,17 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ...data.files import check_output_file
     from ...errors import BadInputError
-    from ...nets.badnet import BadNet
 
     if not args.output.lower().endswith(".onnx"):
         raise BadInputError(args.output, "the output of export must be a .onnx file")
     opset = DEFAULT_OPSET if args.opset is None else check_opset(args.opset)
     check_output_file(args.output, [p for p in (args.model, args.pruned) if p], args.force)
     model = open_model_flag(args.model, *preprocessing_flags(args), **source_flags(args)).model
-    if args.input_shape:
-        model.input_shape = tuple(args.input_shape)
-    elif not isinstance(model, BadNet) and getattr(model, "input_shape", None) is None:
-        raise BadInputError("--input-shape", f"{args.model}'s module does not record its input shape: give --input-shape C H W")
+    set_input_shape(model, args)
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if args.pruned else None
     export_onnx(model, args.output, pruned=pruned, opset=opset, allow_unpaired=True)  # open_pruned_flag checked the pair
     classes = getattr(model, "num_classes", None) or _classes(model)
