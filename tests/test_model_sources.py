@@ -79,6 +79,7 @@ def sweep(cli, sources, model: Path, out: Path, *extra) -> Path:
 
 # --- the end-to-end proof: one ResNet, every source ------------------------------------------------------------
 
+@pytest.mark.slow  # whole sweeps of a ResNet
 def test_module_pt2_and_arch_give_byte_equal_sweeps(cli, sources, tmp_path):
     f, root = sources["files"], sources["root"]
     api = tb.prune_sweep(sources["model"], str(f["clean_valid"]), [str(f["poisoned_valid"])], str(f["clean_test"]),
@@ -92,6 +93,7 @@ def test_module_pt2_and_arch_give_byte_equal_sweeps(cli, sources, tmp_path):
         assert (out / "sweep.csv").read_bytes() == expected, name
 
 
+@pytest.mark.slow  # whole sweeps of a ResNet
 def test_onnx_source_labels_equal_onnxruntime_and_its_sweep_differs_only_at_near_ties(cli, sources, tmp_path):
     import onnxruntime as ort
 
@@ -113,6 +115,7 @@ def test_onnx_source_labels_equal_onnxruntime_and_its_sweep_differs_only_at_near
         assert float((logits[:, 0] - logits[:, 1]).min()) < 1e-5, differing
 
 
+@pytest.mark.slow  # whole sweeps of a ResNet
 def test_pt2_keeps_module_names_for_layer_and_lists_conv_layers(cli, sources, tmp_path):
     net = read_model_file(sources["root"] / "resnet.pt2").model
     assert isinstance(net.get_submodule("layer4.0.conv2"), torch.nn.Conv2d)
@@ -239,6 +242,7 @@ def test_torch_sources_refuse_preprocessing_flags(cli, sources, tmp_path):
 
 # --- whole pickled models ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # whole sweeps of a ResNet
 def test_pickled_model_is_refused_unless_allowed(cli, sources, tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(sources["model"], path)
@@ -303,6 +307,7 @@ def test_pt2_with_a_fixed_batch_is_refused(sources, tmp_path):
 
 # --- B, B' and the GoodNet of every source: pruned.pt records the rebuild, export round-trips ---------------------
 
+@pytest.mark.slow  # whole sweeps of a ResNet
 @pytest.mark.parametrize("source", ["arch", "pt2", "onnx"])
 def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, source):
     import onnxruntime as ort
@@ -344,6 +349,7 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
 
 # --- batch: a manifest mixing every source ---------------------------------------------------------------------
 
+@pytest.mark.slow  # whole sweeps of a ResNet
 def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, sources, tmp_path, monkeypatch, lab3_path,
                                                                           lab_files):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the workers import --arch's module from it
@@ -374,6 +380,7 @@ def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, s
             assert (tmp_path / "batch" / name / file).read_bytes() == (tmp_path / name / file).read_bytes(), name
 
 
+@pytest.mark.slow  # whole sweeps of a ResNet
 def test_classify_and_finetune_take_a_model_of_any_source(cli, sources, tmp_path):
     from PIL import Image
 
