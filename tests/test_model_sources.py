@@ -405,3 +405,49 @@ def test_classify_and_finetune_take_a_model_of_any_source(cli, sources, tmp_path
     from torch_badnet.engine.saving import load_masked
 
     assert load_masked(tmp_path / "ft" / "finetuned.pt", tuned).pruned_channels  # a B' of the program, mask held
+
+
+# --- issue 32 item 3: what the project writes, it reads back with the same labels (a Keras graph model) -----------
+
+@pytest.mark.slow  # a sweep of MNIST F and four exports
+def test_every_writer_reader_pair_of_a_keras_graph_model_keeps_the_labels(cli, real_dir, tmp_path):
+    import json
+
+    import onnxruntime as ort
+    from mnist_like import mnist_like_digits
+
+    from torch_badnet.nets.checkpoint import save_checkpoint
+
+    f_path = real_dir / "models" / "F_mnist_all_all_bd_net.h5"
+    pixels, labels = mnist_like_digits(300, 1)
+    bd = pixels.copy()
+    bd[:, 24:, 24:] = 255
+    write_lab_h5(tmp_path / "clean.h5", pixels, labels)
+    write_lab_h5(tmp_path / "bd.h5", bd, (labels + 1) % 10)
+    code, _, err = cli("sweep", "--model", f_path, "--clean-valid", tmp_path / "clean.h5", "--poisoned-valid", tmp_path / "bd.h5",
+                       "--thresholds", "4", "--no-plot", "--out", tmp_path / "sweep")
+    assert code == 0, err
+    x = torch.from_numpy(np.concatenate([pixels, bd]).astype(np.float32))[:, None]
+    b = tb.load_model(f_path)
+    expected = b(x).argmax(1)
+    save_checkpoint(b, tmp_path / "b.pt")
+    code, _, err = cli("export", "--model", f_path, "-o", tmp_path / "b.onnx")
+    assert code == 0, err
+    clean_accuracy = 100.0 * float((expected[:300] == torch.from_numpy(labels)).float().mean())
+    for written in ("b.pt", "b.onnx"):  # B: each file this project writes reads back with B's labels
+        assert torch.equal(read_model_file(tmp_path / written).model(x).argmax(1), expected), written
+        code, out, err = cli("eval", "--model", tmp_path / written, "--clean", tmp_path / "clean.h5", "--json")
+        assert code == 0 and json.loads(out)["clean_accuracy"] == pytest.approx(clean_accuracy), err
+    folder = tmp_path / "sweep" / "models" / "X=4"
+    goodnets = []
+    for pruned in ("pruned.pt", "pruned.h5"):  # B' (both files) -> the GoodNet, in torch and as ONNX run by onnxruntime
+        b_prime = tb.load_model(f_path)
+        from torch_badnet.engine.pairing import load_generic_pruned
+
+        goodnet = tb.GoodNet(b_prime, load_generic_pruned(folder / pruned, b_prime))
+        goodnets.append(goodnet(x))
+        code, _, err = cli("export", "--model", f_path, "--pruned", folder / pruned, "-o", tmp_path / f"g_{pruned}.onnx")
+        assert code == 0, err
+        ran = ort.InferenceSession(str(tmp_path / f"g_{pruned}.onnx")).run(None, {"input": x.numpy()})[0]
+        assert torch.equal(torch.from_numpy(ran), goodnets[-1]), pruned
+    assert torch.equal(goodnets[0], goodnets[1])
