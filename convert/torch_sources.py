@@ -163,7 +163,10 @@ def explain_torch_file(path: str | os.PathLike[str], allow_pickle: bool = False)
     except Exception:  # noqa: BLE001 - not a torch file at all: the checkpoint reader's error stands
         return None
     from torch_badnet.engine.saving import FORMAT as MASKED
+    from torch_badnet.nets.checkpoint import FORMAT
 
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return None  # a checkpoint of ours with a bad field: the checkpoint reader's line says which
     if isinstance(payload, dict) and payload.get("format") == MASKED:
         raise BadInputError(path, "is a pruned model B' (the sweep's pruned.pt): give it to --pruned, with its model as "
                                   "--model (and --arch if it has one)")

@@ -451,3 +451,18 @@ def test_every_writer_reader_pair_of_a_keras_graph_model_keeps_the_labels(cli, r
         ran = ort.InferenceSession(str(tmp_path / f"g_{pruned}.onnx")).run(None, {"input": x.numpy()})[0]
         assert torch.equal(torch.from_numpy(ran), goodnets[-1]), pruned
     assert torch.equal(goodnets[0], goodnets[1])
+
+
+def test_what_a_torch_file_is_is_said_in_one_line(sources, tmp_path):
+    """Our own checkpoint with a bad field keeps its own line; a pruned B' given as a model says what takes it."""
+    from torch_badnet.engine.prunable import MaskedNet
+    from torch_badnet.engine.saving import save_masked
+
+    ours = tmp_path / "ours.pt"
+    torch.save({"format": "torch-badnet", "format_version": 99, "num_classes": 2, "state_dict": {"a": torch.zeros(1)}}, ours)
+    with pytest.raises(BadInputError, match="unsupported checkpoint format_version 99"):
+        read_model_file(ours)
+    pruned = tmp_path / "pruned.pt"
+    save_masked(MaskedNet(sources["model"], "head", torch.ones(64)), pruned)
+    with pytest.raises(BadInputError, match=r"is a pruned model B' .*give it to --pruned"):
+        read_model_file(pruned)
