@@ -21,10 +21,11 @@ from torch import nn
 
 from ..data.files import check_is_file, write_bytes
 from ..errors import BadInputError, first_line
+from ..nets.checkpoint import MASKED_FORMAT
 from ..nets.pairing import FINGERPRINT_KEY, base_fingerprint
 from .prunable import MaskedNet
 
-FORMAT = "torch-badnet-masked"
+FORMAT = MASKED_FORMAT
 FORMAT_VERSION = 1
 
 

@@ -20,6 +20,7 @@ from .pairing import FINGERPRINT_KEY, base_fingerprint
 
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
+MASKED_FORMAT = "torch-badnet-masked"  # the `format` of engine/saving.py's pruned.pt of a generic model
 KERAS_GRAPH = "keras_graph"  # `architecture` of a checkpoint of a KerasGraphNet (absent: the lab BadNet)
 
 
