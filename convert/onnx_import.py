@@ -18,7 +18,7 @@ from torch_badnet.data.files import check_is_file
 from torch_badnet.errors import BadInputError, first_line
 from torch_badnet.nets.badnet import BadNet
 
-from .onnx_ops import CONSTANT_FOLDS, NCHW, NHWC, RULES, GraphState, NodeMismatch, Value, attributes, describe
+from .onnx_ops import CONSTANT_FOLDS, NCHW, NHWC, RULES, GraphState, NodeMismatch, Value, constant_node_value, describe
 
 LAYER_NAMES = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
 GOODNET_OUTPUT = "label"  # onnx_export.LABEL_NAME: `torch-badnet export --pruned` writes the GoodNet's int64 labels
@@ -76,7 +76,7 @@ def _refuse_goodnet(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> Non
 
 def _visit(node: onnx.NodeProto, state: GraphState) -> None:
     if node.op_type == "Constant":
-        state.constants[node.output[0]] = _constant_node_value(node)
+        state.constants[node.output[0]] = constant_node_value(node)
         return
     if node.domain not in ("", "ai.onnx"):
         raise NodeMismatch(f"an op of domain '{node.domain}'")
@@ -107,15 +107,6 @@ def _constants(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> dict[str
                                       "only self-contained ONNX files are supported")
         constants[tensor.name] = numpy_helper.to_array(tensor)
     return constants
-
-
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
-    values = attributes(node)
-    if "value" in values:
-        return numpy_helper.to_array(values["value"])
-    if len(values) != 1:
-        raise NodeMismatch("a Constant without a single value")
-    return np.asarray(next(iter(values.values())))
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
@@ -172,3 +163,19 @@ def build_badnet(state: GraphState, path: str | os.PathLike[str]) -> BadNet:
     model = BadNet(int(tensors["output.weight"].shape[0]), state.input_scale)
     model.load_state_dict(tensors)
     return model.eval()
+
+
+def load_onnx_any(path: str | os.PathLike[str]) -> torch.nn.Module:
+    """The lab BadNet where the graph is one (its own importer, `load_onnx`), else any CNN graph as an
+    OnnxGraphNet (convert/onnx_graph.py). A GoodNet graph, an unreadable file or external weights are refused."""
+    from .onnx_graph import load_onnx_graph
+
+    path = check_is_file(path)
+    model = read_onnx_model(path)
+    _refuse_goodnet(model.graph, path)
+    try:
+        return build_badnet(walk_graph(model, path), path)
+    except BadInputError as lab_error:
+        if "stored in an external file" in lab_error.problem:
+            raise
+    return load_onnx_graph(model, path, _constants(model.graph, path), _inferred_shapes(model))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from torch_badnet.nets.badnet import BadNet
 
@@ -96,6 +96,16 @@ def attributes(node: onnx.NodeProto) -> dict[str, Any]:
         value = helper.get_attribute_value(attr)
         out[attr.name] = value.decode() if isinstance(value, bytes) else value
     return out
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray:
+    """The value of a Constant node."""
+    values = attributes(node)
+    if "value" in values:
+        return numpy_helper.to_array(values["value"])
+    if len(values) != 1:
+        raise NodeMismatch("a Constant without a single value")
+    return np.asarray(next(iter(values.values())))
 
 
 def _only_input(inputs: list[Value | None]) -> Value:

@@ -117,7 +117,9 @@ def sweep_model(task: Task):
     args = argparse.Namespace(**task.options)
     keywords = {**passed_through(args), **sweep_keywords(args), **data_keywords(args)}  # checked before the model loads
     rescale, mean, std = preprocessing_flags(args)  # as sweep's --rescale, --mean, --std
-    model = load_model_file(task.model, rescale, None, mean, std).model
+    source = {key: getattr(args, key, None) for key in ("arch", "arch_kwargs")}  # the row's own class, imported here
+    model = load_model_file(task.model, rescale, None, mean, std, allow_pickle=bool(getattr(args, "allow_pickle", False)),
+                            **source).model
 
     def read(path: str | None):
         return None if path is None else dataclasses.replace(open_file(task.handles[file_key(path)]), path=path)

@@ -21,10 +21,11 @@ from torch import nn
 
 from ..data.files import check_is_file, write_bytes
 from ..errors import BadInputError, first_line
+from ..nets.checkpoint import MASKED_FORMAT
 from ..nets.pairing import FINGERPRINT_KEY, base_fingerprint
 from .prunable import MaskedNet
 
-FORMAT = "torch-badnet-masked"
+FORMAT = MASKED_FORMAT
 FORMAT_VERSION = 1
 
 
@@ -38,9 +39,26 @@ def architecture(net: nn.Module) -> dict[str, Any]:
                 "input_scale": float(getattr(net, "input_scale", 1.0)),
                 "mean": None if mean is None else [float(v) for v in mean],
                 "std": None if std is None else [float(v) for v in std]}
+    rebuild = _source_record(net)
+    if rebuild is not None:
+        return rebuild
     cls = type(net)
     return {"kind": "torch", "class": f"{cls.__module__}.{cls.__qualname__}",
             "note": "rebuild this module in code and load the file with torch_badnet.engine.saving.load_masked(path, module)"}
+
+
+def _source_record(net: nn.Module) -> dict[str, Any] | None:
+    """What rebuilds a module read from a file without code of its own (convert/): the ONNX graph or .pt2 program
+    (path and sha256), or the --arch callable and its kwargs (with the weights file's sha256)."""
+    source = getattr(net, "source", None)
+    kind = getattr(source, "format", None)
+    if kind in ("onnx-graph", "pt2"):
+        return {"kind": kind, "path": source.path, "sha256": source.sha256}
+    if kind == "arch":
+        meta = source.metadata
+        return {"kind": "arch", "arch": meta["arch"], "arch_kwargs": json.dumps(meta["arch_kwargs"], sort_keys=True),
+                "path": source.path, "sha256": source.sha256}
+    return None
 
 
 def save_masked(pruned: MaskedNet, path: str | os.PathLike[str], **metadata: Any) -> None:
@@ -94,6 +112,8 @@ def load_masked(path: str | os.PathLike[str], module: nn.Module | None = None) -
 
 def _rebuild(arch: dict[str, Any], path: Path) -> nn.Module:
     """A Keras-origin net from its recorded Keras config and preprocessing (h3's KerasGraphNet; no code runs)."""
+    if arch.get("kind") in ("onnx-graph", "pt2", "arch"):
+        return _rebuild_source(arch, path)
     if arch.get("kind") != "keras":
         raise BadInputError(path, f"holds the weights of a {arch.get('class')}; build that module in code and pass it "
                                   "to load_masked(path, module)")
@@ -103,6 +123,22 @@ def _rebuild(arch: dict[str, Any], path: Path) -> nn.Module:
         raise BadInputError(path, "rebuilding a Keras graph needs the Keras graph converter, which this install lacks") from None
     return KerasGraphNet(json.loads(arch["keras_config"]), where=str(path), input_scale=arch.get("input_scale", 1.0),
                          mean=arch.get("mean"), std=arch.get("std"))
+
+
+def _rebuild_source(arch: dict[str, Any], path: Path) -> nn.Module:
+    """The module of a recorded ONNX graph / .pt2 program (the same file: its sha256 is checked) or --arch callable."""
+    from ..convert.loading import read_model_file  # lazy: the core never imports the converter at import time
+    from ..data.files import file_sha256
+
+    if arch["kind"] == "arch":
+        from ..convert.torch_sources import build_arch
+
+        return build_arch(arch["arch"], arch.get("arch_kwargs"))
+    source = Path(arch["path"])
+    if not source.is_file() or file_sha256(source) != arch["sha256"]:
+        raise BadInputError(path, f"was pruned from {source}, which is missing or has changed (sha256); give the model as "
+                                  "--model with it (or load_masked(path, module))")
+    return read_model_file(source).model
 
 
 def keras_graph_writer(model: nn.Module):

@@ -12,18 +12,25 @@ from ..errors import BadInputError
 from .badnet import BadNet
 from .checkpoint import LoadedModel
 
+TORCH_SOURCES = ("onnx-graph", "pt2", "arch", "pickle")  # formats of a torch module that takes its data as given
+
 
 def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = None,
               log: Callable[[str], None] | None = None, mean: Sequence[str | float] | None = None,
-              std: Sequence[str | float] | None = None, pruned: str | os.PathLike[str] | None = None) -> LoadedModel:
+              std: Sequence[str | float] | None = None, pruned: str | os.PathLike[str] | None = None,
+              arch: str | None = None, arch_kwargs: str | dict | None = None, allow_pickle: bool = False) -> LoadedModel:
     """Any supported model file -> LoadedModel whose net has its input scale set: the file's own record, else
     `rescale` (1, "1/255" or a positive float), else the record of `pruned` (the B' file the model is used with:
     the preprocessing of its sweep), else a published file's known scale, else 1; and, for a Keras graph model,
     its per-channel `mean` / `std` likewise. A flag contradicting a record is a BadInputError. A recognized
-    published file, or a preprocessing taken from `pruned`, is announced through `log` (one line)."""
+    published file, or a preprocessing taken from `pruned`, is announced through `log` (one line).
+    `arch` / `arch_kwargs` / `allow_pickle`: see `convert.read_model_file`; such a torch module (and any ONNX graph
+    or .pt2 program) takes its data as given: a --rescale other than 1, a --mean or a --std for it is refused in
+    one line."""
     from ..convert import read_model_file  # lazy: the core never imports the converter at import time
     from .pruned_record import read_pruned_record
     from .rescale import (
+        FLAG,
         MEAN_FLAG,
         STD_FLAG,
         parse_channel_values,
@@ -35,7 +42,14 @@ def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = 
 
     flag = parse_rescale(str(rescale)) if rescale is not None else None
     flags = (parse_channel_values(mean, MEAN_FLAG), parse_channel_values(std, STD_FLAG))
-    loaded = read_model_file(path)
+    loaded = read_model_file(path, arch, arch_kwargs, allow_pickle)
+    if loaded.source_format in TORCH_SOURCES:
+        given = [name for name, value in ((FLAG, flag if flag != 1.0 else None), (MEAN_FLAG, flags[0]), (STD_FLAG, flags[1]))
+                 if value is not None]
+        if given:
+            raise BadInputError(given[0], f"{path} is a torch model that takes its data as given; put the scaling or "
+                                          "normalisation in the model itself")
+        return loaded
     record = read_pruned_record(pruned) if pruned is not None else None  # (nets.pruned_record)
     notes = [resolve_input_scale(loaded.model, path, loaded.input_scale, flag, record),
              resolve_normalization(loaded.model, path, (loaded.mean, loaded.std), flags, record)]
@@ -76,7 +90,8 @@ def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: st
 
 
 def load_model(path: str | os.PathLike[str], rescale: str | float | None = None,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> BadNet:
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None, arch: str | None = None,
+               arch_kwargs: dict | str | None = None, allow_pickle: bool = False) -> BadNet:
     """Load B (or B') from a Keras .h5/.hdf5/.keras file, a torch-badnet .pt checkpoint or an .onnx graph.
 
     Returns an eval-mode `BadNet` (logits out; input (N, 3, 55, 47) pixels 0..255) with `net.source` telling
@@ -85,12 +100,16 @@ def load_model(path: str | os.PathLike[str], rescale: str | float | None = None,
     then per-channel `mean` / `std`, which a published file's defaults set, e.g. CIFAR-10 B's).
     `rescale` is the model's input scale, as the CLI's --rescale: 1 (the lab's raw pixels), "1/255" (the
     CSAW-HackML-2020 competition's BadNets) or a positive float; by default the scale the file records, else a
-    published file's known scale, else 1 (`net.input_scale`). No code stored in the file is ever run. Bad files
+    published file's known scale, else 1 (`net.input_scale`). Any other torch model: an ONNX graph, a torch.export
+    program (.pt2), `arch="mypkg.models:resnet18"` (with `arch_kwargs`) and a state_dict file (.pt, .pth,
+    .safetensors), or with `allow_pickle=True` a whole pickled model (docs/models.md). No code stored in the file is
+    ever run (except, with `allow_pickle`, the pickle's). Bad files
     raise `torch_badnet.errors.BadInputError` with a one-line reason.
 
     >>> import torch_badnet as tb
     >>> bd = tb.load_model("bd_net.h5")
     >>> bd(tb.load_images(["face.png"])).argmax(1)
     """
-    return load_model_file(path, rescale, mean=mean, std=std).model.eval()
+    return load_model_file(path, rescale, mean=mean, std=std, arch=arch, arch_kwargs=arch_kwargs,
+                           allow_pickle=allow_pickle).model.eval()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_argument, add_model_argument, device_from, net_for, print_json
+from .common import add_device_argument, add_input_shape_argument, add_model_argument, device_from, net_for, print_json
 
 HELP = "the class of each face image (PNG/JPEG, 55x47; for other models their input size, greyscale for 1 channel)"
 
@@ -12,6 +12,7 @@ HELP = "the class of each face image (PNG/JPEG, 55x47; for other models their in
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help=HELP, description=HELP)
     add_model_argument(p)
+    add_input_shape_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="face images")
     p.add_argument("--resize", action="store_true", help="scale images of another size to 55x47")
     p.add_argument("--json", action="store_true", help='print [{"path": .., "label": ..}, ...]')

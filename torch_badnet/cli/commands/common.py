@@ -14,12 +14,46 @@ if TYPE_CHECKING:
 
 def add_model_argument(parser: argparse.ArgumentParser, pruned: bool = True) -> None:
     parser.add_argument("--model", required=True, metavar="M",
-                        help="the BadNet B: .h5/.keras (Keras), .pt (torch-badnet) or .onnx")
+                        help="the BadNet B: .h5/.keras (Keras), .pt (torch-badnet), .onnx, .pt2 (torch.export), or a "
+                             "state_dict (.pt/.pth/.safetensors) with --arch; see docs/models.md")
+    add_source_arguments(parser)
     add_rescale_argument(parser)
     if pruned:
         parser.add_argument("--pruned", metavar="P",
                             help="B' (e.g. DIR/models/X=4/pruned.pt): answer with the GoodNet of B and B'")
         add_allow_unpaired_argument(parser)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--arch / --arch-kwargs (your own class by import path) and --allow-pickle (a whole pickled model)."""
+    parser.add_argument("--arch", metavar="MODULE:CALLABLE",
+                        help="build the model with your own code (e.g. mypkg.models:resnet18, imported from PYTHONPATH) "
+                             "and load --model's state_dict into it")
+    parser.add_argument("--arch-kwargs", metavar="JSON", help="keyword arguments for --arch, e.g. '{\"num_classes\": 10}'")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load a whole pickled torch model (torch.save(model)); this runs code stored in the file")
+
+
+def add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", nargs=3, type=int, metavar=("C", "H", "W"),
+                        help="the input's (C, H, W), for a model that does not record it (one built by --arch)")
+
+
+def set_input_shape(model, args: argparse.Namespace) -> None:
+    """--input-shape onto a model that lacks one; a torch module of unknown input shape without it is one line."""
+    from ...errors import BadInputError
+    from ...nets.badnet import BadNet
+
+    if getattr(args, "input_shape", None):
+        model.input_shape = tuple(args.input_shape)
+    elif not isinstance(model, BadNet) and getattr(model, "input_shape", None) is None:
+        raise BadInputError("--input-shape", f"{args.model}'s module does not record its input shape: give --input-shape C H W")
+
+
+def source_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """open_model_flag's keywords from a command's --arch / --arch-kwargs / --allow-pickle (absent: None)."""
+    return {"arch": getattr(args, "arch", None), "arch_kwargs": getattr(args, "arch_kwargs", None),
+            "allow_pickle": bool(getattr(args, "allow_pickle", False))}
 
 
 def add_allow_unpaired_argument(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +132,7 @@ def device_from(args: argparse.Namespace):
 
 
 def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None,
-                    pruned: str | None = None):
+                    pruned: str | None = None, **source: Any):
     """The --model file of a command -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text)
     and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); with `pruned`
     (the --pruned file), the preprocessing its sweep used where the model file records none and no flag is given
@@ -106,7 +140,7 @@ def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | Non
     announced on stderr."""
     from ...nets.loading import load_model_file
 
-    return load_model_file(path, rescale, log, mean, std, pruned)
+    return load_model_file(path, rescale, log, mean, std, pruned, **source)
 
 
 def preprocessing_flags(args: argparse.Namespace) -> tuple:
@@ -132,7 +166,10 @@ def net_for(args: argparse.Namespace, device):
     """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
     from ...nets.goodnet import GoodNet
 
-    model = open_model_flag(args.model, *preprocessing_flags(args), pruned=getattr(args, "pruned", None)).model.eval()
+    model = open_model_flag(args.model, *preprocessing_flags(args), pruned=getattr(args, "pruned", None),
+                            **source_flags(args)).model.eval()
+    if hasattr(args, "input_shape"):
+        set_input_shape(model, args)
     if not getattr(args, "pruned", None):
         return model.to(device)
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)

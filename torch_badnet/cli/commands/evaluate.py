@@ -16,6 +16,7 @@ from .common import (
     open_pruned_flag,
     preprocessing_flags,
     print_json,
+    source_flags,
 )
 
 HELP = "clean accuracy and attack success rate on lab .h5 files (as the lab's eval.py)"
@@ -54,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     device = device_from(args)
     classes = data_keywords(args)["classes"]
     with timer.phase("load model"):
-        model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned).model.eval()
-        if args.clean:  # another input scale clearly better on the first clean images: stop
+        model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned, **source_flags(args)).model.eval()
+        if args.clean and hasattr(model, "input_scale"):  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean), classes=classes))
         if args.pruned or isinstance(model, BadNet):
             pruned = (open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if args.pruned
@@ -67,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
              for kind, path in (("clean", args.clean), ("poisoned", args.poisoned)) if path]
     result: dict[str, float | int] = {}
     facts = []
-    shape = getattr(model, "input_shape", INPUT_SHAPE)
-    with timer.phase("read+forward"), open_sets(specs, model.num_classes, shape) as datasets:  # files validated first
+    shape = getattr(model, "input_shape", INPUT_SHAPE if isinstance(model, BadNet) else None)  # None: data as given
+    with timer.phase("read+forward"), open_sets(specs, getattr(model, "num_classes", None), shape) as datasets:  # files validated first
         for spec in specs:
             counts = step_counts(*b_and_pruned_labels(goodnet, datasets[spec.name], device))
             facts.append(SetFacts.of(spec.path, spec.kind, "", datasets[spec.name].labels, counts.hits[0]))  # row 0 = B

@@ -20,6 +20,7 @@ from .common import (
     open_pruned_flag,
     output_folder,
     preprocessing_flags,
+    source_flags,
 )
 
 HELP = "fine-tune a pruned B' on clean validation data (pruned channels stay zero) and evaluate it"
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     classes = data_keywords(args)["classes"]
     data = [args.clean_valid, args.clean_test, *input_paths(args.poisoned_test, "--poisoned-test")]
     target = output_folder(args, out, [args.model, args.pruned, *(f for p in data if p is not None for f in data_files(p))])
-    model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned).model
+    model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned, **source_flags(args)).model
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)
     run = finetune(model, pruned, args.clean_valid, args.clean_test, args.poisoned_test, device=args.device, log=log,
                    allow_unpaired=True, classes=classes, **vars(config))  # open_pruned_flag checked the pair (or was told not to)

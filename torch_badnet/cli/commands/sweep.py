@@ -21,6 +21,7 @@ from .common import (
     log,
     open_model_flag,
     output_folder,
+    source_flags,
     trigger_files,
 )
 from .finetune import add_finetune_options, config_from
@@ -120,7 +121,8 @@ def run_defense(args: argparse.Namespace, model_path: str | Path, clean_valid: A
         inputs = input_files(model_path, clean_valid, poisoned_valid, clean_test, poisoned_test) + trigger_files(args)
         target = output_folder(args, out, inputs)  # checked and locked before any work
     with timer.phase("load model"):
-        model = open_model_flag(str(model_path), *(getattr(args, f, None) for f in ("rescale", "mean", "std"))).model  # demo: no --rescale
+        flags = (getattr(args, f, None) for f in ("rescale", "mean", "std"))  # demo: no --rescale
+        model = open_model_flag(str(model_path), *flags, **source_flags(args)).model
     with ThreadPoolExecutor(1, thread_name_prefix="torch-badnet-background") as pool:
         if not args.no_plot:
             from ...report.plot import import_pyplot

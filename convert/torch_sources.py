@@ -1,0 +1,188 @@
+"""PyTorch models from files that are not torch-badnet checkpoints: a state_dict with the user's own class
+(`--arch module:callable`), and whole pickled models (only with `--allow-pickle`).
+
+The `--arch` callable is the user's own code, imported from their PYTHONPATH by the name they give on the
+command line; the weights file is only read as tensors (`torch.load(weights_only=True)`, or the `safetensors`
+package). A pickled model is refused unless the user opts in, as torch (`weights_only=False`) and Keras
+(`safe_mode=False`) let them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torch_badnet.data.files import check_is_file, file_sha256
+from torch_badnet.errors import BadInputError, first_line
+from torch_badnet.nets.checkpoint import LoadedModel
+
+ARCH_FLAG, KWARGS_FLAG, PICKLE_FLAG = "--arch", "--arch-kwargs", "--allow-pickle"
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
+SAFE_ALTERNATIVES = ("safe alternatives: its state_dict with --arch module:callable (.pt, .pth or .safetensors), "
+                     "a torch.export program (.pt2) or an ONNX graph")
+PICKLE_WARNING = "warning: {path}: --allow-pickle: unpickling a whole model runs code stored in the file; use it only for a file you trust"
+
+
+def parse_arch_kwargs(text: str | dict[str, Any] | None) -> dict[str, Any]:
+    """--arch-kwargs: a JSON object (or already a dict), {} when absent."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(KWARGS_FLAG, f"not a JSON object ({first_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise BadInputError(KWARGS_FLAG, f"not a JSON object (got {type(value).__name__}), e.g. '{{\"num_classes\": 10}}'")
+    return value
+
+
+def build_arch(arch: str, kwargs: dict[str, Any] | str | None = None) -> nn.Module:
+    """`module:callable` imported by name and called with `kwargs`: the user's module (fresh weights)."""
+    module_name, sep, attr = arch.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInputError(ARCH_FLAG, f"{arch!r} is not module:callable (e.g. mypkg.models:resnet18)")
+    kwargs = parse_arch_kwargs(kwargs)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise BadInputError(ARCH_FLAG, f"no module named {exc.name!r} (is it on PYTHONPATH?)") from None
+        raise BadInputError(ARCH_FLAG, f"importing {module_name!r} failed: {first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while being imported
+        raise BadInputError(ARCH_FLAG, f"importing {module_name!r} failed: {type(exc).__name__}: {first_line(exc)}") from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise BadInputError(ARCH_FLAG, f"module {module_name!r} has no {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise BadInputError(ARCH_FLAG, f"{arch} is not callable")
+    try:
+        net = target(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's callable raised
+        raise BadInputError(KWARGS_FLAG if kwargs else ARCH_FLAG,
+                            f"{arch}(**{json.dumps(kwargs, sort_keys=True)}) raised {type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(net, nn.Module):
+        raise BadInputError(ARCH_FLAG, f"{arch} returned a {type(net).__name__}, not a torch nn.Module")
+    return net
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state_dict file as tensors: .safetensors with the safetensors package, .pt/.pth with a weights_only load
+    (a dict of tensors, or one under 'state_dict' / 'model_state_dict' as training checkpoints keep it)."""
+    path = check_is_file(path)
+    if path.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise BadInputError(path, "reading .safetensors needs the safetensors package: "
+                                      "pip install 'torch-badnet[safetensors]'") from None
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            raise BadInputError(path, f"not a readable safetensors file ({first_line(exc)})") from None
+    if path.suffix.lower() not in STATE_DICT_SUFFIXES:
+        raise BadInputError(path, f"{ARCH_FLAG} takes a state_dict file ({', '.join(STATE_DICT_SUFFIXES)}), not '{path.suffix}'")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as exc:
+        if isinstance(exc, pickle.UnpicklingError):
+            raise BadInputError(path, f"holds pickled Python objects, not only tensors: refused ({SAFE_ALTERNATIVES})") from None
+        raise BadInputError(path, f"not a readable torch file ({first_line(exc)})") from None
+    state = _state_dict_of(payload)
+    if state is None:
+        raise BadInputError(path, "holds no state_dict (expected a dict of tensor names to tensors)")
+    return state
+
+
+def _state_dict_of(payload: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(payload, dict) and payload and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
+        return payload
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model_state_dict"):
+            inner = _state_dict_of(payload.get(key))
+            if inner is not None:
+                return inner
+    return None
+
+
+def load_state_into(net: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str], arch: str) -> None:
+    """Load `state` into `net` exactly: the first missing key, unexpected key or shape mismatch is one line."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise BadInputError(path, f"does not fit {arch}: missing key {missing[0]!r}" + _more(missing))
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise BadInputError(path, f"does not fit {arch}: unexpected key {unexpected[0]!r}" + _more(unexpected))
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise BadInputError(path, f"does not fit {arch}: {key!r} has shape {tuple(state[key].shape)}, "
+                                      f"the module's is {tuple(ref.shape)}")
+    net.load_state_dict(state, strict=True)
+
+
+def _more(keys: list[str]) -> str:
+    return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+
+
+def load_arch(path: str | os.PathLike[str], arch: str, kwargs: dict[str, Any] | str | None = None) -> LoadedModel:
+    """`--arch module:callable [--arch-kwargs JSON] --model weights`: the user's module with the file's weights."""
+    kwargs = parse_arch_kwargs(kwargs)
+    state = read_state_dict(path)
+    net = build_arch(arch, kwargs)
+    load_state_into(net, state, path, arch)
+    net.eval()
+    record = {"arch": arch, "arch_kwargs": kwargs}
+    return LoadedModel(net, str(path), "arch", file_sha256(path), metadata=record)
+
+
+def explain_torch_file(path: str | os.PathLike[str], allow_pickle: bool = False) -> LoadedModel | None:
+    """A .pt/.pth file that is not a torch-badnet checkpoint: a whole pickled model (loaded only with
+    `allow_pickle`, after a warning), else a BadInputError saying what the file is and what takes it.
+    Returns None when the file is none of these (the caller's own error stands)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if allow_pickle:
+            return load_pickled(path)
+        raise BadInputError(path, f"is a pickled Python object (a whole model, torch.save(model)?), which could run code "
+                                  f"when loaded: refused; {SAFE_ALTERNATIVES}; or {PICKLE_FLAG} if you trust the file") from None
+    except Exception:  # noqa: BLE001 - not a torch file at all: the checkpoint reader's error stands
+        return None
+    from torch_badnet.nets.checkpoint import FORMAT
+    from torch_badnet.nets.checkpoint import MASKED_FORMAT as MASKED
+
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return None  # a checkpoint of ours with a bad field: the checkpoint reader's line says which
+    if isinstance(payload, dict) and payload.get("format") == MASKED:
+        raise BadInputError(path, "is a pruned model B' (the sweep's pruned.pt): give it to --pruned, with its model as "
+                                  "--model (and --arch if it has one)")
+    if _state_dict_of(payload) is not None:
+        raise BadInputError(path, "is a state_dict (weights without their architecture): give --arch module:callable "
+                                  "that builds its module (or load it in Python and pass the module to the API)")
+    return None
+
+
+def load_pickled(path: str | os.PathLike[str]) -> LoadedModel:
+    """torch.load(weights_only=False) of a whole model, after the one-line warning (--allow-pickle only)."""
+    print(PICKLE_WARNING.format(path=path), file=sys.stderr, flush=True)
+    try:
+        net = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - unpickling runs the file's code, which may raise anything
+        raise BadInputError(path, f"unpickling failed: {type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(net, nn.Module):
+        raise BadInputError(path, f"unpickled a {type(net).__name__}, not a torch nn.Module")
+    return LoadedModel(net.float().eval(), str(path), "pickle", file_sha256(path))
