@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def input_files(model_path: str | Path, clean_valid: Any, poisoned_valid: Any, clean_test: Any = None,
                 poisoned_test: Any = None) -> list:
     """The model and data files of one run (both files of an .npy pair; an image folder as itself)."""
-    from ...data.formats import data_files
+    from ...data.set_names import data_files  # torch-free: hashing starts before torch is imported
 
     poisoned = [*input_paths(poisoned_valid, "--poisoned-valid"), *input_paths(poisoned_test, "--poisoned-test")]
     data = [f for p in (clean_valid, clean_test, *poisoned) if p is not None for f in data_files(p)]
