@@ -261,7 +261,7 @@ def test_ctrl_c_keeps_finished_models_and_a_rerun_runs_the_rest(tmp_path, refere
     assert 1 <= len(finished) < len(names), finished
     for name in finished:  # complete, or absent
         assert (out / name / "summary.json").is_file() and (out / name / FINGERPRINT).is_file()
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".batch.lock"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name not in (".batch.lock", FILES)]
     assert statuses(out) == dict.fromkeys(finished, "done")
 
     done = run_cli("batch", manifest, "--out", out, "--workers", 1, *data_flags(lab_files), *FAST)
@@ -296,7 +296,7 @@ def test_ctrl_c_while_the_tables_are_written_leaves_no_temporary_file(tmp_path, 
             k: str(v) for k, v in lab_files.items()}, max_steps=4, thresholds=[1, 2], no_plot=True)
     assert calls == [1, 1]  # the interrupted write, then the finished row written on the way out
     assert statuses(out) == {"m0": "reused"}
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".batch.lock"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".batch.lock", FILES]
 
 
 @pytest.fixture(scope="module")
