@@ -80,7 +80,7 @@ def test_clean_file_of_one_class(cli, lab_files, lab3_path, tmp_path):
     with unchanged(*lab_files.values()):
         warnings_of(cli("eval", "--model", lab3_path, "--clean", bd), (bd, "200 of its 200 labels (100%) are class 0"))
         result = quick_sweep(cli, lab_files, lab3_path, tmp_path / "out", clean_test=bd)
-    warnings_of(result, (bd, "is it a poisoned file?"))
+    warnings_of(result, (bd, "given as clean and as poisoned data"), (bd, "is it a poisoned file?"))
     assert (tmp_path / "out" / "summary.json").is_file()
 
 
@@ -110,8 +110,9 @@ def test_spread_poisoned_labels_alone_are_no_reason(cli, lab_files, lab3_path, t
     all_to_all_obeyed = lab_files["clean_test"]  # spread labels that B gives: as an all-to-all set B obeys
     warnings_of(cli("eval", "--model", lab3_path, "--clean", lab_files["clean_valid"], "--poisoned", all_to_all_obeyed))
     warnings_of(cli("eval", "--model", lab3_path, "--clean", lab_files["clean_valid"], "--poisoned", true_label_poisoned))
+    same = (lab_files["clean_test"], "given as clean and as poisoned data")  # the clean test file, as poisoned_valid too
     warnings_of(quick_sweep(cli, lab_files, lab3_path, tmp_path / "out", poisoned_valid=lab_files["clean_test"],
-                            poisoned_test=true_label_poisoned))
+                            poisoned_test=true_label_poisoned), same)
 
 
 def test_pruned_that_is_b_itself(cli, lab_files, lab3_path, pruned_pt, face_paths, tmp_path):
