@@ -163,7 +163,7 @@ def explain_torch_file(path: str | os.PathLike[str], allow_pickle: bool = False)
     except Exception:  # noqa: BLE001 - not a torch file at all: the checkpoint reader's error stands
         return None
     from torch_badnet.nets.checkpoint import FORMAT
-    from torch_badnet.nets.checkpoint import MASKED_FORMAT as MASKED
+    from torch_badnet.nets.pt_files import MASKED_FORMAT as MASKED
 
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return None  # a checkpoint of ours with a bad field: the checkpoint reader's line says which

@@ -21,8 +21,8 @@ from torch import nn
 
 from ..data.files import check_is_file, write_bytes
 from ..errors import BadInputError, first_line
-from ..nets.checkpoint import MASKED_FORMAT
 from ..nets.pairing import FINGERPRINT_KEY, base_fingerprint
+from ..nets.pt_files import MASKED_FORMAT
 from .prunable import MaskedNet
 
 FORMAT = MASKED_FORMAT

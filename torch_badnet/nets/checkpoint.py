@@ -21,7 +21,6 @@ from .pt_files import check_savable, not_a_checkpoint, refused_pickle
 
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
-MASKED_FORMAT = "torch-badnet-masked"  # the `format` of engine/saving.py's pruned.pt of a generic model
 KERAS_GRAPH = "keras_graph"  # `architecture` of a checkpoint of a KerasGraphNet (absent: the lab BadNet)
 
 

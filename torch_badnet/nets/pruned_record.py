@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from .pt_files import MASKED_FORMAT
 from .rescale import PrunedRecord
 
 
@@ -32,9 +33,6 @@ def read_pruned_record(path: str | os.PathLike[str]) -> PrunedRecord | None:
     if loaded.input_scale is None:
         return None
     return PrunedRecord(str(path), float(loaded.input_scale), loaded.mean, loaded.std)
-
-
-MASKED_FORMAT = "torch-badnet-masked"  # engine.saving.FORMAT (not imported: the nets do not import the engine)
 
 
 def _masked_payload(path: str | os.PathLike[str]) -> dict | None:

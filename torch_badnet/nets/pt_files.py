@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import BadInputError, first_line
 
-MASKED_FORMAT = "torch-badnet-masked"  # engine.saving.FORMAT (not imported: the loader stays free of the engine)
+MASKED_FORMAT = "torch-badnet-masked"  # the `format` of engine/saving.py's pruned.pt of a generic model (engine.saving.FORMAT)
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
 ARCH_ADVICE = ("load it into your module in code (the Python API: tb.prune_sweep(module, ...)) or build that "
                "module with --arch MODULE:CALLABLE")
