@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_zoo import InvertedResidual, PreActBlock
 from torch import nn
+from torch_nets import BasicBlock, centre_head, randomize_batchnorm
 
 import torch_badnet as tb
 from torch_badnet.engine import generic
@@ -41,28 +43,9 @@ def one_thread():
 def seeded(cls, *args, seed: int = 0, **kwargs) -> nn.Module:
     """A model with seeded weights, non-trivial BatchNorm statistics and a head scaled so that classes vary."""
     torch.manual_seed(seed)
-    model = cls(*args, **kwargs)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.8 + 0.4)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-    model.eval()
+    model = randomize_batchnorm(cls(*args, **kwargs), seed + 100)
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    features: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda _m, inputs, _o: features.append(inputs[0]))
-    with torch.no_grad():
-        model(torch.randn(64, 3, 16, 16, generator=g))
-    handle.remove()
-    with torch.no_grad():
-        f = features[0]
-        head.weight.mul_(1.0 / (f.std(0).mean() + 1e-6))
-        head.bias.copy_(-(f.mean(0) @ head.weight.t()))
-    return model
+    return centre_head(model, head, torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(seed + 200)))
 
 
 def data(model: nn.Module, seed: int = 1, n_clean: int = N_CLEAN) -> tuple[tuple, tuple]:
@@ -188,28 +171,6 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
 
 
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock (in-place ReLU, `out += identity`)."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = conv_bn(cin, cout, stride)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = conv_bn(cout, cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
-
-
 class ResNet(nn.Module):
     def __init__(self, w: int = 4) -> None:
         super().__init__()
@@ -225,25 +186,6 @@ class ResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-class PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
 
 
 class PreActResNet(nn.Module):
@@ -280,25 +222,11 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int = 2) -> None:
-        super().__init__()
-        hidden = cin * expand
-        self.use_res = stride == 1 and cin == cout
-        self.conv = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        return x + self.conv(x) if self.use_res else self.conv(x)
-
-
 class MobileNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(*conv_bn(3, 8), nn.ReLU6(inplace=True))
-        self.blocks = nn.Sequential(InvertedResidual(8, 8, 1), InvertedResidual(8, 12, 2), InvertedResidual(12, 12, 1))
+        self.blocks = nn.Sequential(InvertedResidual(8, 8, 1, 2), InvertedResidual(8, 12, 2, 2), InvertedResidual(12, 12, 1, 2))
         self.last = nn.Sequential(nn.Conv2d(12, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True))
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, CLASSES))
 

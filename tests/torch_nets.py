@@ -66,8 +66,9 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.8 + 0.4)
+                if m.track_running_stats:  # a BatchNorm of batch statistics has none
+                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                    m.running_var.copy_(torch.rand(n, generator=g) * 0.8 + 0.4)
                 m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.2)
     return model.eval()
