@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_args import add_results_arguments, resolve_results_path
 from bench_inputs import load_inputs
 from bench_measure import (
     CliRunner,
@@ -68,8 +69,7 @@ TARGET_GPU_SWEEP_S = 0.3  # on a GPU (issue 16: an H100): sweep_s at most this m
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", type=float, default=1.0, help="set sizes = the lab's times F (default 1)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
-    p.add_argument("--machine", metavar="NAME", help="write the results to benchmarks/NAME.json (one file per machine)")
+    add_results_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--repeats", type=int, default=3, help="runs per timing; the median is reported (default 3)")
     p.add_argument("--reference-steps", type=int, default=3, metavar="K",
@@ -87,10 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.scale <= 0 or args.repeats < 1 or args.reference_steps < 1:
         p.error("--scale, --repeats and --reference-steps must be positive")
-    if args.machine:
-        if args.json or not args.machine.replace("-", "").replace("_", "").isalnum():
-            p.error("--machine takes a plain name (letters, digits, - and _) and replaces --json")
-        args.json = ROOT / "benchmarks" / f"{args.machine}.json"
+    resolve_results_path(p, args)
     return args
 
 

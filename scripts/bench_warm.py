@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_args import add_results_arguments, resolve_results_path
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MODEL = Path(os.environ.get("TORCH_BADNET_REAL", ROOT.parent / "shared" / "real")) / "models" / "lab3_bd_weights.h5"
 
@@ -39,17 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="lab_size case: the lab's set sizes times F (default 1; 0 skips it)")
     p.add_argument("--rounds", type=int, default=3, help="fresh child processes per case (default 3)")
     p.add_argument("--threads", type=int, help="torch CPU threads in the children (default: torch's own choice)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
-    p.add_argument("--machine", metavar="NAME", help="write the results to benchmarks/NAME.json")
+    add_results_arguments(p)
     p.add_argument("--child", choices=("files", "lab_size"), help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.count < 1 or args.scale < 0 or args.rounds < 1:
         p.error("--count and --rounds must be positive, --scale at least 0")
-    if args.machine:
-        if args.json or not args.machine.replace("-", "").replace("_", "").isalnum():
-            p.error("--machine takes a plain name (letters, digits, - and _) and replaces --json")
-        args.json = ROOT / "benchmarks" / f"{args.machine}.json"
+    resolve_results_path(p, args)
     return args
 
 
