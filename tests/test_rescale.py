@@ -83,6 +83,34 @@ def test_published_file_is_recognized(cli, sunglasses_path: Path, lab3_path: Pat
                                         "published for input scale 1: using --rescale 1/255 as given")
 
 
+def test_published_file_used_at_its_b_primes_other_scale_says_so(sunglasses_path: Path) -> None:
+    """A B' record that sets a published file's scale (not the published one) still gets the recognition line:
+    'as given' with the flag, 'as <B'> records' without it; at the published scale nothing is said."""
+    from torch_badnet.nets.loading import load_model_file
+    from torch_badnet.nets.rescale import PrunedRecord
+
+    lines: list[str] = []
+    record = PrunedRecord("res/models/X=4/pruned.pt", 1.0, None, None)
+    with patch_record(record):
+        assert load_model_file(sunglasses_path, pruned="pruned.pt", log=lines.append).model.input_scale == 1.0
+        load_model_file(sunglasses_path, "1", pruned="pruned.pt", log=lines.append)
+    published = ("recognized sunglasses_bd_weights.h5 is models/sunglasses_bd_weights.h5 of CSAW-HackML-2020, "
+                 "published for input scale 1/255: using --rescale 1")
+    assert lines[0] == f"{published} as res/models/X=4/pruned.pt records"
+    assert lines[1] == f"{published} as given"
+    lines.clear()
+    with patch_record(PrunedRecord("pruned.pt", 1 / 255, None, None)):
+        assert load_model_file(sunglasses_path, pruned="pruned.pt", log=lines.append).model.input_scale == 1 / 255
+    assert not any(line.startswith("recognized") for line in lines)
+
+
+def patch_record(record):
+    """read_pruned_record gives `record` (the B' file itself is not needed for the scale's resolution)."""
+    from unittest import mock
+
+    return mock.patch("torch_badnet.nets.pruned_record.read_pruned_record", lambda _path: record)
+
+
 def test_unknown_file_defaults_to_1(cli, lab3_model, face_paths: list[Path], tmp_path: Path) -> None:
     from torch_badnet.nets.checkpoint import save_checkpoint
 

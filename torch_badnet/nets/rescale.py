@@ -196,16 +196,23 @@ def resolve_input_scale(model: BadNet, path: str | os.PathLike[str], recorded: f
             raise BadInputError(FLAG, f"{format_scale(flag)} contradicts {pruned.path}, which records input scale "
                                       f"{format_scale(pruned.input_scale)} (the scale of its sweep; drop the flag)")
         model.input_scale = pruned.input_scale
-        return None
+        known = known_model(path)
+        if known is None or same_scale(known[1], pruned.input_scale):
+            return None
+        how = "as given" if flag is not None else f"as {pruned.path} records"
+        return f"recognized {_published(path, known)}: using --rescale {format_scale(pruned.input_scale)} {how}"
     known = known_model(path)
     model.input_scale = flag if flag is not None else known[1] if known else 1.0
     if known is None or same_scale(known[1], 1.0) and (flag is None or same_scale(flag, 1.0)):
         return None  # nothing to say: a published raw-pixel file (lab3) gets the default anyway
-    published = format_scale(known[1])
-    where = f"{Path(path).name} is {known[0]} of {REPOSITORY}, published for input scale {published}"
     if flag is None or same_scale(flag, known[1]):
-        return f"recognized {where}: using --rescale {published}"
-    return f"recognized {where}: using --rescale {format_scale(flag)} as given"
+        return f"recognized {_published(path, known)}: using --rescale {format_scale(known[1])}"
+    return f"recognized {_published(path, known)}: using --rescale {format_scale(flag)} as given"
+
+
+def _published(path: str | os.PathLike[str], known: tuple[str, float]) -> str:
+    """'NAME is models/... of CSAW-HackML-2020, published for input scale S'."""
+    return f"{Path(path).name} is {known[0]} of {REPOSITORY}, published for input scale {format_scale(known[1])}"
 
 
 def check_pruned_record(record: PrunedRecord | None, model: nn.Module, model_name: str = "--model") -> None:
