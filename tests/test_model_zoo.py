@@ -620,3 +620,20 @@ class Squeezed(Functional):
 def test_no_batch_of_one_image(layer, monkeypatch):
     """257 images: record batches of 256 would leave one image alone, and so would a step that changes one."""
     assert_equals_reference(seeded(Squeezed), layer, monkeypatch, batch=257, n_clean=257)
+
+
+@pytest.mark.parametrize("n", [129, 1025])
+def test_eval_and_classify_never_run_a_batch_of_one(n):
+    """eval's pass over a set (chunks of 1,024 images, batches of 128) and classify's labels: 129 images would
+    leave one alone in the last batch, 1,025 in the last chunk; a squeeze() model gives the reference's labels."""
+    from torch_badnet.data.lab_sets import ArraySet
+    from torch_badnet.defense.evaluation import b_and_pruned_labels
+    from torch_badnet.nets.predict import labels_in_batches
+
+    model = seeded(Squeezed)
+    x = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(n))
+    expected = reference_forward(model, x).argmax(1)
+    assert torch.equal(labels_in_batches(model, x), expected)
+    labels, _truth = b_and_pruned_labels(model, ArraySet(x, torch.zeros(n, dtype=torch.int64), "<clean>", input_shape=None,
+                                                         guard=False), torch.device("cpu"))
+    assert torch.equal(labels[0], expected) and torch.equal(labels[1], expected)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..data.batching import batches
 from ..data.lab_sets import ArraySet, LabDataset, read_ahead_pays
 from ..nets.badnet import BadNet
 from ..nets.goodnet import GoodNet
@@ -26,7 +27,7 @@ def b_and_pruned_labels(goodnet: GoodNet | torch.nn.Module, dataset: LabDataset 
     A file is read ahead in a background thread while the network runs, where that pays (`lab_sets.read_ahead_pays`).
     """
     rows, truth = [], []
-    for x, y in dataset.chunks(read_ahead=read_ahead_pays(device)):
+    for x, y in batches(dataset.chunks(read_ahead=read_ahead_pays(device)), None):  # a chunk of one joins the one before
         for part in inference_batches(x.to(device)):
             if isinstance(goodnet, GoodNet):
                 logits, pruned_logits = goodnet.forward_both(part)

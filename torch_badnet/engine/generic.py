@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..data.batching import batches, spans
 from ..errors import BadInputError
 from ..nets.predict import top_class
 from .prunable import PrunableNet
@@ -593,47 +594,6 @@ def ranking_hook(net: PrunableNet, sink: Callable[[torch.Tensor], None]) -> Iter
     finally:
         for handle in handles:
             handle.remove()
-
-
-def spans(n: int, size: int) -> list[tuple[int, int]]:
-    """(start, stop) of blocks of `size` rows over n rows; a last block of one row joins the block before."""
-    bounds = list(range(0, n, size))
-    if len(bounds) > 1 and n - bounds[-1] == 1:
-        bounds.pop()
-    return list(zip(bounds, [*bounds[1:], n]))
-
-
-def batches(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], size: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The rows of `blocks` in batches of `size` (None: as the blocks come), never a batch of one image after
-    another batch (it joins the batch before: a model may compute otherwise on one image, e.g. a squeeze())."""
-    held: tuple[torch.Tensor, torch.Tensor] | None = None
-    for batch in _sized(blocks, size):
-        if held is None:
-            held = batch
-        elif batch[0].shape[0] == 1:
-            held = (torch.cat([held[0], batch[0]]), torch.cat([held[1], batch[1]]))
-        else:
-            yield held
-            held = batch
-    if held is not None:
-        yield held
-
-
-def _sized(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], size: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    carry: tuple[torch.Tensor, torch.Tensor] | None = None
-    for x, y in blocks:
-        if carry is not None:
-            x, y, carry = torch.cat([carry[0], x]), torch.cat([carry[1], y]), None
-        if size is None:
-            yield x, y
-            continue
-        full = x.shape[0] // size * size
-        for start in range(0, full, size):
-            yield x[start : start + size], y[start : start + size]
-        if full < x.shape[0]:
-            carry = (x[full:], y[full:])
-    if carry is not None:
-        yield carry
 
 
 def _close(got: object, expected: torch.Tensor) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.batching import spans
 from .goodnet import GoodNet
 
 FORWARD_BATCH = 128  # images per forward pass on CPU: small batches keep the conv activations in cache
@@ -26,9 +27,11 @@ def default_batch(device: torch.device) -> int:
 
 
 def inference_batches(x: torch.Tensor, batch_size: int | None = None) -> Iterator[torch.Tensor]:
-    """`x` (N, 3, 55, 47) in batches ready for the network: channels_last on CPU, as they are on a GPU."""
+    """`x` (N, 3, 55, 47) in batches ready for the network: channels_last on CPU, as they are on a GPU; a last
+    batch of one image joins the one before."""
     batch_size = batch_size or default_batch(x.device)
-    for part in x.split(batch_size):
+    for start, stop in spans(x.shape[0], batch_size):  # never a last batch of one image (`data.batching`)
+        part = x[start:stop]
         yield part.contiguous(memory_format=torch.channels_last) if part.device.type == "cpu" and part.dim() == 4 else part
 
 
