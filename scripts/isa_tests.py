@@ -14,6 +14,7 @@ Levels at or above what the CPU has are skipped (on an AVX2 machine: avx and sse
     python scripts/isa_tests.py                 # the fidelity files on every lower level
     python scripts/isa_tests.py --quick         # what .ci/run adds: the core fidelity tests, next lower level only
     python scripts/isa_tests.py --docs          # also tests/test_docs.py on the docs that print Keras fidelity
+    python scripts/isa_tests.py --all --level avx   # the whole test suite on one level (about as long as the suite)
     python scripts/isa_tests.py --level avx -- -k lab3   # one level; pytest arguments after --
 
 Exit status: 0 when every level passed, else the first failing level's pytest status.
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--level", choices=sorted(LEVELS), action="append", help="run only this level (repeatable)")
     parser.add_argument("--docs", action="store_true", help="also run the docs' blocks that print fidelity numbers")
     parser.add_argument("--quick", action="store_true", help="CI's pass: the next lower level only, on the core fidelity tests")
+    parser.add_argument("--all", action="store_true", help="the whole test suite, not only the fidelity files")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args(argv)
     best = cpu_level(cpu_flags())
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if not levels:
         print(f"isa_tests: this CPU's best level is {best}; there is no lower level to test")
         return 0
-    targets = (QUICK_FILES if args.quick else FIDELITY_FILES) + (DOC_TESTS if args.docs else [])
+    if args.all and (args.quick or args.docs):
+        parser.error("--all runs every test already; it takes neither --quick nor --docs")
+    targets = [] if args.all else (QUICK_FILES if args.quick else FIDELITY_FILES) + (DOC_TESTS if args.docs else [])
     for level in levels:
         env = {**os.environ, **LEVELS[level], "TF_CPP_MIN_LOG_LEVEL": "3"}
         started = time.perf_counter()
