@@ -78,6 +78,33 @@ def build_arch(arch: str, kwargs: dict[str, Any] | str | None = None) -> nn.Modu
     return net
 
 
+def import_roots(arch: str | None) -> list[str]:
+    """The sys.path folders from which this process would import `arch`'s module (its top-level package's), for
+    workers that must import the same code (a batch's, on Ray: its workers see neither this PYTHONPATH nor the
+    tests' or scripts' folders). Nothing is imported; [] where it is not found here (the worker's import says why)."""
+    import importlib.util
+
+    top = (arch or "").partition(":")[0].split(".")[0]
+    if not top:
+        return []
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    places = list(spec.submodule_search_locations or []) or [spec.origin or ""]
+    return list(dict.fromkeys(os.path.dirname(p) for p in places if os.path.isabs(p)))
+
+
+def add_import_roots(roots: list[str]) -> None:
+    """Put the driver's `import_roots` first on this worker's sys.path (those it lacks and that exist here)."""
+    missing = [r for r in roots if r not in sys.path and os.path.isdir(r)]
+    if missing:
+        sys.path[:0] = missing
+        importlib.invalidate_caches()
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A state_dict file as tensors: .safetensors with the safetensors package, .pt/.pth with a weights_only load
     (a dict of tensors, or one under 'state_dict' / 'model_state_dict' as training checkpoints keep it)."""

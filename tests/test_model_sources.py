@@ -349,10 +349,16 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
 
 # --- batch: a manifest mixing every source ---------------------------------------------------------------------
 
-@pytest.mark.slow  # whole sweeps of a ResNet
-def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, sources, tmp_path, monkeypatch, lab3_path,
-                                                                          lab_files):
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the workers import --arch's module from it
+@pytest.mark.slow  # whole sweeps of a ResNet, a local Ray cluster
+def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps_locally_and_on_ray(cli, sources, tmp_path, lab3_path,
+                                                                                            lab_files, ray_cluster):
+    """Issue 33's proof. No PYTHONPATH is set: the workers (the local pool's and Ray's, whose processes do not see
+    the tests' folder) import --arch's module from where this process imports it."""
+    import os
+    import sys
+
+    assert "model_zoo" not in os.environ.get("PYTHONPATH", "")
+    assert not any(Path(p, "model_zoo.py").is_file() for p in ray_cluster.get(ray_cluster.remote(lambda: sys.path).remote()))
     root, f = sources["root"], sources["files"]
     torch_data = {k: str(v) for k, v in f.items()}
     rows = [{"name": "keras", "model": str(lab3_path), **{k: str(v) for k, v in lab_files.items()}, "max_steps": "6"},
@@ -365,9 +371,12 @@ def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, s
         writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
-    code, _, err = cli("batch", manifest, "--out", tmp_path / "batch", "--workers", 2, "--no-plot", "--thresholds", "2", "10")
-    assert code == 0, err
-    assert [r["status"] for r in read_csv(tmp_path / "batch" / "batch.csv")] == ["done"] * 4
+    runners = {"local": ["--workers", 2], "ray": ["--ray", "auto"]}
+    for runner, flags in runners.items():
+        code, _, err = cli("batch", manifest, "--out", tmp_path / runner, *flags, "--no-plot", "--thresholds", "2", "10")
+        batch_rows = read_csv(tmp_path / runner / "batch.csv")
+        assert [r["status"] for r in batch_rows] == ["done"] * 4, (runner, [r["error"] for r in batch_rows])
+        assert code == 0, err
     singles = {"keras": ["--model", lab3_path, *[a for k, v in lab_files.items() for a in (f"--{k.replace('_', '-')}", v)],
                          "--max-steps", 6],
                "onnx": ["--model", root / "resnet.onnx"], "pt2": ["--model", root / "resnet.pt2"],
@@ -376,8 +385,9 @@ def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, s
         data = [] if name == "keras" else [a for k, v in f.items() for a in (f"--{k.replace('_', '-')}", v)]
         code, _, err = cli("sweep", *args, *data, "--out", tmp_path / name, "--no-plot", "--thresholds", "2", "10")
         assert code == 0, err
-        for file in ("sweep.csv",):
-            assert (tmp_path / "batch" / name / file).read_bytes() == (tmp_path / name / file).read_bytes(), name
+        assert len(read_csv(tmp_path / name / "sweep.csv")) > 6, name
+        for runner in runners:
+            assert (tmp_path / runner / name / "sweep.csv").read_bytes() == (tmp_path / name / "sweep.csv").read_bytes(), (runner, name)
 
 
 @pytest.mark.slow  # whole sweeps of a ResNet

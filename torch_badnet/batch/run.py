@@ -330,7 +330,8 @@ class Batch:
                     continue
                 self._read(shared, item)
                 handles = shared.handles_for(item.files()[1:])
-                tasks.append(Task(item.name, item.model, item.data, item.options, inputs, fingerprint, handles))
+                tasks.append(Task(item.name, item.model, item.data, item.options, inputs, fingerprint, handles,
+                                  arch_roots(item.options.get("arch"))))
             if tasks:
                 if self.ray is not None:
                     self._run_ray(tasks, gpus_per_model)
@@ -511,6 +512,15 @@ def fingerprint_of(item: BatchItem) -> tuple[dict[str, dict[str, str]], dict[str
     fingerprint = {"model": {"path": item.model, "sha256": file_sha256(item.model)}, "inputs": inputs,
                    "options": json.loads(json.dumps(options)), "torch_badnet": __version__}
     return inputs, fingerprint
+
+
+def arch_roots(arch: str | None) -> list[str]:
+    """Where this process imports a row's --arch module from: the workers import it from there too."""
+    if not arch:
+        return []
+    from ..convert.torch_sources import import_roots  # lazy: the core never imports the converter at import time
+
+    return import_roots(arch)
 
 
 def install(folder: Path, files: dict[str, bytes]) -> None:
