@@ -329,7 +329,7 @@ class Batch:
                 if item.name in maybe and self._reuse(item.name, fingerprint):
                     continue
                 self._read(shared, item)
-                handles = shared.handles_for(item.files()[1:])
+                handles = shared.handles_for(item.files()[1:], label_order(item))
                 tasks.append(Task(item.name, item.model, item.data, item.options, inputs, fingerprint, handles,
                                   arch_roots(item.options.get("arch"))))
             if tasks:
@@ -355,7 +355,7 @@ class Batch:
 
     def _read(self, shared: SharedData, item: BatchItem) -> None:
         for path in item.files()[1:]:
-            shared.add(path)
+            shared.add(path, label_order(item))
 
     def _reuse(self, name: str, fingerprint: dict[str, Any], status: str = "reused") -> bool:
         """A finished result in DIR/<name> with this fingerprint: its row (from its summary.json) with `status`."""
@@ -512,6 +512,13 @@ def fingerprint_of(item: BatchItem) -> tuple[dict[str, dict[str, str]], dict[str
     fingerprint = {"model": {"path": item.model, "sha256": file_sha256(item.model)}, "inputs": inputs,
                    "options": json.loads(json.dumps(options)), "torch_badnet": __version__}
     return inputs, fingerprint
+
+
+def label_order(item: BatchItem) -> tuple[str, ...] | None:
+    """The row's --classes (an image folder's label order), read as `sweep` reads it."""
+    from ..data.formats import parse_classes
+
+    return parse_classes(item.options.get("classes"))
 
 
 def arch_roots(arch: str | None) -> list[str]:

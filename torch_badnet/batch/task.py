@@ -127,7 +127,8 @@ def sweep_model(task: Task):
                             **source).model
 
     def read(path: str | None):
-        return None if path is None else dataclasses.replace(open_file(task.handles[file_key(path)]), path=path)
+        handle = task.handles[file_key(path, keywords["classes"])] if path is not None else None
+        return None if handle is None else dataclasses.replace(open_file(handle), path=path)
 
     def read_poisoned(column: str):
         values = task.data[column]
