@@ -319,15 +319,18 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
                     "onnx": (root / "resnet.onnx", [])}[source]
     out = sweep(cli, sources, model, tmp_path / "out", *extra)
     pruned = next(out.glob("models/X=*/pruned.pt"))
+    assert read_masked(pruned)["input_shape"] == [3, 32, 32]  # the data's image shape, for export and classify
     record = read_masked(pruned)["architecture"]
     assert record["kind"] == {"arch": "arch", "pt2": "pt2", "onnx": "onnx-graph"}[source]
     assert record["arch"] == "model_zoo:head_resnet" if source == "arch" else record["path"] == str(model)
     b_prime = load_masked(pruned)  # rebuilt from the record alone
     x = sources["x"][:120]
-    shape = ["--input-shape", 3, 32, 32] if source == "arch" else []
-    for name, flags in [("b", []), ("g", ["--pruned", pruned])]:
-        code, _, err = cli("export", "--model", model, *extra, *flags, *shape, "-o", tmp_path / f"{name}.onnx")
+    shape = ["--input-shape", 3, 32, 32] if source == "arch" else []  # the GoodNet's from pruned.pt
+    for name, flags in [("b", shape), ("g", ["--pruned", pruned])]:
+        code, _, err = cli("export", "--model", model, *extra, *flags, "-o", tmp_path / f"{name}.onnx")
         assert code == 0, err
+        taken = f"note: input shape 3 32 32 (C H W) from {pruned}, the images its sweep ran on (--input-shape overrides it)"
+        assert (taken in err.splitlines()) == (source == "arch" and name == "g"), err
         ran = ort.InferenceSession(str(tmp_path / f"{name}.onnx")).run(None, {"input": x.numpy()})[0]
         base = read_model_file(model, *(extra[1::2])).model
         expected = base(x).argmax(1) if name == "b" else tb.GoodNet(base, b_prime, allow_unpaired=True)(x)
@@ -345,6 +348,37 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
     import json
 
     assert json.loads(out_text)["clean_accuracy"] == pytest.approx(100.0 * float((goodnet(data) == labels).float().mean()))
+
+
+def test_export_and_classify_take_the_input_shape_a_pruned_pt_records_or_ask_for_it(cli, sources, tmp_path):
+    """An --arch module records no input shape: with --pruned, the one its pruned.pt records (the sweep's data's)
+    is used, with a note; without a record, one line asks for --input-shape."""
+    from PIL import Image
+
+    from torch_badnet.engine.prunable import MaskedNet
+    from torch_badnet.engine.saving import save_masked
+
+    mask = torch.ones(64)
+    mask[:3] = 0
+    pruned = MaskedNet(sources["model"], "head", mask)
+    save_masked(pruned, tmp_path / "unrecorded.pt")
+    pruned.input_shape = (3, 32, 32)
+    save_masked(pruned, tmp_path / "pruned.pt")
+    image = tmp_path / "i.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
+    model = ["--model", sources["root"] / "weights.pt", *ARCH]
+    expected = int(tb.GoodNet(sources["model"], pruned, allow_unpaired=True)(torch.full((1, 3, 32, 32), 90.0))[0])
+    code, out, err = cli("classify", *model, "--pruned", tmp_path / "pruned.pt", image)
+    assert code == 0 and out.split() == [str(image), str(expected)], err
+    assert err.splitlines()[-1] == (f"note: input shape 3 32 32 (C H W) from {tmp_path / 'pruned.pt'}, the images its "
+                                    "sweep ran on (--input-shape overrides it)")
+    code, _, err = cli("export", *model, "--pruned", tmp_path / "pruned.pt", "-o", tmp_path / "g.onnx")
+    assert code == 0 and "input 'input' (N,3,32,32)" in _, err
+    for command, tail in [("classify", [image]), ("export", ["-o", tmp_path / "no.onnx"])]:
+        for flags, nor in [([], ""), (["--pruned", tmp_path / "unrecorded.pt"], f" (nor does {tmp_path / 'unrecorded.pt'})")]:
+            assert_one_line_error(cli(command, *model, *flags, *tail), f"error: --input-shape: {sources['root'] / 'weights.pt'}'s "
+                                  f"module does not record its input shape{nor}: give --input-shape C H W")
+    assert not (tmp_path / "no.onnx").exists()
 
 
 # --- batch: a manifest mixing every source ---------------------------------------------------------------------
