@@ -5,6 +5,7 @@ several architectures against onnxruntime; pickled models refused unless --allow
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import pickle
@@ -360,7 +361,7 @@ def test_export_and_classify_take_the_input_shape_a_pruned_pt_records_or_ask_for
 
     mask = torch.ones(64)
     mask[:3] = 0
-    pruned = MaskedNet(sources["model"], "head", mask)
+    pruned = MaskedNet(copy.deepcopy(sources["model"]), "head", mask)  # (the hook would stay on the fixture's module)
     save_masked(pruned, tmp_path / "unrecorded.pt")
     pruned.input_shape = (3, 32, 32)
     save_masked(pruned, tmp_path / "pruned.pt")
@@ -379,6 +380,42 @@ def test_export_and_classify_take_the_input_shape_a_pruned_pt_records_or_ask_for
             assert_one_line_error(cli(command, *model, *flags, *tail), f"error: --input-shape: {sources['root'] / 'weights.pt'}'s "
                                   f"module does not record its input shape{nor}: give --input-shape C H W")
     assert not (tmp_path / "no.onnx").exists()
+
+
+def test_convert_takes_arch_to_pt_and_onnx_and_both_round_trip(cli, sources, tmp_path):
+    """`convert weights --arch` writes .onnx (given --input-shape) or a .pt recording the callable, its kwargs and
+    the input shape; the .pt reads back with the same --arch alone (no kwargs, no shape), never without it."""
+    import onnxruntime as ort
+
+    from torch_badnet.data.files import file_sha256
+
+    root, x = sources["root"], sources["x"][:50]
+    expected = sources["model"](x)
+    safetensors = [root / "weights.safetensors", *ARCH]
+    code, out, err = cli("convert", *safetensors, "--input-shape", 3, 32, 32, "-o", tmp_path / "m.pt")
+    assert code == 0 and out.strip() == (f"wrote {tmp_path / 'm.pt'} (10 classes, input 3 32 32, from arch {root / 'weights.safetensors'}, "
+                                          f"sha256 {file_sha256(root / 'weights.safetensors')[:12]}...)"), err
+    back = read_model_file(tmp_path / "m.pt", "model_zoo:head_resnet").model  # kwargs and shape from the file
+    assert torch.equal(back(x), expected) and back.input_shape == (3, 32, 32)
+    code, out, err = cli("convert", tmp_path / "m.pt", "--arch", "model_zoo:head_resnet", "-o", tmp_path / "m.onnx")
+    assert code == 0, err
+    ran = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})[0]
+    assert torch.equal(torch.from_numpy(ran).argmax(1), expected.argmax(1))
+    code, out, err = cli("convert", tmp_path / "m.pt", "--arch", "model_zoo:head_resnet", "-o", tmp_path / "again.pt")
+    assert code == 0 and (tmp_path / "again.pt").read_bytes() != b"", err
+    assert torch.equal(read_model_file(tmp_path / "again.pt", "model_zoo:head_resnet").model(x), expected)
+    refusals = [(["convert", *safetensors, "-o", tmp_path / "no.onnx"], "error: --input-shape: ", "does not record its input shape"),
+                (["convert", *safetensors, "-o", tmp_path / "no.h5"], "no.h5: ", "has no Keras form: write .pt or .onnx"),
+                (["convert", root / "resnet.pt2", "-o", tmp_path / "no.pt"], "no.pt: ",
+                 "a .pt checkpoint is written for an --arch model only"),
+                (["sweep", "--model", tmp_path / "m.pt", "--clean-valid", sources["files"]["clean_valid"], "--poisoned-valid",
+                  sources["files"]["poisoned_valid"], "--out", tmp_path / "no"],
+                 "m.pt: holds the weights of your own module: give --arch model_zoo:head_resnet", "never by one a file holds"),
+                (["classify", "--model", tmp_path / "m.pt", "--arch", "model_zoo:vgg_bn", tmp_path / "i.png"],
+                 "m.pt: holds the weights of --arch model_zoo:head_resnet, not of model_zoo:vgg_bn")]
+    for args, *fragments in refusals:
+        assert_one_line_error(cli(*args), *fragments)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("no")]
 
 
 # --- batch: a manifest mixing every source ---------------------------------------------------------------------
