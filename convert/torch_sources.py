@@ -78,9 +78,41 @@ def build_arch(arch: str, kwargs: dict[str, Any] | str | None = None) -> nn.Modu
     return net
 
 
+def import_roots(arch: str | None) -> list[str]:
+    """The sys.path folders from which this process would import `arch`'s module (its top-level package's), for
+    workers that must import the same code (a batch's, on Ray: its workers see neither this PYTHONPATH nor the
+    tests' or scripts' folders). Nothing is imported; [] where it is not found here (the worker's import says why)."""
+    import importlib.util
+
+    top = (arch or "").partition(":")[0].split(".")[0]
+    if not top:
+        return []
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    places = list(spec.submodule_search_locations or []) or [spec.origin or ""]
+    return list(dict.fromkeys(os.path.dirname(p) for p in places if os.path.isabs(p)))
+
+
+def add_import_roots(roots: list[str]) -> None:
+    """Put the driver's `import_roots` first on this worker's sys.path (those it lacks and that exist here)."""
+    missing = [r for r in roots if r not in sys.path and os.path.isdir(r)]
+    if missing:
+        sys.path[:0] = missing
+        importlib.invalidate_caches()
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A state_dict file as tensors: .safetensors with the safetensors package, .pt/.pth with a weights_only load
     (a dict of tensors, or one under 'state_dict' / 'model_state_dict' as training checkpoints keep it)."""
+    return _read_weights(path)[0]
+
+
+def _read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(the state_dict, the --arch record of a checkpoint `save_arch_checkpoint` wrote, else None)."""
     path = check_is_file(path)
     if path.suffix.lower() == ".safetensors":
         try:
@@ -89,7 +121,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise BadInputError(path, "reading .safetensors needs the safetensors package: "
                                       "pip install 'torch-badnet[safetensors]'") from None
         try:
-            return load_file(str(path), device="cpu")
+            return load_file(str(path), device="cpu"), None
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
             raise BadInputError(path, f"not a readable safetensors file ({first_line(exc)})") from None
     if path.suffix.lower() not in STATE_DICT_SUFFIXES:
@@ -103,7 +135,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     state = _state_dict_of(payload)
     if state is None:
         raise BadInputError(path, "holds no state_dict (expected a dict of tensor names to tensors)")
-    return state
+    return state, arch_record(payload)
 
 
 def _state_dict_of(payload: Any) -> dict[str, torch.Tensor] | None:
@@ -138,14 +170,52 @@ def _more(keys: list[str]) -> str:
 
 
 def load_arch(path: str | os.PathLike[str], arch: str, kwargs: dict[str, Any] | str | None = None) -> LoadedModel:
-    """`--arch module:callable [--arch-kwargs JSON] --model weights`: the user's module with the file's weights."""
+    """`--arch module:callable [--arch-kwargs JSON] --model weights`: the user's module with the file's weights. A
+    checkpoint `convert` wrote for an --arch model gives its kwargs (unless given) and its input shape; it must
+    name the same callable."""
+    state, record = _read_weights(path)
+    if record is not None and record["arch"] != arch:
+        raise BadInputError(path, f"holds the weights of --arch {record['arch']}, not of {arch}")
+    if record is not None and (kwargs is None or kwargs == ""):
+        kwargs = record["arch_kwargs"]
     kwargs = parse_arch_kwargs(kwargs)
-    state = read_state_dict(path)
     net = build_arch(arch, kwargs)
     load_state_into(net, state, path, arch)
     net.eval()
-    record = {"arch": arch, "arch_kwargs": kwargs}
-    return LoadedModel(net, str(path), "arch", file_sha256(path), metadata=record)
+    if record is not None and record.get("input_shape"):
+        net.input_shape = tuple(record["input_shape"])
+    return LoadedModel(net, str(path), "arch", file_sha256(path), metadata={"arch": arch, "arch_kwargs": kwargs})
+
+
+def save_arch_checkpoint(loaded: LoadedModel, path: str | os.PathLike[str]) -> None:
+    """An --arch model as a torch-badnet .pt: its state_dict, the callable and kwargs that build it, its input
+    shape where known, and its source file (path, sha256). Reading it back needs --arch naming the same callable:
+    torch-badnet imports code only by the name the user gives, never by one a file holds."""
+    import io
+
+    from torch_badnet.data.files import write_bytes
+    from torch_badnet.nets.checkpoint import ARCH, FORMAT, FORMAT_VERSION
+
+    shape = getattr(loaded.model, "input_shape", None)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": ARCH,
+               "arch": loaded.metadata["arch"], "arch_kwargs": json.dumps(loaded.metadata["arch_kwargs"], sort_keys=True),
+               "input_shape": None if shape is None else [int(v) for v in shape],
+               "state_dict": {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()},
+               "metadata": {"source": loaded.path, "source_format": loaded.source_format, "source_sha256": loaded.source_sha256}}
+    buffer = io.BytesIO()  # as checkpoint.save_checkpoint: reproducible bytes
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def arch_record(payload: Any) -> dict[str, Any] | None:
+    """{arch, arch_kwargs (a dict), input_shape} of a checkpoint `save_arch_checkpoint` wrote, else None."""
+    from torch_badnet.nets.checkpoint import ARCH, FORMAT
+
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("architecture") != ARCH:
+        return None
+    shape = payload.get("input_shape")
+    shape = shape if isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape) else None
+    return {"arch": str(payload.get("arch")), "arch_kwargs": parse_arch_kwargs(payload.get("arch_kwargs")), "input_shape": shape}
 
 
 def explain_torch_file(path: str | os.PathLike[str], allow_pickle: bool = False) -> LoadedModel | None:

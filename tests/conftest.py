@@ -95,6 +95,16 @@ def sweep_args(lab_files: dict[str, Path], model: Path, out: Path, *extra: objec
             "--poisoned-test", lab_files["poisoned_test"], "--out", out, *extra]
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for one test module (`batch --ray auto` joins it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

@@ -299,15 +299,6 @@ def test_ctrl_c_while_the_tables_are_written_leaves_no_temporary_file(tmp_path, 
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".batch.lock", FILES]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_on_ray_results_equal_a_separate_sweep_even_when_a_worker_is_killed(ray_cluster, tmp_path, reference, models,
                                                                             lab_files, lab3_path, cli):
     import torch_badnet as tb

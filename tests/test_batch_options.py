@@ -49,8 +49,9 @@ def flag_words(column: str, text: str) -> list[str]:
 
 
 # columns whose rows equal their separate sweeps in their own files' tests (a model source, the data layout, the
-# trigger): test_model_sources.py::test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps and
-# test_triggers.py::test_batch_rows_with_other_layouts_and_a_trigger
+# trigger): test_model_sources.py::test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps_locally_and_on_ray,
+# test_triggers.py::test_batch_rows_with_other_layouts_and_a_trigger and
+# test_data_sources.py::test_batch_honours_classes_as_a_flag_and_a_column_as_sweep_does
 TESTED_ELSEWHERE = {"arch", "arch_kwargs", "allow_pickle", "classes", "trigger", "trigger_mask", "trigger_alpha", "target"}
 
 

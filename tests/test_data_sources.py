@@ -282,3 +282,36 @@ def test_eval_takes_every_layout_and_classes(cli, tmp_path, layouts):
     assert code == 0, err
     right = json.loads(outputs["h5"])["clean_accuracy"]
     assert right > 90 and json.loads(out)["clean_accuracy"] < 5  # every label moved: (almost) none right
+
+
+def test_batch_honours_classes_as_a_flag_and_a_column_as_sweep_does(cli, tmp_path, layouts):
+    """batch read an image folder in torchvision's order whatever --classes said. Here the folders' names sort in
+    the reverse of their labels: --classes (a file, as batch's flag) gives the right labels, a column naming the
+    sorted order the wrong ones; each row's sweep.csv equals `sweep`'s with that --classes."""
+    import csv
+    import shutil
+
+    folder, poisoned = Path(layouts["image folder"][0]), layouts["h5"][1]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"id{k:03d}" for k in range(len(names))]
+    renamed = tmp_path / "renamed"
+    for k, name in enumerate(names):
+        shutil.copytree(folder / name, renamed / f"n{999 - k}")
+    right = tmp_path / "classes.txt"
+    right.write_text("".join(f"n{999 - k}\n" for k in range(len(names))))
+    sorted_order = ",".join(sorted(p.name for p in renamed.iterdir()))
+    with open(tmp_path / "models.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["name", "model", "clean_valid", "poisoned_valid", "classes"],
+                                  ["flag", SHIPPED_MODEL, renamed, poisoned, ""],
+                                  ["column", SHIPPED_MODEL, renamed, poisoned, sorted_order]])
+    code, out, err = cli("batch", tmp_path / "models.csv", "--out", tmp_path / "many", "--workers", "1",
+                         "--classes", right, *SWEEP)
+    assert code == 0 and "2 models (2 done, 0 reused, 0 failed)" in out, (out, err)
+    accuracy = {}
+    for row, classes in (("flag", right), ("column", sorted_order)):
+        code, _, err = cli("sweep", "--model", SHIPPED_MODEL, "--clean-valid", renamed, "--poisoned-valid", poisoned,
+                           "--classes", classes, "--out", tmp_path / row, *SWEEP)
+        assert code == 0, err
+        assert (tmp_path / "many" / row / "sweep.csv").read_bytes() == (tmp_path / row / "sweep.csv").read_bytes(), row
+        accuracy[row] = json.loads((tmp_path / "many" / row / "summary.json").read_text())["original"]["valid_clean_acc"]
+    assert accuracy["flag"] > 90 and accuracy["column"] < 5, accuracy

@@ -5,6 +5,7 @@ several architectures against onnxruntime; pickled models refused unless --allow
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import pickle
@@ -319,15 +320,18 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
                     "onnx": (root / "resnet.onnx", [])}[source]
     out = sweep(cli, sources, model, tmp_path / "out", *extra)
     pruned = next(out.glob("models/X=*/pruned.pt"))
+    assert read_masked(pruned)["input_shape"] == [3, 32, 32]  # the data's image shape, for export and classify
     record = read_masked(pruned)["architecture"]
     assert record["kind"] == {"arch": "arch", "pt2": "pt2", "onnx": "onnx-graph"}[source]
     assert record["arch"] == "model_zoo:head_resnet" if source == "arch" else record["path"] == str(model)
     b_prime = load_masked(pruned)  # rebuilt from the record alone
     x = sources["x"][:120]
-    shape = ["--input-shape", 3, 32, 32] if source == "arch" else []
-    for name, flags in [("b", []), ("g", ["--pruned", pruned])]:
-        code, _, err = cli("export", "--model", model, *extra, *flags, *shape, "-o", tmp_path / f"{name}.onnx")
+    shape = ["--input-shape", 3, 32, 32] if source == "arch" else []  # the GoodNet's from pruned.pt
+    for name, flags in [("b", shape), ("g", ["--pruned", pruned])]:
+        code, _, err = cli("export", "--model", model, *extra, *flags, "-o", tmp_path / f"{name}.onnx")
         assert code == 0, err
+        taken = f"note: input shape 3 32 32 (C H W) from {pruned}, the images its sweep ran on (--input-shape overrides it)"
+        assert (taken in err.splitlines()) == (source == "arch" and name == "g"), err
         ran = ort.InferenceSession(str(tmp_path / f"{name}.onnx")).run(None, {"input": x.numpy()})[0]
         base = read_model_file(model, *(extra[1::2])).model
         expected = base(x).argmax(1) if name == "b" else tb.GoodNet(base, b_prime, allow_unpaired=True)(x)
@@ -347,12 +351,85 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
     assert json.loads(out_text)["clean_accuracy"] == pytest.approx(100.0 * float((goodnet(data) == labels).float().mean()))
 
 
+def test_export_and_classify_take_the_input_shape_a_pruned_pt_records_or_ask_for_it(cli, sources, tmp_path):
+    """An --arch module records no input shape: with --pruned, the one its pruned.pt records (the sweep's data's)
+    is used, with a note; without a record, one line asks for --input-shape."""
+    from PIL import Image
+
+    from torch_badnet.engine.prunable import MaskedNet
+    from torch_badnet.engine.saving import save_masked
+
+    mask = torch.ones(64)
+    mask[:3] = 0
+    pruned = MaskedNet(copy.deepcopy(sources["model"]), "head", mask)  # (the hook would stay on the fixture's module)
+    save_masked(pruned, tmp_path / "unrecorded.pt")
+    pruned.input_shape = (3, 32, 32)
+    save_masked(pruned, tmp_path / "pruned.pt")
+    image = tmp_path / "i.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
+    model = ["--model", sources["root"] / "weights.pt", *ARCH]
+    expected = int(tb.GoodNet(sources["model"], pruned, allow_unpaired=True)(torch.full((1, 3, 32, 32), 90.0))[0])
+    code, out, err = cli("classify", *model, "--pruned", tmp_path / "pruned.pt", image)
+    assert code == 0 and out.split() == [str(image), str(expected)], err
+    assert err.splitlines()[-1] == (f"note: input shape 3 32 32 (C H W) from {tmp_path / 'pruned.pt'}, the images its "
+                                    "sweep ran on (--input-shape overrides it)")
+    code, _, err = cli("export", *model, "--pruned", tmp_path / "pruned.pt", "-o", tmp_path / "g.onnx")
+    assert code == 0 and "input 'input' (N,3,32,32)" in _, err
+    for command, tail in [("classify", [image]), ("export", ["-o", tmp_path / "no.onnx"])]:
+        for flags, nor in [([], ""), (["--pruned", tmp_path / "unrecorded.pt"], f" (nor does {tmp_path / 'unrecorded.pt'})")]:
+            assert_one_line_error(cli(command, *model, *flags, *tail), f"error: --input-shape: {sources['root'] / 'weights.pt'}'s "
+                                  f"module does not record its input shape{nor}: give --input-shape C H W")
+    assert not (tmp_path / "no.onnx").exists()
+
+
+def test_convert_takes_arch_to_pt_and_onnx_and_both_round_trip(cli, sources, tmp_path):
+    """`convert weights --arch` writes .onnx (given --input-shape) or a .pt recording the callable, its kwargs and
+    the input shape; the .pt reads back with the same --arch alone (no kwargs, no shape), never without it."""
+    import onnxruntime as ort
+
+    from torch_badnet.data.files import file_sha256
+
+    root, x = sources["root"], sources["x"][:50]
+    expected = sources["model"](x)
+    safetensors = [root / "weights.safetensors", *ARCH]
+    code, out, err = cli("convert", *safetensors, "--input-shape", 3, 32, 32, "-o", tmp_path / "m.pt")
+    assert code == 0 and out.strip() == (f"wrote {tmp_path / 'm.pt'} (10 classes, input 3 32 32, from arch {root / 'weights.safetensors'}, "
+                                          f"sha256 {file_sha256(root / 'weights.safetensors')[:12]}...)"), err
+    back = read_model_file(tmp_path / "m.pt", "model_zoo:head_resnet").model  # kwargs and shape from the file
+    assert torch.equal(back(x), expected) and back.input_shape == (3, 32, 32)
+    code, out, err = cli("convert", tmp_path / "m.pt", "--arch", "model_zoo:head_resnet", "-o", tmp_path / "m.onnx")
+    assert code == 0, err
+    ran = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})[0]
+    assert torch.equal(torch.from_numpy(ran).argmax(1), expected.argmax(1))
+    code, out, err = cli("convert", tmp_path / "m.pt", "--arch", "model_zoo:head_resnet", "-o", tmp_path / "again.pt")
+    assert code == 0 and (tmp_path / "again.pt").read_bytes() != b"", err
+    assert torch.equal(read_model_file(tmp_path / "again.pt", "model_zoo:head_resnet").model(x), expected)
+    refusals = [(["convert", *safetensors, "-o", tmp_path / "no.onnx"], "error: --input-shape: ", "does not record its input shape"),
+                (["convert", *safetensors, "-o", tmp_path / "no.h5"], "no.h5: ", "has no Keras form: write .pt or .onnx"),
+                (["convert", root / "resnet.pt2", "-o", tmp_path / "no.pt"], "no.pt: ",
+                 "a .pt checkpoint is written for an --arch model only"),
+                (["sweep", "--model", tmp_path / "m.pt", "--clean-valid", sources["files"]["clean_valid"], "--poisoned-valid",
+                  sources["files"]["poisoned_valid"], "--out", tmp_path / "no"],
+                 "m.pt: holds the weights of your own module: give --arch model_zoo:head_resnet", "never by one a file holds"),
+                (["classify", "--model", tmp_path / "m.pt", "--arch", "model_zoo:vgg_bn", tmp_path / "i.png"],
+                 "m.pt: holds the weights of --arch model_zoo:head_resnet, not of model_zoo:vgg_bn")]
+    for args, *fragments in refusals:
+        assert_one_line_error(cli(*args), *fragments)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("no")]
+
+
 # --- batch: a manifest mixing every source ---------------------------------------------------------------------
 
-@pytest.mark.slow  # whole sweeps of a ResNet
-def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, sources, tmp_path, monkeypatch, lab3_path,
-                                                                          lab_files):
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the workers import --arch's module from it
+@pytest.mark.slow  # whole sweeps of a ResNet, a local Ray cluster
+def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps_locally_and_on_ray(cli, sources, tmp_path, lab3_path,
+                                                                                            lab_files, ray_cluster):
+    """Issue 33's proof. No PYTHONPATH is set: the workers (the local pool's and Ray's, whose processes do not see
+    the tests' folder) import --arch's module from where this process imports it."""
+    import os
+    import sys
+
+    assert "model_zoo" not in os.environ.get("PYTHONPATH", "")
+    assert not any(Path(p, "model_zoo.py").is_file() for p in ray_cluster.get(ray_cluster.remote(lambda: sys.path).remote()))
     root, f = sources["root"], sources["files"]
     torch_data = {k: str(v) for k, v in f.items()}
     rows = [{"name": "keras", "model": str(lab3_path), **{k: str(v) for k, v in lab_files.items()}, "max_steps": "6"},
@@ -365,9 +442,12 @@ def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, s
         writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
-    code, _, err = cli("batch", manifest, "--out", tmp_path / "batch", "--workers", 2, "--no-plot", "--thresholds", "2", "10")
-    assert code == 0, err
-    assert [r["status"] for r in read_csv(tmp_path / "batch" / "batch.csv")] == ["done"] * 4
+    runners = {"local": ["--workers", 2], "ray": ["--ray", "auto"]}
+    for runner, flags in runners.items():
+        code, _, err = cli("batch", manifest, "--out", tmp_path / runner, *flags, "--no-plot", "--thresholds", "2", "10")
+        batch_rows = read_csv(tmp_path / runner / "batch.csv")
+        assert [r["status"] for r in batch_rows] == ["done"] * 4, (runner, [r["error"] for r in batch_rows])
+        assert code == 0, err
     singles = {"keras": ["--model", lab3_path, *[a for k, v in lab_files.items() for a in (f"--{k.replace('_', '-')}", v)],
                          "--max-steps", 6],
                "onnx": ["--model", root / "resnet.onnx"], "pt2": ["--model", root / "resnet.pt2"],
@@ -376,8 +456,9 @@ def test_batch_mixing_keras_onnx_pt2_and_arch_rows_equals_separate_sweeps(cli, s
         data = [] if name == "keras" else [a for k, v in f.items() for a in (f"--{k.replace('_', '-')}", v)]
         code, _, err = cli("sweep", *args, *data, "--out", tmp_path / name, "--no-plot", "--thresholds", "2", "10")
         assert code == 0, err
-        for file in ("sweep.csv",):
-            assert (tmp_path / "batch" / name / file).read_bytes() == (tmp_path / name / file).read_bytes(), name
+        assert len(read_csv(tmp_path / name / "sweep.csv")) > 6, name
+        for runner in runners:
+            assert (tmp_path / runner / name / "sweep.csv").read_bytes() == (tmp_path / name / "sweep.csv").read_bytes(), (runner, name)
 
 
 @pytest.mark.slow  # whole sweeps of a ResNet

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -26,9 +26,10 @@ from ..errors import BadInputError
 Handle = tuple[Any, ...]  # ("file", ReadFile) | ("ray", ReadFile ref) | ("error", path, problem)
 
 
-def file_key(path: str | os.PathLike[str]) -> str:
-    """The same file under any spelling of its path."""
-    return os.path.realpath(path)
+def file_key(path: str | os.PathLike[str], classes: Sequence[str] | None = None) -> str:
+    """The same file under any spelling of its path; an image folder once per label order (`classes`, --classes)."""
+    key = os.path.realpath(path)
+    return key if classes is None or not os.path.isdir(key) else f"{key}?classes={','.join(classes)}"
 
 
 class SharedData:
@@ -42,25 +43,25 @@ class SharedData:
         self.handles: dict[str, Handle] = {}
         self.converting: dict[str, tuple[str, Path, Future]] = {}
 
-    def add(self, path: str) -> None:
-        key = file_key(path)
+    def add(self, path: str, classes: Sequence[str] | None = None) -> None:
+        key = file_key(path, classes)
         if key in self.handles or key in self.converting:
             return
         if self.ray is not None:
-            self.handles[key] = _handle("ray", lambda p: self.ray.put(share_file(p, None)), path)
+            self.handles[key] = _handle("ray", lambda p: self.ray.put(share_file(p, None, classes=classes)), path)
             return
         assert self.folder is not None
         npy = self.folder / f"{len(self.handles) + len(self.converting)}.pixels.npy"
         if self.pool is not None and not self.pool.broken:
             try:
-                self.converting[key] = (path, npy, self.pool.submit(share_in_worker, path, npy))
+                self.converting[key] = (path, npy, self.pool.submit(share_in_worker, path, npy, classes))
                 return
             except BrokenProcessPool:
                 self._pool_died(path)
-        self.handles[key] = _handle("file", share_file, path, npy)
+        self.handles[key] = _handle("file", share_file, path, npy, True, classes)
 
-    def handles_for(self, paths: list[str]) -> dict[str, Handle]:
-        keys = {file_key(p) for p in paths}
+    def handles_for(self, paths: list[str], classes: Sequence[str] | None = None) -> dict[str, Handle]:
+        keys = {file_key(p, classes) for p in paths}
         for key in keys & self.converting.keys():
             path, npy, future = self.converting.pop(key)
             try:
@@ -69,7 +70,7 @@ class SharedData:
                 self.handles[key] = ("error", exc.path, exc.problem)
             except BrokenProcessPool:  # a worker died converting: the parent reads it; a fresh pool runs the models
                 self._pool_died(path)
-                self.handles[key] = _handle("file", share_file, path, npy)
+                self.handles[key] = _handle("file", share_file, path, npy, True, classes)
         return {k: h for k, h in self.handles.items() if k in keys}
 
     def _pool_died(self, path: str) -> None:
@@ -85,12 +86,12 @@ class SharedData:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def share_in_worker(path: str, npy: Path) -> ReadFile:
+def share_in_worker(path: str, npy: Path, classes: Sequence[str] | None = None) -> ReadFile:
     """`share_file` in a pool worker, which then hands the conversion's freed buffers back to the system. In this
     thread: a reading thread's malloc arena would keep two chunks (60 MB at the lab's size) after it ends, dead
     weight at the peak of every model the worker then runs."""
     try:
-        return share_file(path, npy, read_ahead=False)
+        return share_file(path, npy, read_ahead=False, classes=classes)
     finally:
         trim_heap()
 

@@ -329,8 +329,9 @@ class Batch:
                 if item.name in maybe and self._reuse(item.name, fingerprint):
                     continue
                 self._read(shared, item)
-                handles = shared.handles_for(item.files()[1:])
-                tasks.append(Task(item.name, item.model, item.data, item.options, inputs, fingerprint, handles))
+                handles = shared.handles_for(item.files()[1:], label_order(item))
+                tasks.append(Task(item.name, item.model, item.data, item.options, inputs, fingerprint, handles,
+                                  arch_roots(item.options.get("arch"))))
             if tasks:
                 if self.ray is not None:
                     self._run_ray(tasks, gpus_per_model)
@@ -354,7 +355,7 @@ class Batch:
 
     def _read(self, shared: SharedData, item: BatchItem) -> None:
         for path in item.files()[1:]:
-            shared.add(path)
+            shared.add(path, label_order(item))
 
     def _reuse(self, name: str, fingerprint: dict[str, Any], status: str = "reused") -> bool:
         """A finished result in DIR/<name> with this fingerprint: its row (from its summary.json) with `status`."""
@@ -511,6 +512,22 @@ def fingerprint_of(item: BatchItem) -> tuple[dict[str, dict[str, str]], dict[str
     fingerprint = {"model": {"path": item.model, "sha256": file_sha256(item.model)}, "inputs": inputs,
                    "options": json.loads(json.dumps(options)), "torch_badnet": __version__}
     return inputs, fingerprint
+
+
+def label_order(item: BatchItem) -> tuple[str, ...] | None:
+    """The row's --classes (an image folder's label order), read as `sweep` reads it."""
+    from ..data.formats import parse_classes
+
+    return parse_classes(item.options.get("classes"))
+
+
+def arch_roots(arch: str | None) -> list[str]:
+    """Where this process imports a row's --arch module from: the workers import it from there too."""
+    if not arch:
+        return []
+    from ..convert.torch_sources import import_roots  # lazy: the core never imports the converter at import time
+
+    return import_roots(arch)
 
 
 def install(folder: Path, files: dict[str, bytes]) -> None:

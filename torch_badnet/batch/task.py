@@ -37,6 +37,7 @@ class Task:
     inputs: dict[str, dict[str, str]]  # summary.json's inputs: set name -> {path, sha256}
     fingerprint: dict[str, Any]
     handles: dict[str, Handle]  # file_key -> shared data
+    import_roots: list[str] = dataclasses.field(default_factory=list)  # where the driver imports --arch's module from
 
 
 class FingerprintedFolder(OutputFolder):
@@ -115,6 +116,10 @@ def sweep_model(task: Task):
     from ..nets.loading import load_model_file
 
     args = argparse.Namespace(**task.options)
+    if task.import_roots:
+        from ..convert.torch_sources import add_import_roots  # lazy: the core never imports the converter at import time
+
+        add_import_roots(task.import_roots)
     keywords = {**passed_through(args), **sweep_keywords(args), **data_keywords(args)}  # checked before the model loads
     rescale, mean, std = preprocessing_flags(args)  # as sweep's --rescale, --mean, --std
     source = {key: getattr(args, key, None) for key in ("arch", "arch_kwargs")}  # the row's own class, imported here
@@ -122,7 +127,8 @@ def sweep_model(task: Task):
                             **source).model
 
     def read(path: str | None):
-        return None if path is None else dataclasses.replace(open_file(task.handles[file_key(path)]), path=path)
+        handle = task.handles[file_key(path, keywords["classes"])] if path is not None else None
+        return None if handle is None else dataclasses.replace(open_file(handle), path=path)
 
     def read_poisoned(column: str):
         values = task.data[column]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,12 +38,13 @@ class ReadFile:
     bad_pixels: str | None = None  # the message of the first non-finite image, if any
 
 
-def share_file(path: str | os.PathLike[str], pixels_npy: Path | None, read_ahead: bool = True) -> ReadFile:
-    """Read a data file once (any layout of `data.formats`), checking what does not depend on the model
-    (LabDataset's checks and messages);
+def share_file(path: str | os.PathLike[str], pixels_npy: Path | None, read_ahead: bool = True,
+               classes: Sequence[str] | None = None) -> ReadFile:
+    """Read a data file once (any layout of `data.formats`; `classes`: an image folder's label order), checking
+    what does not depend on the model (LabDataset's checks and messages);
     the float32 pixels go to `pixels_npy` (None: kept in memory, for Ray's object store). `read_ahead`: read
     the next chunk in a background thread. Raises BadInputError."""
-    with open_data_file(path, None, input_shape=None, guard=False) as ds, _PixelSink(pixels_npy, ds.shape) as sink:
+    with open_data_file(path, None, input_shape=None, guard=False, classes=classes) as ds, _PixelSink(pixels_npy, ds.shape) as sink:
         seen, bad = PixelRange(), None
         try:
             for x, _ in ds.chunks(DEFAULT_CHUNK, read_ahead=read_ahead):

@@ -187,7 +187,9 @@ class PrunableNet:
         mask = torch.ones(self.channels)
         if len(channels):
             mask[torch.as_tensor(list(channels), dtype=torch.long)] = 0.0
-        return MaskedNet(copy.deepcopy(self.module).cpu().eval(), self.layer, mask).eval()
+        masked = MaskedNet(copy.deepcopy(self.module).cpu().eval(), self.layer, mask).eval()
+        masked.input_shape = self.input_shape  # the data's image shape (C, H, W): pruned.pt records it
+        return masked
 
 
 def check_single_input(module: nn.Module) -> None:

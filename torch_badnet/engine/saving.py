@@ -75,6 +75,8 @@ def save_masked(pruned: MaskedNet, path: str | os.PathLike[str], **metadata: Any
         "state_dict": {k: v.detach().cpu().clone() for k, v in pruned.net.state_dict().items()},
         "metadata": metadata,
     }
+    if getattr(pruned, "input_shape", None) is not None:  # the image shape its sweep's data had (C, H, W)
+        payload["input_shape"] = [int(v) for v in pruned.input_shape]
     buffer = io.BytesIO()  # as checkpoint.save_checkpoint: reproducible bytes
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())
@@ -104,6 +106,9 @@ def load_masked(path: str | os.PathLike[str], module: nn.Module | None = None) -
     except RuntimeError as exc:
         raise BadInputError(path, f"the weights do not fit the module given ({first_line(exc)})") from None
     pruned = MaskedNet(module.eval(), payload["layer"], payload["channel_mask"]).eval()
+    shape = payload.get("input_shape")
+    if isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape):
+        pruned.input_shape = tuple(shape)
     meta = payload.get("metadata") or {}
     if isinstance(meta.get(FINGERPRINT_KEY), str):
         setattr(pruned, FINGERPRINT_KEY, meta[FINGERPRINT_KEY])

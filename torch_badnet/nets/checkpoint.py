@@ -22,6 +22,7 @@ from .pt_files import check_savable, not_a_checkpoint, refused_pickle
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
 KERAS_GRAPH = "keras_graph"  # `architecture` of a checkpoint of a KerasGraphNet (absent: the lab BadNet)
+ARCH = "arch"  # `architecture` of a checkpoint of an --arch model (convert.torch_sources.save_arch_checkpoint)
 
 
 @dataclass
@@ -99,6 +100,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
         raise not_a_checkpoint(path, payload)  # says what the file is and what takes it
     if payload.get("format_version") != FORMAT_VERSION:
         raise BadInputError(path, f"unsupported checkpoint format_version {payload.get('format_version')!r}")
+    if payload.get("architecture") == ARCH:
+        raise BadInputError(path, f"holds the weights of your own module: give --arch {payload.get('arch')} (torch-badnet "
+                                  "imports code only by the name you give, never by one a file holds)")
     num_classes = payload.get("num_classes")
     state = payload.get("state_dict")
     if not isinstance(num_classes, int) or num_classes < 1 or not isinstance(state, dict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_rescale_argument, log
+from .common import add_data_arguments, add_rescale_argument, log
 from .sweep import add_sweep_options
 
 HELP = "run the sweep on every model of a manifest CSV (a local process pool, or Ray), with one combined table"
@@ -30,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="GPUs per model on Ray (e.g. 0.25: four sweeps share a GPU; default 0)")
     p.add_argument("--rerun", action="store_true", help="run every model again, even those whose result matches its fingerprint")
     add_rescale_argument(p)
+    add_data_arguments(p)
     add_sweep_options(p)
     p.set_defaults(run=run)
 

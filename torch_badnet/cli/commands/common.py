@@ -39,15 +39,23 @@ def add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
                         help="the input's (C, H, W), for a model that does not record it (one built by --arch)")
 
 
-def set_input_shape(model, args: argparse.Namespace) -> None:
-    """--input-shape onto a model that lacks one; a torch module of unknown input shape without it is one line."""
+def set_input_shape(model, args: argparse.Namespace, pruned=None) -> None:
+    """--input-shape onto a model that lacks one; else the shape `pruned` (B', from --pruned) records: its sweep's
+    data's (one note line). A torch module of unknown input shape without either is one line."""
     from ...errors import BadInputError
     from ...nets.badnet import BadNet
 
     if getattr(args, "input_shape", None):
         model.input_shape = tuple(args.input_shape)
     elif not isinstance(model, BadNet) and getattr(model, "input_shape", None) is None:
-        raise BadInputError("--input-shape", f"{args.model}'s module does not record its input shape: give --input-shape C H W")
+        recorded = getattr(pruned, "input_shape", None)
+        if recorded is None:
+            also = f" (nor does {args.pruned})" if getattr(args, "pruned", None) else ""
+            raise BadInputError("--input-shape", f"{args.model}'s module does not record its input shape{also}: "
+                                                 "give --input-shape C H W")
+        model.input_shape = tuple(recorded)
+        log(f"note: input shape {' '.join(map(str, recorded))} (C H W) from {args.pruned}, the images its sweep ran on "
+            "(--input-shape overrides it)")
 
 
 def source_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,11 +176,11 @@ def net_for(args: argparse.Namespace, device):
 
     model = open_model_flag(args.model, *preprocessing_flags(args), pruned=getattr(args, "pruned", None),
                             **source_flags(args)).model.eval()
+    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if getattr(args, "pruned", None) else None
     if hasattr(args, "input_shape"):
-        set_input_shape(model, args)
-    if not getattr(args, "pruned", None):
+        set_input_shape(model, args, pruned)
+    if pruned is None:
         return model.to(device)
-    pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired)
     return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as open_pruned_flag said
 
 

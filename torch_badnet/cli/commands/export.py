@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     opset = DEFAULT_OPSET if args.opset is None else check_opset(args.opset)
     check_output_file(args.output, [p for p in (args.model, args.pruned) if p], args.force)
     model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned, **source_flags(args)).model
-    set_input_shape(model, args)
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if args.pruned else None
+    set_input_shape(model, args, pruned)
     from ...report.outdir import previous_file_kept
 
     with previous_file_kept(Path(args.output), log):  # an existing file (--force) is kept aside, never deleted
