@@ -208,6 +208,14 @@ def test_pruned_goodnet_and_save_load_of_b_prime(pixels, tmp_path):
         tb.GoodNet(resnet(4, seed=6), loaded)
     with pytest.raises(tb.BadInputError, match="build that module in code"):
         load_masked(path)
+    # a crafted file whose record names code to run (with its kwargs): refused unless the caller names that code
+    payload["architecture"] = {"kind": "arch", "arch": "os:system", "arch_kwargs": json.dumps({"command": f"touch {tmp_path / 'ran'}"})}
+    torch.save(payload, tmp_path / "crafted.pt")
+    with pytest.raises(tb.BadInputError, match=r"holds a B' of --arch os:system; a file never chooses the code that runs"):
+        load_masked(tmp_path / "crafted.pt")
+    with pytest.raises(tb.BadInputError, match=r"holds a B' of --arch os:system, not of builtins:print"):
+        load_masked(tmp_path / "crafted.pt", arch="builtins:print")
+    assert not (tmp_path / "ran").exists()
 
 
 def test_finetuning_a_generic_b_prime(pixels):

@@ -324,7 +324,12 @@ def test_pruned_pt_rebuilds_and_export_round_trips(cli, sources, tmp_path, sourc
     record = read_masked(pruned)["architecture"]
     assert record["kind"] == {"arch": "arch", "pt2": "pt2", "onnx": "onnx-graph"}[source]
     assert record["arch"] == "model_zoo:head_resnet" if source == "arch" else record["path"] == str(model)
-    b_prime = load_masked(pruned)  # rebuilt from the record alone
+    if source == "arch":  # the file never picks the code to import: the caller names the callable
+        with pytest.raises(BadInputError, match=r"holds a B' of --arch model_zoo:head_resnet; a file never chooses"):
+            load_masked(pruned)
+        with pytest.raises(BadInputError, match=r"holds a B' of --arch model_zoo:head_resnet, not of os:system"):
+            load_masked(pruned, arch="os:system")
+    b_prime = load_masked(pruned, arch="model_zoo:head_resnet" if source == "arch" else None)  # rebuilt from the record
     x = sources["x"][:120]
     shape = ["--input-shape", 3, 32, 32] if source == "arch" else []  # the GoodNet's from pruned.pt
     for name, flags in [("b", shape), ("g", ["--pruned", pruned])]:

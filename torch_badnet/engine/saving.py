@@ -94,13 +94,15 @@ def read_masked(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
-def load_masked(path: str | os.PathLike[str], module: nn.Module | None = None) -> MaskedNet:
+def load_masked(path: str | os.PathLike[str], module: nn.Module | None = None, arch: str | None = None) -> MaskedNet:
     """B' from `path`: `module` (a freshly built net of the recorded architecture) gets the weights and the mask.
-    Without `module`, a Keras-origin file is rebuilt from its Keras config (with the Keras graph converter)."""
+    Without `module`, a Keras-origin file is rebuilt from its Keras config (with the Keras graph converter), an
+    ONNX graph's or .pt2 program's from the recorded file, and an --arch model's by the callable the caller names
+    in `arch` ("module:callable", which must be the recorded one): a file never chooses the code that runs."""
     payload = read_masked(path)
-    arch = payload["architecture"]
+    record = payload["architecture"]
     if module is None:
-        module = _rebuild(arch, Path(path))
+        module = _rebuild(record, Path(path), arch)
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
@@ -115,9 +117,11 @@ def load_masked(path: str | os.PathLike[str], module: nn.Module | None = None) -
     return pruned
 
 
-def _rebuild(arch: dict[str, Any], path: Path) -> nn.Module:
+def _rebuild(arch: dict[str, Any], path: Path, callable_name: str | None = None) -> nn.Module:
     """A Keras-origin net from its recorded Keras config and preprocessing (h3's KerasGraphNet; no code runs)."""
-    if arch.get("kind") in ("onnx-graph", "pt2", "arch"):
+    if arch.get("kind") == "arch":
+        return _rebuild_arch(arch, path, callable_name)
+    if arch.get("kind") in ("onnx-graph", "pt2"):
         return _rebuild_source(arch, path)
     if arch.get("kind") != "keras":
         raise BadInputError(path, f"holds the weights of a {arch.get('class')}; build that module in code and pass it "
@@ -130,15 +134,24 @@ def _rebuild(arch: dict[str, Any], path: Path) -> nn.Module:
                          mean=arch.get("mean"), std=arch.get("std"))
 
 
+def _rebuild_arch(arch: dict[str, Any], path: Path, callable_name: str | None) -> nn.Module:
+    """The module of an --arch record: built by the callable the caller names, which must be the recorded one
+    (the record's kwargs are data for it); the file alone never picks code to import."""
+    if callable_name is None:
+        raise BadInputError(path, f"holds a B' of --arch {arch.get('arch')}; a file never chooses the code that runs: "
+                                  f"name it, load_masked(path, arch={arch.get('arch')!r}), or pass the module built")
+    if callable_name != arch.get("arch"):
+        raise BadInputError(path, f"holds a B' of --arch {arch.get('arch')}, not of {callable_name}")
+    from ..convert.torch_sources import build_arch  # lazy: the core never imports the converter at import time
+
+    return build_arch(callable_name, arch.get("arch_kwargs"))
+
+
 def _rebuild_source(arch: dict[str, Any], path: Path) -> nn.Module:
-    """The module of a recorded ONNX graph / .pt2 program (the same file: its sha256 is checked) or --arch callable."""
+    """The module of a recorded ONNX graph / .pt2 program (the same file: its sha256 is checked)."""
     from ..convert.loading import read_model_file  # lazy: the core never imports the converter at import time
     from ..data.files import file_sha256
 
-    if arch["kind"] == "arch":
-        from ..convert.torch_sources import build_arch
-
-        return build_arch(arch["arch"], arch.get("arch_kwargs"))
     source = Path(arch["path"])
     if not source.is_file() or file_sha256(source) != arch["sha256"]:
         raise BadInputError(path, f"was pruned from {source}, which is missing or has changed (sha256); give the model as "
