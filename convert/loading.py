@@ -35,8 +35,9 @@ def read_model_file(path: str | os.PathLike[str], arch: str | None = None, arch_
 
         return load_pt2(path)
     if suffix == ".safetensors":
-        raise BadInputError(path, "is a state_dict (weights without their architecture): give --arch module:callable "
-                                  "that builds its module")
+        from torch_badnet.nets.pt_files import ARCH_ADVICE
+
+        raise BadInputError(path, f"is a state_dict (weights without their architecture): {ARCH_ADVICE}")
     if suffix == ".pt" or suffix == ".pth":
         try:
             return load_checkpoint(path)

@@ -234,15 +234,12 @@ def explain_torch_file(path: str | os.PathLike[str], allow_pickle: bool = False)
         return None
     from torch_badnet.nets.checkpoint import FORMAT
     from torch_badnet.nets.pt_files import MASKED_FORMAT as MASKED
+    from torch_badnet.nets.pt_files import not_a_checkpoint
 
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return None  # a checkpoint of ours with a bad field: the checkpoint reader's line says which
-    if isinstance(payload, dict) and payload.get("format") == MASKED:
-        raise BadInputError(path, "is a pruned model B' (the sweep's pruned.pt): give it to --pruned, with its model as "
-                                  "--model (and --arch if it has one)")
-    if _state_dict_of(payload) is not None:
-        raise BadInputError(path, "is a state_dict (weights without their architecture): give --arch module:callable "
-                                  "that builds its module (or load it in Python and pass the module to the API)")
+    if isinstance(payload, dict) and payload.get("format") == MASKED or _state_dict_of(payload) is not None:
+        raise not_a_checkpoint(path, payload)  # what it is and what takes it (the same line as the checkpoint reader's)
     return None
 
 

@@ -15,8 +15,8 @@ from ..errors import BadInputError, first_line
 
 MASKED_FORMAT = "torch-badnet-masked"  # the `format` of engine/saving.py's pruned.pt of a generic model (engine.saving.FORMAT)
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
-ARCH_ADVICE = ("load it into your module in code (the Python API: tb.prune_sweep(module, ...)) or build that "
-               "module with --arch MODULE:CALLABLE")
+ARCH_ADVICE = ("give --arch module:callable that builds its module (or load it in Python and pass the module to the "
+               "API, tb.prune_sweep(module, ...))")
 
 
 def refused_pickle(path: str | os.PathLike[str], exc: BaseException) -> BadInputError:
@@ -38,16 +38,16 @@ def not_a_checkpoint(path: str | os.PathLike[str], payload: Any) -> BadInputErro
         arch = payload.get("architecture") if isinstance(payload.get("architecture"), dict) else {}
         of = f" of a {arch['class']}" if isinstance(arch.get("class"), str) else " of a Keras model" if arch.get("kind") == "keras" else ""
         return BadInputError(path, f"is a pruned model B' (the sweep's pruned.pt{of}, pruned at layer "
-                                   f"{payload.get('layer')!r}), not a model B: give it as --pruned beside its --model "
-                                   "(eval, classify, export, finetune), or load it with torch_badnet.engine.saving.load_masked")
+                                   f"{payload.get('layer')!r}), not a model B: give it to --pruned, with its model as "
+                                   "--model (and --arch if it has one), or load it with torch_badnet.engine.saving.load_masked")
     if isinstance(payload, dict) and payload and all(_is_tensor(v) for v in payload.values()):
-        return BadInputError(path, f"is a plain state_dict ({len(payload)} tensors, no architecture), not a torch-badnet "
-                                   f"model checkpoint: {ARCH_ADVICE}")
+        return BadInputError(path, f"is a state_dict (weights without their architecture): {len(payload)} tensors; "
+                                   f"{ARCH_ADVICE}")
     if isinstance(payload, dict):
         key = next((k for k in STATE_KEYS if isinstance(payload.get(k), dict)), None)
         if key is not None:
-            return BadInputError(path, f"is a training checkpoint (a state_dict under {key!r}, no architecture), not a "
-                                       f"torch-badnet model checkpoint: {ARCH_ADVICE}")
+            return BadInputError(path, f"is a training checkpoint (a state_dict under {key!r}: weights without their "
+                                       f"architecture): {ARCH_ADVICE}")
     kind = type(payload).__name__
     return BadInputError(path, f"holds a {kind} that is not a torch-badnet model checkpoint (those are written by "
                                "`torch-badnet convert` from a .h5/.keras/.onnx model, and by tb.save_checkpoint)")
