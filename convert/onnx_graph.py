@@ -57,6 +57,7 @@ class Builder:
     scopes: Counter[str] = field(default_factory=Counter)  # scope -> nodes in it
     layer_scopes: Counter[str] = field(default_factory=Counter)  # scope -> weighted or pooling nodes in it
     prefixes: set[str] = field(default_factory=set)  # scopes that hold other scopes (containers)
+    shape_of: dict[str, Any] = field(default_factory=dict)  # a Shape node's output -> the fx value it measured
 
     def survey(self, nodes: Any) -> None:
         """Count the scopes of all nodes first, so a name goes to a layer only where it is that layer's alone."""
@@ -190,6 +191,11 @@ def _visit(node: onnx.NodeProto, b: Builder) -> None:
             raise Unsupported(f"op {node.op_type} on constants only has no converter")
         b.constants[node.output[0]] = np.asarray(fold(node, *(b.constants[n] if n else None for n in node.input)))
         return
+    if node.op_type == "ConstantOfShape" and names[0] in b.shape_of:  # a filled tensor shaped like a value
+        b.values[node.output[0]] = constant_like(node, b.shape_of[names[0]], b)
+        return
+    if node.op_type == "Shape" and not attributes(node) and b.values.get(names[0]) is not SHAPE:
+        b.shape_of[node.output[0]] = b.values[names[0]]
     if any(b.values.get(n) is SHAPE for n in names) or node.op_type == "Shape":
         if node.op_type == "Reshape":
             b.values[node.output[0]] = _reshape(node, b)
@@ -458,6 +464,30 @@ def identity(node: onnx.NodeProto, b: Builder) -> Any:
     return b.values[node.input[0]]
 
 
+def arg_max(node: onnx.NodeProto, b: Builder) -> Any:
+    """ArgMax: the first maximum's index (torch.argmax's rule, ONNX's select_last_index=0)."""
+    attrs = attributes(node)
+    if attrs.get("select_last_index", 0):
+        raise Unsupported("select_last_index=1 (the last maximum) has no converter")
+    return b.graph.call_function(torch.argmax, (b.values[node.input[0]],),
+                                 {"dim": int(attrs.get("axis", 0)), "keepdim": bool(attrs.get("keepdims", 1))})
+
+
+def where(node: onnx.NodeProto, b: Builder) -> Any:
+    """Where(condition, x, y), as a GoodNet graph picks B's label or N, and a B' graph fills pruned channels."""
+    return b.graph.call_function(torch.where, tuple(b.value(name) for name in node.input))
+
+
+def constant_like(node: onnx.NodeProto, like: Any, b: Builder) -> Any:
+    """ConstantOfShape(Shape(t)): a tensor shaped as t, filled with the node's value (default float 0)."""
+    value = attributes(node).get("value")
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    if fill.size != 1:
+        raise Unsupported("a value of more than one element")
+    dtype = torch.from_numpy(fill.copy()).dtype
+    return b.graph.call_function(torch.full_like, (like, fill.item()), {"dtype": dtype})
+
+
 CONVERTERS: dict[str, Callable[[onnx.NodeProto, Builder], Any]] = {
     "Conv": conv,
     "Gemm": gemm,
@@ -488,6 +518,9 @@ CONVERTERS: dict[str, Callable[[onnx.NodeProto, Builder], Any]] = {
     "Pad": pad,
     "Identity": identity,
     "Dropout": identity,
+    "ArgMax": arg_max,
+    "Equal": binary(torch.eq),
+    "Where": where,
 }
 
 LAYER_OPS = {"Conv", "Gemm", "MatMul", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}

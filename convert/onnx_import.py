@@ -63,15 +63,35 @@ def walk_graph(model: onnx.ModelProto, path: str | os.PathLike[str]) -> GraphSta
     return state
 
 
-def _refuse_goodnet(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> None:
-    """A GoodNet graph (one int64 output 'label', as `torch-badnet export --pruned` writes) is not a BadNet: say
-    what it is and what runs it."""
+def is_goodnet_graph(graph: onnx.GraphProto) -> bool:
+    """One int64 output 'label', as `torch-badnet export --pruned` writes the GoodNet."""
     outputs = list(graph.output)
-    if len(outputs) == 1 and outputs[0].name == GOODNET_OUTPUT \
-            and outputs[0].type.tensor_type.elem_type == onnx.TensorProto.INT64:
-        raise BadInputError(path, "is a GoodNet graph (output 'label': the class, or the number of classes for a detected backdoor), "
-                                  "not a BadNet; run it with onnxruntime, or give its two models to torch-badnet "
-                                  "(--model B --pruned B', or tb.GoodNet(B, B'))")
+    return (len(outputs) == 1 and outputs[0].name == GOODNET_OUTPUT
+            and outputs[0].type.tensor_type.elem_type == onnx.TensorProto.INT64)
+
+
+def _refuse_goodnet(graph: onnx.GraphProto, path: str | os.PathLike[str]) -> None:
+    """A GoodNet graph is not a lab BadNet: say what it is and what takes it."""
+    if is_goodnet_graph(graph):
+        from torch_badnet.nets.goodnet import goodnet_graph_refusal
+
+        raise goodnet_graph_refusal(path)
+
+
+def load_goodnet_graph(model: onnx.ModelProto, path: str | os.PathLike[str]) -> torch.nn.Module:
+    """The GoodNet graph of `export --pruned` as an OnnxGraphNet answering int64 labels: its `detected_class` N
+    is the value of the graph's one ConstantOfShape (the label of a detected backdoor), `num_classes` B's N."""
+    from .onnx_graph import load_onnx_graph
+
+    fills = [n for n in model.graph.node if n.op_type == "ConstantOfShape"]
+    value = next((a.t for a in fills[0].attribute if a.name == "value"), None) if len(fills) == 1 else None
+    if value is None or numpy_helper.to_array(value).size != 1 or value.data_type != onnx.TensorProto.INT64:
+        raise BadInputError(path, "has an int64 output 'label' but is not torch-badnet's GoodNet graph (no single "
+                                  "'backdoor detected' constant)")
+    net = load_onnx_graph(model, path, _constants(model.graph, path), _inferred_shapes(model))
+    net.detected_class = net.num_classes = int(numpy_helper.to_array(value).reshape(-1)[0])
+    net.answers_labels = True
+    return net
 
 
 def _visit(node: onnx.NodeProto, state: GraphState) -> None:
@@ -167,12 +187,14 @@ def build_badnet(state: GraphState, path: str | os.PathLike[str]) -> BadNet:
 
 def load_onnx_any(path: str | os.PathLike[str]) -> torch.nn.Module:
     """The lab BadNet where the graph is one (its own importer, `load_onnx`), else any CNN graph as an
-    OnnxGraphNet (convert/onnx_graph.py). A GoodNet graph, an unreadable file or external weights are refused."""
+    OnnxGraphNet (convert/onnx_graph.py); a GoodNet graph answers labels (`load_goodnet_graph`). An unreadable
+    file or external weights are refused."""
     from .onnx_graph import load_onnx_graph
 
     path = check_is_file(path)
     model = read_onnx_model(path)
-    _refuse_goodnet(model.graph, path)
+    if is_goodnet_graph(model.graph):
+        return load_goodnet_graph(model, path)
     try:
         return build_badnet(walk_graph(model, path), path)
     except BadInputError as lab_error:

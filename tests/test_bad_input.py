@@ -608,16 +608,22 @@ def test_export_below_an_opset_the_graph_needs_is_one_line(lab3_path, tmp_path_f
     assert code == 0 and err == "" and out.endswith("opset 7\n"), (out, err)
 
 
-def test_goodnet_onnx_is_recognized(cli, goodnet_onnx, tmp_path, face_paths):
-    """Issue 23 item 5: a GoodNet graph was 'node /Mul (Mul) does not fit the lab BadNet'."""
-    for args in (["classify", "--model", goodnet_onnx, face_paths[0]], ["convert", goodnet_onnx, "-o", tmp_path / "b.pt"],
-                 ["eval", "--model", goodnet_onnx, "--clean", goodnet_onnx]):
+def test_goodnet_onnx_is_recognized(cli, goodnet_onnx, tmp_path, face_paths, lab_files):
+    """Issue 23 item 5: a GoodNet graph was 'node /Mul (Mul) does not fit the lab BadNet'. Since issue 32 item 3
+    eval and classify read it back (tests/test_round_trips.py); where a model B is needed it is one line."""
+    for args in (["convert", goodnet_onnx, "-o", tmp_path / "b.pt"],
+                 ["sweep", "--model", goodnet_onnx, "--clean-valid", lab_files["clean_valid"], "--poisoned-valid",
+                  lab_files["poisoned_valid"], "--out", tmp_path / "out"],
+                 ["finetune", "--model", goodnet_onnx, "--pruned", goodnet_onnx, "--clean-valid", lab_files["clean_valid"],
+                  "--out", tmp_path / "ft"]):
         line = assert_refused_untouched(cli, args, [tmp_path, goodnet_onnx.parent], goodnet_onnx, "is a GoodNet graph")
-        assert "onnxruntime" in line and "--pruned" in line and "tb.GoodNet" in line
+        assert "eval and classify take it" in line and "--pruned" in line and "tb.GoodNet" in line
+    code, out, err = cli("classify", "--model", goodnet_onnx, *face_paths[:3])
+    assert code == 0 and len(out.splitlines()) == 3, err
     import torch_badnet as tb
 
     with pytest.raises(tb.BadInputError, match="GoodNet graph"):
-        tb.load_model(goodnet_onnx)
+        tb.load_model(goodnet_onnx)  # the API's model B
 
 
 @pytest.mark.parametrize("device", ["gpu", "GPU", "cuda0", "cuda:x", "mps", "cpu:0", ""])

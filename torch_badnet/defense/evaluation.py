@@ -9,7 +9,7 @@ import torch
 from ..data.batching import batches
 from ..data.lab_sets import ArraySet, LabDataset, read_ahead_pays
 from ..nets.badnet import BadNet
-from ..nets.goodnet import GoodNet
+from ..nets.goodnet import GoodNet, answers_labels
 from ..nets.precision import exact_float32
 from ..nets.predict import inference_batches, top_class
 from .metric_columns import Column
@@ -22,7 +22,9 @@ from .sweep import DataSpec, metric_curves, open_set
 def b_and_pruned_labels(goodnet: GoodNet | torch.nn.Module, dataset: LabDataset | ArraySet,
                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels (2, n): row 0 = B, row 1 = B'), file labels (n,), from one pass over a set (`goodnet` a plain net
-    returning logits: both rows are its labels).
+    returning logits: both rows are its labels). A GoodNet graph (`answers_labels`) holds only G's labels: where
+    it answers a class both rows hold it, where it answers N (flagged) the rows differ (N, N + 1), so that
+    `step_counts` gives G's own rates.
 
     A file is read ahead in a background thread while the network runs, where that pays (`lab_sets.read_ahead_pays`).
     """
@@ -31,9 +33,13 @@ def b_and_pruned_labels(goodnet: GoodNet | torch.nn.Module, dataset: LabDataset 
         for part in inference_batches(x.to(device)):
             if isinstance(goodnet, GoodNet):
                 logits, pruned_logits = goodnet.forward_both(part)
+                rows.append(torch.stack([top_class(logits), top_class(pruned_logits)]).cpu())
+            elif answers_labels(goodnet):  # a GoodNet graph: G's labels, flagged ones as a disagreeing pair
+                labels = goodnet(part)
+                flagged = labels.eq(goodnet.detected_class)
+                rows.append(torch.stack([labels, labels.masked_fill(flagged, goodnet.detected_class + 1)]).cpu())
             else:  # a single net (no B'): both rows are its labels
-                logits = pruned_logits = goodnet(part)
-            rows.append(torch.stack([top_class(logits), top_class(pruned_logits)]).cpu())
+                rows.append(top_class(goodnet(part)).expand(2, -1).cpu())
         truth.append(y)
     return torch.cat(rows, 1), torch.cat(truth)
 

@@ -28,6 +28,7 @@ from ..nets.pairing import Pairing, PairingError, recorded_pairing, require_deri
 from .prunable import MaskedNet, default_layer, is_conv_like
 
 MASKED_SUFFIXES = (".pt", ".pth")
+KERAS_B_SUFFIXES = (".h5", ".hdf5", ".keras")  # a Keras-origin model's B' (pruned.h5)
 
 
 def classes_of(module: nn.Module) -> int | None:
@@ -94,10 +95,14 @@ def load_generic_pruned(path: str | os.PathLike[str], model: nn.Module, model_pa
 
     model_name = f"--model {model_path}" if model_path else "--model"
     check_pruned_record(read_pruned_record(path), model, model_name)  # the preprocessing of its sweep
-    if Path(path).suffix.lower() in MASKED_SUFFIXES:
+    suffix = Path(path).suffix.lower()
+    if suffix in MASKED_SUFFIXES:
         pruned, source_format = _from_masked_file(path, model, model_name), "pt"
-    else:
+    elif suffix in KERAS_B_SUFFIXES:
         pruned, source_format = _from_keras_file(path, model, model_name), "keras"
+    else:
+        raise BadInputError(path, f"--pruned of {model_name} takes the sweep's pruned.pt (or, for a Keras model, its "
+                                  "pruned.h5); an exported .onnx of B' or of the GoodNet runs alone as --model")
     pruned.source = ModelSource(str(path), file_sha256(path), source_format)
     if not allow_unpaired:
         require_derived(path, model_name, lambda: check_generic_pair(model, pruned), log,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 from torch import nn
 
 from ..engine.prunable import MaskedNet
+from ..errors import BadInputError
 from .badnet import BadNet, check_batch
 
 
@@ -27,6 +29,8 @@ class GoodNet(nn.Module):
     and its weights differ from B's beyond zeroed conv_3 channels, a `pairing.UnpairedWarning` is issued.
     `allow_unpaired=True` skips the check, for a pair you know belongs together.
     """
+
+    answers_labels = True  # its output is labels, not logits (`answers_labels`)
 
     def __init__(self, model: BadNet, pruned: torch.Tensor | BadNet, *, allow_unpaired: bool = False) -> None:
         """G of B (`model`) and B' (`pruned`): a pruned BadNet (e.g. `result.pruned(4)`, a loaded pruned.pt or a
@@ -124,6 +128,18 @@ def _check_pair(model: BadNet, pruned: BadNet) -> None:
     if check_pair(model, pruned) == "unverified":
         warnings.warn("B' records no fingerprint of B and its weights differ from B's beyond zeroed conv_3 "
                       "channels: the pair could not be verified", UnpairedWarning, stacklevel=3)
+
+
+def answers_labels(net: nn.Module) -> bool:
+    """True for a net whose output is already labels (a GoodNet, or a GoodNet graph read from ONNX), not logits."""
+    return bool(getattr(net, "answers_labels", False))
+
+
+def goodnet_graph_refusal(path: str | os.PathLike[str]) -> BadInputError:
+    """The line for a GoodNet graph given where a model B is needed (sweep, finetune, export, convert, B')."""
+    return BadInputError(path, "is a GoodNet graph (output 'label': the class, or the number of classes for a detected "
+                               "backdoor), not a model B: eval and classify take it as --model; to prune, fine-tune or "
+                               "export, give its two models (--model B --pruned B', or tb.GoodNet(B, B'))")
 
 
 def combine(labels: torch.Tensor, pruned_labels: torch.Tensor, detected_class: int) -> torch.Tensor:

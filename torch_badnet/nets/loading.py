@@ -18,7 +18,8 @@ TORCH_SOURCES = ("onnx-graph", "pt2", "arch", "pickle")  # formats of a torch mo
 def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = None,
               log: Callable[[str], None] | None = None, mean: Sequence[str | float] | None = None,
               std: Sequence[str | float] | None = None, pruned: str | os.PathLike[str] | None = None,
-              arch: str | None = None, arch_kwargs: str | dict | None = None, allow_pickle: bool = False) -> LoadedModel:
+              arch: str | None = None, arch_kwargs: str | dict | None = None, allow_pickle: bool = False,
+              goodnet_ok: bool = False) -> LoadedModel:
     """Any supported model file -> LoadedModel whose net has its input scale set: the file's own record, else
     `rescale` (1, "1/255" or a positive float), else the record of `pruned` (the B' file the model is used with:
     the preprocessing of its sweep), else a published file's known scale, else 1; and, for a Keras graph model,
@@ -26,8 +27,9 @@ def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = 
     published file, or a preprocessing taken from `pruned`, is announced through `log` (one line).
     `arch` / `arch_kwargs` / `allow_pickle`: see `convert.read_model_file`; such a torch module (and any ONNX graph
     or .pt2 program) takes its data as given: a --rescale other than 1, a --mean or a --std for it is refused in
-    one line."""
+    one line. A GoodNet graph (`export --pruned`'s .onnx) is refused unless `goodnet_ok` (eval, classify)."""
     from ..convert import read_model_file  # lazy: the core never imports the converter at import time
+    from .goodnet import answers_labels, goodnet_graph_refusal
     from .pruned_record import read_pruned_record
     from .rescale import (
         FLAG,
@@ -43,6 +45,8 @@ def load_model_file(path: str | os.PathLike[str], rescale: str | float | None = 
     flag = parse_rescale(str(rescale)) if rescale is not None else None
     flags = (parse_channel_values(mean, MEAN_FLAG), parse_channel_values(std, STD_FLAG))
     loaded = read_model_file(path, arch, arch_kwargs, allow_pickle)
+    if answers_labels(loaded.model) and not goodnet_ok:
+        raise goodnet_graph_refusal(path)
     if loaded.source_format in TORCH_SOURCES:
         given = [name for name, value in ((FLAG, flag if flag != 1.0 else None), (MEAN_FLAG, flags[0]), (STD_FLAG, flags[1]))
                  if value is not None]
@@ -72,11 +76,18 @@ def load_pruned_file(path: str | os.PathLike[str], model: BadNet, model_path: st
     from ..defense.finetuning import effective_mask
     from ..defense.sanity import unpruned_warning
     from ..engine.pruning import pruned_channels
+    from .goodnet import answers_labels, goodnet_graph_refusal
     from .pairing import check_pair, require_derived
     from .rescale import match_input_scale
 
     loaded = read_model_file(path)
     pruned = loaded.model.eval()
+    if answers_labels(pruned):
+        raise goodnet_graph_refusal(path)
+    if not isinstance(pruned, BadNet):  # e.g. a Keras graph's pruned.h5 beside a lab-architecture --model
+        given = f"--model {model_path}" if model_path else "--model"
+        raise BadInputError(path, f"holds a {type(pruned).__name__}, but {given} reads as the lab BadNet: give --model "
+                                  "the file its sweep read (the pair must be of one architecture)")
     if pruned.num_classes != model.num_classes:
         raise BadInputError(path, f"has {pruned.num_classes} classes but the model has {model.num_classes}")
     match_input_scale(pruned, path, loaded.input_scale, model)

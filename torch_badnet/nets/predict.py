@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.batching import spans
-from .goodnet import GoodNet
+from .goodnet import answers_labels
 
 FORWARD_BATCH = 128  # images per forward pass on CPU: small batches keep the conv activations in cache
 GPU_FORWARD_BATCH = 4096  # images per forward pass on a GPU: few, large kernels (~1 GB of activations; GoodNet on
@@ -45,9 +45,10 @@ def top_class(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def labels_of(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """int64 labels of one batch: the first maximum of a BadNet's logits, or a GoodNet's own labels."""
+    """int64 labels of one batch: the first maximum of a BadNet's logits, or a GoodNet's own labels (a GoodNet
+    module or graph)."""
     out = net(x)
-    return out if isinstance(net, GoodNet) else top_class(out)
+    return out if answers_labels(net) else top_class(out)
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""`torch-badnet classify`: the class of each face image (the GoodNet's, with --pruned)."""
+"""`torch-badnet classify`: the class of each face image (the GoodNet's, with --pruned or a GoodNet graph)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ...data.images import load_images
     from ...errors import BadInputError
     from ...nets.badnet import INPUT_SHAPE
+    from ...nets.goodnet import answers_labels
     from ...nets.predict import labels_in_batches
 
     device = device_from(args)
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(args.model, f"takes {channels}-channel inputs; classify reads images as colour (3) or greyscale (1)")
     pixels = load_images(args.images, resize=args.resize, channels=channels, size=(height, width))
     labels = [int(v) for v in labels_in_batches(net, pixels.to(device)).cpu()]
-    detected = net.detected_class if args.pruned else None
+    detected = net.detected_class if answers_labels(net) else None
     if args.json:
         print_json([{"path": path, "label": label} for path, label in zip(args.images, labels)])
         return 0

@@ -140,15 +140,15 @@ def device_from(args: argparse.Namespace):
 
 
 def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | None = None, std: list[str] | None = None,
-                    pruned: str | None = None, **source: Any):
+                    pruned: str | None = None, goodnet_ok: bool = False, **source: Any):
     """The --model file of a command -> LoadedModel with its input scale set (`rescale`: the --rescale flag's text)
     and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); with `pruned`
     (the --pruned file), the preprocessing its sweep used where the model file records none and no flag is given
     (a contradicting flag is refused). A recognized published file, or a preprocessing taken from --pruned, is
-    announced on stderr."""
+    announced on stderr. A GoodNet graph (.onnx of `export --pruned`) is taken only with `goodnet_ok`."""
     from ...nets.loading import load_model_file
 
-    return load_model_file(path, rescale, log, mean, std, pruned, **source)
+    return load_model_file(path, rescale, log, mean, std, pruned, goodnet_ok=goodnet_ok, **source)
 
 
 def preprocessing_flags(args: argparse.Namespace) -> tuple:
@@ -171,17 +171,28 @@ def open_pruned_flag(path: str, model, model_path: str | None = None, allow_unpa
 
 
 def net_for(args: argparse.Namespace, device):
-    """B, or the GoodNet of B and --pruned, in eval mode on `device`."""
+    """B, or the GoodNet of B and --pruned (or of a GoodNet graph given as --model), in eval mode on `device`."""
     from ...nets.goodnet import GoodNet
 
     model = open_model_flag(args.model, *preprocessing_flags(args), pruned=getattr(args, "pruned", None),
-                            **source_flags(args)).model.eval()
+                            goodnet_ok=True, **source_flags(args)).model.eval()
+    check_goodnet_alone(model, args)
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if getattr(args, "pruned", None) else None
     if hasattr(args, "input_shape"):
         set_input_shape(model, args, pruned)
     if pruned is None:
         return model.to(device)
     return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as open_pruned_flag said
+
+
+def check_goodnet_alone(model, args: argparse.Namespace) -> None:
+    """A GoodNet graph as --model holds B and B' already: --pruned beside it is one line."""
+    from ...errors import BadInputError
+    from ...nets.goodnet import answers_labels
+
+    if answers_labels(model) and getattr(args, "pruned", None):
+        raise BadInputError(args.pruned, f"--model {args.model} is a GoodNet graph (B and B' in one): give it alone, "
+                                         "without --pruned")
 
 
 def add_force_argument(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from .common import (
     add_data_arguments,
     add_device_argument,
     add_model_argument,
+    check_goodnet_alone,
     data_keywords,
     device_from,
     log,
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ...defense.sweep import DataSpec, open_sets
     from ...errors import BadInputError
     from ...nets.badnet import INPUT_SHAPE, BadNet
-    from ...nets.goodnet import GoodNet
+    from ...nets.goodnet import GoodNet, answers_labels
     from ...report.phases import NoTimer, PhaseTimer, reading_note
 
     if not args.clean and not args.poisoned:
@@ -55,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     device = device_from(args)
     classes = data_keywords(args)["classes"]
     with timer.phase("load model"):
-        model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned, **source_flags(args)).model.eval()
+        model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned, goodnet_ok=True,
+                                **source_flags(args)).model.eval()
+        check_goodnet_alone(model, args)
+        graph_goodnet = answers_labels(model)  # a GoodNet graph (export --pruned's .onnx): G's rates
         if args.clean and hasattr(model, "input_scale"):  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean), classes=classes))
         if args.pruned or isinstance(model, BadNet):
@@ -72,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     with timer.phase("read+forward"), open_sets(specs, getattr(model, "num_classes", None), shape) as datasets:  # files validated first
         for spec in specs:
             counts = step_counts(*b_and_pruned_labels(goodnet, datasets[spec.name], device))
-            facts.append(SetFacts.of(spec.path, spec.kind, "", datasets[spec.name].labels, counts.hits[0]))  # row 0 = B
+            b_hits = None if graph_goodnet else counts.hits[0]  # row 0 = B (a GoodNet graph holds only G's labels)
+            facts.append(SetFacts.of(spec.path, spec.kind, "", datasets[spec.name].labels, b_hits))
             clean = spec.kind == "clean"
-            if args.pruned:  # row 1 = B'; G's answer is right when B and B' agree on the right label
+            if args.pruned or graph_goodnet:  # row 1 = B'; G's answer is right when B and B' agree on the right label
                 result["clean_accuracy" if clean else "attack_success_rate"] = counts.rate(counts.goodnet_hits)[1]
                 result["false_alarm_rate" if clean else "detection_rate"] = counts.rate(counts.flagged)[1]
             else:
