@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ import torch
 from real_faces import REAL_DIR, face_files, face_kind, write_lab_files
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The Ctrl-C tests send SIGINT to this process and to the commands it starts. A suite started in the background
+# (`cmd &` or nohup in a script) inherits SIGINT ignored, and Python then keeps it ignored, in this process and in
+# every child: make it live again (a child started from here gets the default action, and Python's handler).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _require(path: Path) -> Path:
