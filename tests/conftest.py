@@ -123,7 +123,7 @@ KERAS_WORDS = ("tensorflow", "tf_keras", "import keras", "import_keras(", "load_
 REAL_FIXTURES = {"real_dir", "lab3_path", "sunglasses_path", "face_paths", "faces", "lab3_model", "lab_files"}
 REAL_WORDS = ("REAL_DIR", "face_files(", "write_lab_files(")
 # What makes a test slow beyond Keras: training a BadNet, a whole demo, lab-size reference runs. Named here once.
-SLOW_FIXTURES = {"other_seed", "demo_run", "data_sets", "keras_run", "engine_run", "sweeps", "pruned_and_data",
+SLOW_FIXTURES = {"other_seed", "demo_run", "finetune_run", "data_sets", "keras_run", "engine_run", "sweeps", "pruned_and_data",
                  "lab3_sets", "ray_cluster"}
 # The rest of the slow tier: the longest tests of the fast tier's first run (2026-12-05, 2 cores at load 12: 40-120 s
 # each there) whose modules other fast tests also run (TORCH_BADNET_TIER_COVERAGE=1 checks that).
