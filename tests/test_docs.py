@@ -356,7 +356,8 @@ def test_shlex_splits_every_command() -> None:
 
 
 def fill(path: Path) -> None:
-    """Rewrite the shown output of `path`'s console blocks (not illustrative ones) with what they print now."""
+    """Rewrite the shown output of `path`'s console blocks (not illustrative ones) with what they print now; an
+    output shown as `...` alone stays so (the commands still run, in order)."""
     import tempfile
 
     text = path.read_text(encoding="utf-8")
@@ -371,10 +372,11 @@ def fill(path: Path) -> None:
             if (block.tag in RUN or writes_file(block)) and not (block.directive and block.directive[0] == "skip"):
                 if block.tag == "console" and block.info != "illustrative":
                     body = []
-                    for command, _ in transcript(block.text):
+                    for command, shown in transcript(block.text):
                         done = subprocess.run(["bash", "-c", (runnable(command) or "true") + " 2>&1"], cwd=root,
                                               env=env, capture_output=True, text=True, timeout=TIMEOUT)
-                        body += ["$ " + command, *normalise(done.stdout).splitlines()]
+                        elided = [line.strip() for line in shown] == ["..."]  # an output the doc elides stays elided
+                        body += ["$ " + command, *(shown if elided else normalise(done.stdout).splitlines())]
                     out += lines[cursor : block.line] + body
                     cursor = block.line + len(block.text.splitlines())
                 else:
