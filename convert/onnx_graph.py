@@ -30,7 +30,7 @@ from torch import fx, nn
 from torch_badnet.errors import BadInputError
 
 from .export_program import ExportedBatchNorm, ProgramNet
-from .onnx_ops import NodeMismatch, attributes, constant_node_value
+from .onnx_ops import NodeMismatch, attributes, constant_node_value, node_title
 
 SHAPE = object()  # marks an integer tensor computed from a tensor's shape (only Reshape's target may use it)
 
@@ -159,8 +159,7 @@ def load_onnx_graph(model: onnx.ModelProto, path: str | os.PathLike[str], consta
         try:
             _visit(node, builder)
         except Unsupported as exc:
-            name = node.name or (node.output[0] if node.output else "?")
-            raise BadInputError(path, f"node '{name}' ({node.op_type}): {exc}") from None
+            raise BadInputError(path, f"{node_title(node)}: {exc}") from None
     out = builder.values.get(graph.output[0].name)
     if out is None or out is SHAPE:
         raise BadInputError(path, f"graph output '{graph.output[0].name}' is not computed from the graph input")

@@ -18,7 +18,18 @@ from torch_badnet.data.files import check_is_file
 from torch_badnet.errors import BadInputError, first_line
 from torch_badnet.nets.badnet import BadNet
 
-from .onnx_ops import CONSTANT_FOLDS, NCHW, NHWC, RULES, GraphState, NodeMismatch, Value, constant_node_value, describe
+from .onnx_ops import (
+    CONSTANT_FOLDS,
+    NCHW,
+    NHWC,
+    RULES,
+    GraphState,
+    NodeMismatch,
+    Value,
+    constant_node_value,
+    describe,
+    node_title,
+)
 
 LAYER_NAMES = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
 GOODNET_OUTPUT = "label"  # onnx_export.LABEL_NAME: `torch-badnet export --pruned` writes the GoodNet's int64 labels
@@ -57,8 +68,7 @@ def walk_graph(model: onnx.ModelProto, path: str | os.PathLike[str]) -> GraphSta
         try:
             _visit(node, state)
         except NodeMismatch as exc:
-            name = node.name or (node.output[0] if node.output else "?")
-            raise BadInputError(path, f"node '{name}' ({node.op_type}) does not fit the lab BadNet: {exc}") from None
+            raise BadInputError(path, f"{node_title(node)} does not fit the lab BadNet: {exc}") from None
     _check_outputs(graph, state, path)
     return state
 

@@ -89,6 +89,11 @@ class GraphState:
 Rule = Callable[[onnx.NodeProto, list[Value | None], GraphState], Value]
 
 
+def node_title(node: onnx.NodeProto) -> str:
+    """How a message names a node: its name, else its first output, as `node '<title>' (<op>)`."""
+    return f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type})"
+
+
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:
     """A node's attributes as Python values (strings decoded)."""
     out = {}
