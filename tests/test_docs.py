@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from doc_commands import plain_argv, run_forked
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -277,8 +278,14 @@ def sandbox(root: Path, cache: Path) -> dict[str, str]:
     return env
 
 
-def run_shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+def run_shell(command: str, cwd: Path, env: dict[str, str], merged: bool = False) -> subprocess.CompletedProcess[str]:
+    """A shown command: a plain `torch-badnet ARGS` forked from a process that imported torch once
+    (doc_commands.py), any other in bash; with `merged`, stderr in stdout (`2>&1`)."""
+    argv = plain_argv(command)
+    if argv is not None:
+        return run_forked(argv, cwd, env, TIMEOUT, merged)
+    return subprocess.run(["bash", "-c", command + (" 2>&1" if merged else "")], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
 
 
 def check_console(block: Block, cwd: Path, env: dict[str, str]) -> None:
@@ -286,8 +293,7 @@ def check_console(block: Block, cwd: Path, env: dict[str, str]) -> None:
         command = runnable(command)
         if command is None:
             continue
-        done = subprocess.run(["bash", "-c", command + " 2>&1"], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=TIMEOUT)
+        done = run_shell(command, cwd, env, merged=True)
         errors = [line for line in shown if line.startswith("error:")]
         expected = 2 if errors else 0
         assert done.returncode == expected, (f"{block.where()}: `{command}` exited {done.returncode}, expected "
