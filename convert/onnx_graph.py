@@ -138,15 +138,24 @@ def _identifier(text: str) -> str:
     return re.sub(r"\W", "_", text) or "layer"
 
 
+SCORES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
 def load_onnx_graph(model: onnx.ModelProto, path: str | os.PathLike[str], constants: dict[str, np.ndarray],
-                    shapes: dict[str, list[int | None]]) -> OnnxGraphNet:
-    """The whole graph as an OnnxGraphNet taking (N, C, H, W) float32 (an NHWC graph gets a permute first)."""
+                    shapes: dict[str, list[int | None]], labels: bool = False) -> OnnxGraphNet:
+    """The whole graph as an OnnxGraphNet taking (N, C, H, W) float32 (an NHWC graph gets a permute first). Its
+    output must be scores (logits or probabilities), or with `labels` (a GoodNet graph) integer labels."""
     graph = model.graph
     inputs = [i for i in graph.input if i.name not in constants]
     if len(inputs) != 1:
         raise BadInputError(path, f"the graph has {len(inputs)} inputs; the defense needs a model with one image input")
     if len(graph.output) != 1:
         raise BadInputError(path, f"the graph has {len(graph.output)} outputs; the defense needs one (the logits)")
+    output_type = graph.output[0].type.tensor_type.elem_type
+    if not labels and output_type not in SCORES:
+        kind = onnx.TensorProto.DataType.Name(output_type).lower()
+        raise BadInputError(path, f"graph output '{graph.output[0].name}' is {kind}, not scores: the defense needs the "
+                                  "model's logits (export it without its ArgMax)")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4:
         raise BadInputError(path, f"graph input '{inputs[0].name}' is not a float32 batch of images (N, C, H, W)")

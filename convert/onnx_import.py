@@ -98,7 +98,7 @@ def load_goodnet_graph(model: onnx.ModelProto, path: str | os.PathLike[str]) -> 
     if value is None or numpy_helper.to_array(value).size != 1 or value.data_type != onnx.TensorProto.INT64:
         raise BadInputError(path, "has an int64 output 'label' but is not torch-badnet's GoodNet graph (no single "
                                   "'backdoor detected' constant)")
-    net = load_onnx_graph(model, path, _constants(model.graph, path), _inferred_shapes(model))
+    net = load_onnx_graph(model, path, _constants(model.graph, path), _inferred_shapes(model), labels=True)
     net.detected_class = net.num_classes = int(numpy_helper.to_array(value).reshape(-1)[0])
     net.answers_labels = True
     return net

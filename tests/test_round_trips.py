@@ -295,3 +295,31 @@ def test_a_b_prime_beside_b_of_another_format_pairs_or_is_one_line(case: Case, c
                 assert code == 0, err
             else:
                 assert code == 2 and out == "" and err.count("\n") == 1, err
+
+
+class LabelsOut(torch.nn.Module):
+    """A classifier exported with its ArgMax: int64 labels out, not scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3))).argmax(1)
+
+
+def test_a_graph_answering_labels_that_is_not_a_goodnet_is_one_line(cli, tmp_path: Path) -> None:
+    """ArgMax has a converter for the GoodNet graph; another graph ending in one is no model B to prune or rate."""
+    from torch_badnet.convert.onnx_export import quiet_exporter
+
+    with quiet_exporter():
+        torch.onnx.export(LabelsOut(), (torch.zeros(1, 3, 8, 8),), str(tmp_path / "am.onnx"), dynamo=False,
+                          input_names=["input"], output_names=["pred"], dynamic_axes={"input": {0: "b"}})
+    write_lab_h5(tmp_path / "c.h5", np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, int))
+    for args in (("eval", "--model", tmp_path / "am.onnx", "--clean", tmp_path / "c.h5"),
+                 ("sweep", "--model", tmp_path / "am.onnx", "--clean-valid", tmp_path / "c.h5", "--poisoned-valid",
+                  tmp_path / "c.h5", "--out", tmp_path / "out")):
+        code, out, err = cli(*args)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert "graph output 'pred' is int64, not scores" in err
+    assert not (tmp_path / "out").exists()
