@@ -99,9 +99,9 @@ def make_case(name: str, root: Path, lab_files: dict[str, Path], lab3_path: Path
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def case(request, tmp_path_factory, lab_files, lab3_path, capsys_module) -> Case:
+def case(request, tmp_path_factory, lab_files, lab3_path, module_cli) -> Case:
     """Sweep once, then run every writer: convert B to .pt/.h5/.onnx, export B, B' alone and the GoodNet."""
-    cli = capsys_module
+    cli = module_cli
     c, extra = make_case(request.param, tmp_path_factory.mktemp(request.param), lab_files, lab3_path)
     out = c.root / "sweep"
     code, _, err = cli("sweep", "--model", c.model, *c.flags, "--clean-valid", c.files["clean_valid"],
@@ -112,11 +112,11 @@ def case(request, tmp_path_factory, lab_files, lab3_path, capsys_module) -> Case
     assert threshold["reached"] and threshold["pruned_channels"], threshold
     c.reference = {"layer": summary["model"].get("layer", "conv_3"), "channels": threshold["pruned_channels"]}
     c.pruned_files = {p.name: p for p in (out / "models" / "X=4").iterdir()}
-    shape = SHAPE_FLAGS if request.param == "torch_arch" else []
+    shape_flags = SHAPE_FLAGS if request.param == "torch_arch" else []
     for writer, ext in [("convert.pt", "pt"), ("convert.h5", "h5"), ("convert.onnx", "onnx"), ("export", "onnx")]:
         dst = c.root / f"b_{writer.replace('.', '_')}.{ext}"
         command = ["convert", c.model, "-o", dst] if writer.startswith("convert") else ["export", "--model", c.model, "-o", dst]
-        code, _, err = cli(*command, *c.flags, *(shape if ext == "onnx" else []))
+        code, _, err = cli(*command, *c.flags, *(shape_flags if ext == "onnx" else []))
         if code == 0:
             c.b_files[writer] = dst
         else:
@@ -129,14 +129,14 @@ def case(request, tmp_path_factory, lab_files, lab3_path, capsys_module) -> Case
     code, _, err = cli("export", "--model", c.model, *c.flags, "--pruned", pruned_pt, "-o", c.root / "g.onnx")
     assert code == 0, err
     c.goodnet_onnx = c.root / "g.onnx"
-    shape = {"lab": (3, 55, 47), "keras_graph": (3, 16, 16)}.get(c.name, (3, 32, 32))
-    c.x = torch.cat([load_lab_set(c.files[k], input_shape=shape)[0] for k in ("clean_valid", "poisoned_valid")])
+    image_shape = {"lab": (3, 55, 47), "keras_graph": (3, 16, 16)}.get(c.name, (3, 32, 32))
+    c.x = torch.cat([load_lab_set(c.files[k], input_shape=image_shape)[0] for k in ("clean_valid", "poisoned_valid")])
     c.reference.update(reference_labels(c))
     return c
 
 
 @pytest.fixture(scope="module")
-def capsys_module():
+def module_cli():
     """`torch-badnet ARGS...` in-process for a module-scoped fixture (capsys is per test): (code, stdout, stderr)."""
     import contextlib
     import io
