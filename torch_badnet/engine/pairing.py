@@ -28,7 +28,6 @@ from ..nets.pairing import Pairing, PairingError, recorded_pairing, require_deri
 from .prunable import MaskedNet, default_layer, is_conv_like
 
 MASKED_SUFFIXES = (".pt", ".pth")
-KERAS_B_SUFFIXES = (".h5", ".hdf5", ".keras")  # a Keras-origin model's B' (pruned.h5)
 
 
 def classes_of(module: nn.Module) -> int | None:
@@ -88,6 +87,7 @@ def load_generic_pruned(path: str | os.PathLike[str], model: nn.Module, model_pa
     loaded into a copy of B's module, or (a Keras-origin B) a Keras file with zeroed channels. Unless
     `allow_unpaired`, a B' of another model is a BadInputError naming both files; an unverifiable pair is one
     warning line through `log`."""
+    from ..convert.loading import KERAS_SUFFIXES  # lazy: the core never imports the converter at import time
     from ..data.files import file_sha256
     from ..nets.checkpoint import ModelSource
     from ..nets.pruned_record import read_pruned_record
@@ -98,7 +98,7 @@ def load_generic_pruned(path: str | os.PathLike[str], model: nn.Module, model_pa
     suffix = Path(path).suffix.lower()
     if suffix in MASKED_SUFFIXES:
         pruned, source_format = _from_masked_file(path, model, model_name), "pt"
-    elif suffix in KERAS_B_SUFFIXES:
+    elif suffix in KERAS_SUFFIXES:  # a Keras-origin model's B' (pruned.h5)
         pruned, source_format = _from_keras_file(path, model, model_name), "keras"
     else:
         raise BadInputError(path, f"--pruned of {model_name} takes the sweep's pruned.pt (or, for a Keras model, its "

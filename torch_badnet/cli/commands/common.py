@@ -145,10 +145,16 @@ def open_model_flag(path: str, rescale: str | None = None, mean: list[str] | Non
     and, for a Keras graph model, its per-channel mean / std (the --mean / --std flags' values); with `pruned`
     (the --pruned file), the preprocessing its sweep used where the model file records none and no flag is given
     (a contradicting flag is refused). A recognized published file, or a preprocessing taken from --pruned, is
-    announced on stderr. A GoodNet graph (.onnx of `export --pruned`) is taken only with `goodnet_ok`."""
+    announced on stderr. A GoodNet graph (.onnx of `export --pruned`) is taken only with `goodnet_ok`, and alone:
+    it holds B and B' already, so a --pruned beside it is one line."""
+    from ...errors import BadInputError
+    from ...nets.goodnet import answers_labels
     from ...nets.loading import load_model_file
 
-    return load_model_file(path, rescale, log, mean, std, pruned, goodnet_ok=goodnet_ok, **source)
+    loaded = load_model_file(path, rescale, log, mean, std, pruned, goodnet_ok=goodnet_ok, **source)
+    if pruned and answers_labels(loaded.model):
+        raise BadInputError(pruned, f"--model {path} is a GoodNet graph (B and B' in one): give it alone, without --pruned")
+    return loaded
 
 
 def preprocessing_flags(args: argparse.Namespace) -> tuple:
@@ -176,23 +182,12 @@ def net_for(args: argparse.Namespace, device):
 
     model = open_model_flag(args.model, *preprocessing_flags(args), pruned=getattr(args, "pruned", None),
                             goodnet_ok=True, **source_flags(args)).model.eval()
-    check_goodnet_alone(model, args)
     pruned = open_pruned_flag(args.pruned, model, args.model, args.allow_unpaired) if getattr(args, "pruned", None) else None
     if hasattr(args, "input_shape"):
         set_input_shape(model, args, pruned)
     if pruned is None:
         return model.to(device)
     return GoodNet(model, pruned, allow_unpaired=True).eval().to(device)  # paired (or not) as open_pruned_flag said
-
-
-def check_goodnet_alone(model, args: argparse.Namespace) -> None:
-    """A GoodNet graph as --model holds B and B' already: --pruned beside it is one line."""
-    from ...errors import BadInputError
-    from ...nets.goodnet import answers_labels
-
-    if answers_labels(model) and getattr(args, "pruned", None):
-        raise BadInputError(args.pruned, f"--model {args.model} is a GoodNet graph (B and B' in one): give it alone, "
-                                         "without --pruned")
 
 
 def add_force_argument(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,6 @@ from .common import (
     add_data_arguments,
     add_device_argument,
     add_model_argument,
-    check_goodnet_alone,
     data_keywords,
     device_from,
     log,
@@ -58,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     with timer.phase("load model"):
         model = open_model_flag(args.model, *preprocessing_flags(args), pruned=args.pruned, goodnet_ok=True,
                                 **source_flags(args)).model.eval()
-        check_goodnet_alone(model, args)
         graph_goodnet = answers_labels(model)  # a GoodNet graph (export --pruned's .onnx): G's rates
         if args.clean and hasattr(model, "input_scale"):  # another input scale clearly better on the first clean images: stop
             check_input_scale(model, DataSpec("eval", "clean", Path(args.clean), classes=classes))
