@@ -24,6 +24,7 @@ from torch import nn
 from torch_badnet.data.files import check_is_file, file_sha256
 from torch_badnet.errors import BadInputError, first_line
 from torch_badnet.nets.checkpoint import LoadedModel
+from torch_badnet.nets.pt_files import load_tensors, refuse_torchscript
 
 ARCH_FLAG, KWARGS_FLAG, PICKLE_FLAG = "--arch", "--arch-kwargs", "--allow-pickle"
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -127,7 +128,7 @@ def _read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor]
     if path.suffix.lower() not in STATE_DICT_SUFFIXES:
         raise BadInputError(path, f"{ARCH_FLAG} takes a state_dict file ({', '.join(STATE_DICT_SUFFIXES)}), not '{path.suffix}'")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as exc:
         if isinstance(exc, pickle.UnpicklingError):
             raise BadInputError(path, f"holds pickled Python objects, not only tensors: refused ({SAFE_ALTERNATIVES})") from None
@@ -224,12 +225,14 @@ def explain_torch_file(path: str | os.PathLike[str], allow_pickle: bool = False)
     Returns None when the file is none of these (the caller's own error stands)."""
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except pickle.UnpicklingError:
         if allow_pickle:
             return load_pickled(path)
         raise BadInputError(path, f"is a pickled Python object (a whole model, torch.save(model)?), which could run code "
                                   f"when loaded: refused; {SAFE_ALTERNATIVES}; or {PICKLE_FLAG} if you trust the file") from None
+    except BadInputError:
+        raise  # a TorchScript archive: load_tensors's line
     except Exception:  # noqa: BLE001 - not a torch file at all: the checkpoint reader's error stands
         return None
     from torch_badnet.nets.checkpoint import FORMAT
@@ -245,6 +248,7 @@ def explain_torch_file(path: str | os.PathLike[str], allow_pickle: bool = False)
 
 def load_pickled(path: str | os.PathLike[str]) -> LoadedModel:
     """torch.load(weights_only=False) of a whole model, after the one-line warning (--allow-pickle only)."""
+    refuse_torchscript(path)  # torch.load would hand it to torch.jit.load, which runs its code
     print(PICKLE_WARNING.format(path=path), file=sys.stderr, flush=True)
     try:
         net = torch.load(path, map_location="cpu", weights_only=False)

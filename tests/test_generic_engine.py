@@ -17,7 +17,7 @@ import torch
 from conftest import sweep_args
 from test_bad_input import assert_one_line_error
 from torch import nn
-from torch_nets import ResNet, SmallCNN, TwoInputs, TwoOutputs, Untraceable, centre_head, resnet
+from torch_nets import DictOutput, ResNet, SmallCNN, TwoInputs, TwoOutputs, Untraceable, centre_head, resnet
 
 import torch_badnet as tb
 from torch_badnet.engine import generic
@@ -250,8 +250,10 @@ def test_bad_input_through_the_api(pixels):
     with pytest.raises(tb.BadInputError, match="--rank-on"):
         tb.prune_sweep(model, data, data, layer="layer4.1.conv2", rank_on="layer3.1.conv2")
     small = (torch.randn(20, 1, 28, 28), torch.zeros(20, dtype=torch.long))
-    with pytest.raises(tb.BadInputError, match="2 outputs"):
+    with pytest.raises(tb.BadInputError, match="returns a tuple of 2 outputs"):
         tb.prune_sweep(TwoOutputs().eval(), small, small)
+    with pytest.raises(tb.BadInputError, match=r"returns a dict \(logits, features\).*wrap it .* returns the logits alone"):
+        tb.prune_sweep(DictOutput().eval(), small, small)
     with pytest.raises(tb.BadInputError, match="2 inputs"):
         tb.prune_sweep(TwoInputs().eval(), small, small)
     with pytest.raises(tb.BadInputError, match="outside"):

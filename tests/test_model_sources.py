@@ -1,6 +1,7 @@
 """Issue 33 items 1-5: every model source on the command line. The same seeded ResNet as an nn.Module (the API),
 a state_dict with --arch (.pt and .safetensors), a torch.export program (.pt2) and an ONNX graph; ONNX graphs of
-several architectures against onnxruntime; pickled models refused unless --allow-pickle; each failure one line.
+several architectures against onnxruntime; pickled models refused unless --allow-pickle; TorchScript refused
+wherever a model is read or pruned; each failure one line.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import copy
 import csv
 import io
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -552,3 +554,51 @@ def test_what_a_torch_file_is_is_said_in_one_line(sources, tmp_path):
     save_masked(MaskedNet(sources["model"], "head", torch.ones(64)), pruned)
     with pytest.raises(BadInputError, match=r"is a pruned model B' .*give it to --pruned"):
         read_model_file(pruned)
+
+
+# --- TorchScript: code stored in the file, and no forward hooks ---------------------------------------------------
+
+@pytest.mark.parametrize("make", ["script", "trace"])
+def test_a_torchscript_archive_is_one_line_wherever_a_pt_is_read(cli, sources, tmp_path, make):
+    """A torch.jit.save'd module: --model (alone, with --arch, with --allow-pickle), --pruned, convert, classify and
+    tb.load_model each say what it is and what to give instead, in one line, without torch's warning that it
+    hands the file to torch.jit.load, and write nothing."""
+    model = copy.deepcopy(sources["model"]).eval()
+    scripted = torch.jit.script(model) if make == "script" else torch.jit.trace(model, torch.randn(2, 3, 32, 32))
+    path = tmp_path / f"{make}.pt"
+    torch.jit.save(scripted, str(path))
+    f, weights, image = sources["files"], sources["root"] / "weights.pt", tmp_path / "face.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    commands = {
+        "sweep": ["sweep", "--model", path, "--clean-valid", f["clean_valid"], "--out", tmp_path / "out"],
+        "--allow-pickle": ["sweep", "--model", path, "--allow-pickle", "--clean-valid", f["clean_valid"], "--out", tmp_path / "out"],
+        "--arch": ["eval", "--model", path, *ARCH, "--clean", f["clean_valid"]],
+        "--pruned": ["eval", "--model", weights, *ARCH, "--pruned", path, "--clean", f["clean_valid"]],
+        "convert": ["convert", path, "-o", tmp_path / "model.onnx"],
+        "classify": ["classify", "--model", path, image],
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, args in commands.items():
+            assert_one_line_error(cli(*args), path, "is a TorchScript archive", ".pt2"), name
+        with pytest.raises(BadInputError, match="is a TorchScript archive"):
+            tb.load_model(path)
+    assert not [w for w in caught if "TorchScript" in str(w.message)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, image.name])
+
+
+def test_a_torchscript_module_is_one_line_where_pruning_hooks_it(sources):
+    """The API: a scripted module cannot take the masking and ranking hooks; a plain forward of it is fine."""
+    from torch_badnet.engine.prunable import MaskedNet
+
+    scripted = torch.jit.trace(copy.deepcopy(sources["model"]).eval(), torch.randn(2, 3, 32, 32))
+    x, y = sources["x"][:40], torch.zeros(40, dtype=torch.long)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(BadInputError, match="is a TorchScript module .* pass the Python nn.Module"):
+            tb.prune_sweep(scripted, (x, y), (x, y), layer="head")
+    assert not caught
+    with pytest.raises(BadInputError, match="is a TorchScript module"):
+        MaskedNet(scripted, "head", torch.ones(64))

@@ -129,6 +129,13 @@ class TwoOutputs(SmallCNN):
         return out, out
 
 
+class DictOutput(SmallCNN):
+    """Returns its logits in a dict, as Hugging Face models do."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": super().forward(x), "features": x}
+
+
 class TwoInputs(SmallCNN):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return super().forward(x + y)

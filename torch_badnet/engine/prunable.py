@@ -120,6 +120,7 @@ class MaskedNet(nn.Module):
 
     def __init__(self, net: nn.Module, layer: str, mask: torch.Tensor) -> None:
         super().__init__()
+        check_hookable(net)
         self.net = net
         self.layer = layer
         self.register_buffer("channel_mask", mask.detach().clone().float())
@@ -192,6 +193,13 @@ class PrunableNet:
         return masked
 
 
+def check_hookable(module: nn.Module) -> None:
+    """A TorchScript module takes no forward hooks, which masking and ranking need (one line)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise BadInputError("--model", "the model is a TorchScript module (torch.jit.script or trace), which takes no "
+                                       "forward hooks, and pruning needs them: pass the Python nn.Module it was made from")
+
+
 def check_single_input(module: nn.Module) -> None:
     """A model whose forward needs more than one argument cannot be swept (one line)."""
     try:
@@ -204,6 +212,16 @@ def check_single_input(module: nn.Module) -> None:
                                        "the defense needs a model with one image input")
 
 
+def returned(output: object) -> str:
+    """What a forward returned that is not one tensor, for a one-line error: 'a dict (logits, features)'."""
+    if isinstance(output, dict):
+        keys = [str(k) for k in output]
+        return f"a dict ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else "an empty dict"
+    if isinstance(output, (tuple, list)):
+        return f"a {type(output).__name__} of {len(output)} outputs"
+    return f"a {type(output).__name__}"
+
+
 @torch.inference_mode()
 def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, rank_on: str | None = None) -> PrunableNet:
     """Check `module` on a small `sample` batch and resolve its pruned layer and ranking point.
@@ -211,6 +229,7 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     One-line BadInputErrors: an unknown layer (candidates listed), a layer output without a channel dimension,
     a model with several inputs or outputs, a ranking point with another channel count.
     """
+    check_hookable(module)
     module.eval()
     check_single_input(module)
     layer, rank_on = module_name(module, layer), module_name(module, rank_on)
@@ -232,9 +251,8 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
         for h in handles:
             h.remove()
     if not isinstance(output, torch.Tensor):
-        count = len(output) if isinstance(output, (tuple, list, dict)) else "several"
-        raise BadInputError("--model", f"the model returns {count} outputs ({type(output).__name__}); the defense needs "
-                                       "one logits tensor (N, classes)")
+        raise BadInputError("--model", f"the model returns {returned(output)}; the defense needs one logits tensor "
+                                       "(N, classes): wrap it in a module whose forward returns the logits alone")
     if output.dim() != 2:
         raise BadInputError("--model", f"the model's output has shape {tuple(output.shape)}; expected logits (N, classes)")
     out = seen.get(layer)

@@ -18,7 +18,7 @@ from ..nets.precision import exact_float32
 from ..report.phases import NoTimer, PhaseTimer
 from .generic import RECORD_BATCH, FullForwardSweep, GenericSweep, Untraceable, batches, ranking_hook
 from .model_input import for_model
-from .prunable import PrunableNet, prepare
+from .prunable import PrunableNet, check_hookable, prepare
 from .pruning import channel_scores, pruning_order
 
 SAMPLE_ROWS = 64  # rows of the clean validation set that check the model and probe the channel-wise region
@@ -43,6 +43,7 @@ def run_generic_sweep(module: nn.Module, specs: Sequence[DataSpec], config: Swee
     """
     timer = timer or NoTimer()
     check_specs(specs)
+    check_hookable(module)  # before any copy: a TorchScript module warns on .to()
     device = config.device
     model = copy.deepcopy(module).eval().to(device)  # the caller's module keeps its device and hooks
     shape = getattr(module, "input_shape", None)

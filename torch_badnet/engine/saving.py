@@ -22,7 +22,7 @@ from torch import nn
 from ..data.files import check_is_file, write_bytes
 from ..errors import BadInputError, first_line
 from ..nets.pairing import FINGERPRINT_KEY, base_fingerprint
-from ..nets.pt_files import MASKED_FORMAT
+from ..nets.pt_files import MASKED_FORMAT, load_tensors
 from .prunable import MaskedNet
 
 FORMAT = MASKED_FORMAT
@@ -86,7 +86,7 @@ def read_masked(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The payload of a pruned.pt of a generic model (weights_only load), checked."""
     path = check_is_file(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise BadInputError(path, f"not a loadable checkpoint (refused by weights_only load: {first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("format_version") != FORMAT_VERSION:

@@ -17,7 +17,7 @@ from ..data.files import check_is_file, file_sha256, write_bytes
 from ..errors import BadInputError, first_line
 from .badnet import BadNet
 from .pairing import FINGERPRINT_KEY, base_fingerprint
-from .pt_files import check_savable, not_a_checkpoint, refused_pickle
+from .pt_files import check_savable, load_tensors, not_a_checkpoint, refused_pickle
 
 FORMAT = "torch-badnet"
 FORMAT_VERSION = 1
@@ -93,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     """Load a torch-badnet .pt file; never unpickles arbitrary objects."""
     path = check_is_file(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise refused_pickle(path, exc) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .pt_files import MASKED_FORMAT
+from .pt_files import MASKED_FORMAT, load_tensors
 from .rescale import PrunedRecord
 
 
@@ -40,12 +40,10 @@ def _masked_payload(path: str | os.PathLike[str]) -> dict | None:
     import pickle
     import zipfile
 
-    import torch
-
     if not str(path).lower().endswith((".pt", ".pth")):
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
         return None  # not a checkpoint at all: loading it as --pruned says why
     return payload if isinstance(payload, dict) and payload.get("format") == MASKED_FORMAT else None

@@ -2,13 +2,16 @@
 
 A model checkpoint (`checkpoint.FORMAT`) is what `--model` and `convert` read; the other .pt files people have
 are a generic model's B' (the sweep's pruned.pt: `--pruned`), a plain state_dict or a training checkpoint (no
-architecture: the Python API or `--arch`), or a whole pickled model (never unpickled: it can run code).
+architecture: the Python API or `--arch`), a whole pickled model (never unpickled: it can run code), or a
+TorchScript archive (never loaded: it runs code stored in the file, and a scripted module takes no hooks).
+Every .pt reader loads through `load_tensors`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Any
 
 from ..errors import BadInputError, first_line
@@ -17,6 +20,36 @@ MASKED_FORMAT = "torch-badnet-masked"  # the `format` of engine/saving.py's prun
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
 ARCH_ADVICE = ("give --arch module:callable that builds its module (or load it in Python and pass the module to the "
                "API, tb.prune_sweep(module, ...))")
+
+
+TORCHSCRIPT_ADVICE = ("give its state_dict with --arch module:callable, a torch.export program (.pt2) or an ONNX graph "
+                      "(or pass the Python module to the API)")
+
+
+def load_tensors(path: str | os.PathLike[str]) -> Any:
+    """`torch.load(path, weights_only=True)` onto the CPU, after refusing a TorchScript archive in one line (torch
+    itself would warn and hand it to torch.jit.load, which refuses weights_only with advice to unpickle)."""
+    import torch
+
+    refuse_torchscript(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def refuse_torchscript(path: str | os.PathLike[str]) -> None:
+    """A BadInputError (one line) where `path` is a TorchScript archive."""
+    if is_torchscript(path):
+        raise BadInputError(path, "is a TorchScript archive (torch.jit.save of a scripted or traced module), which "
+                                  "torch-badnet does not load: it runs code stored in the file, and a scripted module "
+                                  f"takes no forward hooks, which pruning needs; {TORCHSCRIPT_ADVICE}")
+
+
+def is_torchscript(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a TorchScript archive: a zip with constants.pkl in its top folder (torch.load's own test)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def refused_pickle(path: str | os.PathLike[str], exc: BaseException) -> BadInputError:
