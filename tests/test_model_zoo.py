@@ -3,7 +3,9 @@
 A zoo of small seeded models (torchvision-style ResNet, PreAct-ResNet, VGG-BN, a MobileNetV2-style net with
 depthwise convs, functional forwards, a ModuleList loop, a two-consumer conv, a data-dependent `if`) and one
 model per pattern of issue 31 (a module run twice, an in-place op on a skip, hooks on the model, a random
-forward, batch statistics, `x.size(0)` read after the cut, a `squeeze()` that a batch of one breaks). For each,
+forward, batch statistics, `x.size(0)` read after the cut, a `squeeze()` that a batch of one breaks), and the
+families around them (DenseNet concatenation, channel shuffle, GroupNorm, Inception branches, squeeze-and-excitation,
+in-place ops and an in-place ReLU as the layer, upsampling, weight norm, DataParallel, channels_last). For each,
 `tb.prune_sweep` either gives every step's labels and all six metric columns of an independent reference (a
 deep copy of the model, this file's own forward hook zeroing the first k ranked channels, a full forward per
 step, in batches that never leave one image alone), or one line naming the model, layer and problem.
@@ -298,6 +300,138 @@ class DataDependent(nn.Module):
         return self.fc(F.relu(x).flatten(1))
 
 
+class DenseConcat(nn.Module):
+    """DenseNet-style: a layer's output concatenated with its input, then a transition conv."""
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 6, 3, padding=1)
+        self.trans = nn.Conv2d(14, 10, 1)
+        self.fc = nn.Linear(10, CLASSES)
+    def forward(self, x):
+        x = F.relu(self.conv0(x))
+        x = torch.cat([x, F.relu(self.conv1(x))], 1)
+        x = F.avg_pool2d(F.relu(self.trans(x)), 2)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet-style channel shuffle after the pruned conv."""
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv3 = nn.Conv2d(8, 12, 3, padding=1, groups=2)
+        self.fc = nn.Linear(12, CLASSES)
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = F.relu(self.conv3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+class SharedConv(nn.Module):
+    """One conv applied at two scales (a shared pruned layer)."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(16, CLASSES)
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        a = F.relu(self.conv(x))
+        b = F.relu(self.conv(F.max_pool2d(x, 2)))
+        return self.fc(torch.cat([a.mean((2, 3)), b.amax((2, 3))], 1))
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.gn = nn.GroupNorm(3, 12)
+        self.fc = nn.Linear(12 * 4 * 4, CLASSES)
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.gn(self.conv2(x))), 2)
+        return self.fc(x.flatten(1))
+
+
+class Inception(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 6, 1)
+        self.b3 = nn.Conv2d(8, 6, 3, padding=1)
+        self.bp = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(16, CLASSES)
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        y = torch.cat([F.relu(self.b1(x)), F.relu(self.b3(x)), F.relu(self.bp(F.max_pool2d(x, 3, 1, 1)))], 1)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation: the pruned conv's output is reweighted by a gate computed from itself."""
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.se1 = nn.Linear(12, 4)
+        self.se2 = nn.Linear(4, 12)
+        self.fc = nn.Linear(12, CLASSES)
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        y = self.conv2(x)
+        g = torch.sigmoid(self.se2(F.relu(self.se1(y.mean((2, 3))))))
+        y = F.relu(y * g[:, :, None, None])
+        return self.fc(y.mean((2, 3)))
+
+
+class InPlaceAfter(nn.Module):
+    """The pruned conv's output changed in place by mul_ and add_ before the next layer."""
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 10, 3, padding=1)
+        self.fc = nn.Linear(10, CLASSES)
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        y = self.conv2(x)
+        y.mul_(2.0).add_(0.1)
+        return self.fc(F.relu(y).mean((2, 3)))
+
+
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(12 * 4 * 4, CLASSES)
+    def forward(self, x):
+        x = F.max_pool2d(self.relu1(self.conv1(x)), 2)
+        x = F.max_pool2d(self.relu2(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+class Upsampled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, stride=2)
+        self.conv2 = nn.Conv2d(8, 10, 3, padding=1)
+        self.conv3 = nn.Conv2d(13, 10, 3, padding=1)
+        self.fc = nn.Linear(10, CLASSES)
+    def forward(self, x):
+        y = F.relu(self.conv2(F.relu(self.conv1(x))))
+        y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+        y = F.relu(self.conv3(torch.cat([y, x], 1)))
+        return self.fc(y.amax((2, 3)))
+
+
 ZOO = [
     (ResNet, "layer3.1.conv2"), (ResNet, "layer3.0.conv1"), (ResNet, "layer2.0.downsample.0"), (ResNet, "layer1.1.bn2"),
     (PreActResNet, "layer3.conv2"), (PreActResNet, "layer2.conv1"), (PreActResNet, "layer2.shortcut.0"),
@@ -305,6 +439,9 @@ ZOO = [
     (MobileNet, "blocks.2.conv.3"), (MobileNet, "blocks.2.conv.6"), (MobileNet, "last.0"), (MobileNet, "blocks.0.conv.0"),
     (Functional, "conv3"), (Functional, "conv2"), (Looped, "convs.2"), (Looped, "convs.1"),
     (TwoConsumers, "conv_b"), (TwoConsumers, "conv_a"), (DataDependent, "conv2"),
+    (DenseConcat, "conv1"), (DenseConcat, None), (Shuffle, "conv2"), (Shuffle, "conv1"), (GroupNormNet, "conv2"),
+    (GroupNormNet, "gn"), (Inception, "b3"), (Inception, None), (SEBlock, "conv2"), (InPlaceAfter, "conv2"),
+    (Plain, "relu2"), (Plain, "relu1"), (Upsampled, "conv2"),
 ]
 
 
@@ -314,6 +451,29 @@ def test_zoo_every_step_and_every_column_equals_the_reference(cls, layer, monkey
     result, _lines = assert_equals_reference(model, layer, monkeypatch)
     net = result.sweep.net
     assert_ranked_on(result, model, net.rank_on, 0, data(model)[0][0])  # each zoo ranking point runs once
+
+
+WRAPPED = {
+    "weight_norm": lambda m: (torch.nn.utils.parametrizations.weight_norm(m.conv2), m)[1],  # a parametrized layer
+    "DataParallel": lambda m: nn.DataParallel(m),  # names under module.; fx cannot trace it: a full forward per step
+    "channels_last": lambda m: m.to(memory_format=torch.channels_last),
+}
+
+
+@pytest.mark.parametrize("wrap", list(WRAPPED))
+def test_wrapped_and_reparametrized_models_equal_the_reference(wrap, monkeypatch):
+    model = WRAPPED[wrap](seeded(Plain))
+    layer = "module.conv2" if wrap == "DataParallel" else "conv2"
+    result, _lines = assert_equals_reference(model, layer, monkeypatch)
+    assert result.sweep.net.layer == layer
+
+
+def test_a_pruned_layer_that_runs_twice_is_one_line(monkeypatch):
+    """One conv applied at two scales: its channels mean two things, so it is refused (the layers around it are not)."""
+    model = seeded(SharedConv)
+    with pytest.raises(tb.BadInputError, match="layer 'conv' runs 2 times in one forward pass; prune a layer that runs once"):
+        sweep(model, *data(model), monkeypatch, layer="conv")
+    assert_equals_reference(model, "stem", monkeypatch)
 
 
 # --- item 1: a module object that runs more than once ----------------------------------------------------------
