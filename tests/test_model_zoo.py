@@ -302,12 +302,14 @@ class DataDependent(nn.Module):
 
 class DenseConcat(nn.Module):
     """DenseNet-style: a layer's output concatenated with its input, then a transition conv."""
-    def __init__(self):
+
+    def __init__(self) -> None:
         super().__init__()
         self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
         self.conv1 = nn.Conv2d(8, 6, 3, padding=1)
         self.trans = nn.Conv2d(14, 10, 1)
         self.fc = nn.Linear(10, CLASSES)
+
     def forward(self, x):
         x = F.relu(self.conv0(x))
         x = torch.cat([x, F.relu(self.conv1(x))], 1)
@@ -317,12 +319,14 @@ class DenseConcat(nn.Module):
 
 class Shuffle(nn.Module):
     """ShuffleNet-style channel shuffle after the pruned conv."""
-    def __init__(self):
+
+    def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         self.conv3 = nn.Conv2d(8, 12, 3, padding=1, groups=2)
         self.fc = nn.Linear(12, CLASSES)
+
     def forward(self, x):
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
@@ -334,11 +338,13 @@ class Shuffle(nn.Module):
 
 class SharedConv(nn.Module):
     """One conv applied at two scales (a shared pruned layer)."""
-    def __init__(self):
+
+    def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.conv = nn.Conv2d(8, 8, 3, padding=1)
         self.fc = nn.Linear(16, CLASSES)
+
     def forward(self, x):
         x = F.relu(self.stem(x))
         a = F.relu(self.conv(x))
@@ -347,12 +353,15 @@ class SharedConv(nn.Module):
 
 
 class GroupNormNet(nn.Module):
-    def __init__(self):
+    """GroupNorm after the pruned conv: a pruned channel changes the statistics of its group."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
         self.gn = nn.GroupNorm(3, 12)
         self.fc = nn.Linear(12 * 4 * 4, CLASSES)
+
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.gn(self.conv2(x))), 2)
@@ -360,13 +369,16 @@ class GroupNormNet(nn.Module):
 
 
 class Inception(nn.Module):
-    def __init__(self):
+    """Inception-style branches concatenated; the global pool reads the concatenation, which is no module."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.b1 = nn.Conv2d(8, 6, 1)
         self.b3 = nn.Conv2d(8, 6, 3, padding=1)
         self.bp = nn.Conv2d(8, 4, 1)
         self.fc = nn.Linear(16, CLASSES)
+
     def forward(self, x):
         x = F.relu(self.stem(x))
         y = torch.cat([F.relu(self.b1(x)), F.relu(self.b3(x)), F.relu(self.bp(F.max_pool2d(x, 3, 1, 1)))], 1)
@@ -375,13 +387,15 @@ class Inception(nn.Module):
 
 class SEBlock(nn.Module):
     """Squeeze-and-excitation: the pruned conv's output is reweighted by a gate computed from itself."""
-    def __init__(self):
+
+    def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
         self.se1 = nn.Linear(12, 4)
         self.se2 = nn.Linear(4, 12)
         self.fc = nn.Linear(12, CLASSES)
+
     def forward(self, x):
         x = F.relu(self.conv1(x))
         y = self.conv2(x)
@@ -392,11 +406,13 @@ class SEBlock(nn.Module):
 
 class InPlaceAfter(nn.Module):
     """The pruned conv's output changed in place by mul_ and add_ before the next layer."""
-    def __init__(self):
+
+    def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.conv2 = nn.Conv2d(8, 10, 3, padding=1)
         self.fc = nn.Linear(10, CLASSES)
+
     def forward(self, x):
         x = F.relu(self.conv1(x))
         y = self.conv2(x)
@@ -405,13 +421,16 @@ class InPlaceAfter(nn.Module):
 
 
 class Plain(nn.Module):
-    def __init__(self):
+    """conv, in-place ReLU module, pool, twice: an in-place ReLU can be the pruned layer."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
         self.relu2 = nn.ReLU(inplace=True)
         self.fc = nn.Linear(12 * 4 * 4, CLASSES)
+
     def forward(self, x):
         x = F.max_pool2d(self.relu1(self.conv1(x)), 2)
         x = F.max_pool2d(self.relu2(self.conv2(x)), 2)
@@ -419,12 +438,15 @@ class Plain(nn.Module):
 
 
 class Upsampled(nn.Module):
-    def __init__(self):
+    """The pruned conv's output upsampled and concatenated with the input (a U-Net-like skip)."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1, stride=2)
         self.conv2 = nn.Conv2d(8, 10, 3, padding=1)
         self.conv3 = nn.Conv2d(13, 10, 3, padding=1)
         self.fc = nn.Linear(10, CLASSES)
+
     def forward(self, x):
         y = F.relu(self.conv2(F.relu(self.conv1(x))))
         y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
