@@ -116,6 +116,7 @@ def test_datasets_and_loaders_give_the_h5_files_sweep(tmp_path, faces, layouts):
         "list of batches": ([(torch.from_numpy(cx[:30]), torch.from_numpy(cy[:30])), (cx[30:], cy[30:])],
                             [(px, py)]),
         "IterableDataset": (FaceStream(cx, cy), FaceStream(px, py)),
+        "pairs with labels in a list or tuple": ((cx, cy.tolist()), (torch.from_numpy(px), tuple(py.tolist()))),
     }
     for name, (clean, poisoned) in sources.items():
         result = tb.prune_sweep(bd, clean, poisoned, **keywords)
@@ -140,6 +141,13 @@ def test_a_datasets_transform_runs_as_set(faces):
     ([(torch.zeros(3, 55, 47), 0.5)], "item 0 holds non-integer labels"),
     ([(torch.zeros(3, 55, 47), "cat")], "item 0 has label 'cat', expected a class number or a 1-d batch of them"),
     ([], "the set is empty (0 images)"),
+    ([(torch.zeros(3, 55, 47), 0, 7)], "item 0 is a tuple of 3, expected (image, label) or (images, labels)"),
+    ([torch.zeros(2, 3, 55, 47), torch.zeros(2)], "item 0 is a Tensor, expected (image, label) or (images, labels); "
+                                                  "a (pixels, labels) pair is a tuple, not a list"),
+    ([(torch.zeros(3, 55, 47, dtype=torch.complex64), 0)],
+     "item 0's image values have dtype complex64, expected real numbers (a float or integer type, or bool)"),
+    ((np.zeros((2, 3, 55, 47), np.complex64), np.zeros(2)),
+     "pixels have dtype complex64, expected real numbers (a float or integer type, or bool)"),
 ])
 def test_bad_torch_data_is_one_line(source, problem):
     bd = tb.load_model(SHIPPED_MODEL)

@@ -288,7 +288,7 @@ class ArraySet(_Set):
         self.path = name
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.given_dtype = getattr(pixels, "dtype", None)  # held as float32; a generic sweep says when that differs
-        pixels = _float_pixels(pixels)
+        pixels = _float_pixels(pixels, name)
         if self.input_shape is None and pixels.ndim < 2:
             raise BadInputError(name, f"pixels have shape {tuple(pixels.shape)}, expected a batch (N, ...)")
         self.layout = pixel_layout(tuple(pixels.shape), self.input_shape, name, "pixels") if self.input_shape else "nchw"
@@ -325,10 +325,19 @@ def arrays_sha256(pixels: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     return digest.hexdigest()
 
 
-def _float_pixels(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """In-memory pixels as a float32 CPU tensor."""
+def _float_pixels(pixels: torch.Tensor | np.ndarray, where: str = "in-memory pixels") -> torch.Tensor:
+    """In-memory pixels as a float32 CPU tensor (their values; real numbers only)."""
     pixels = pixels if isinstance(pixels, torch.Tensor) else torch.as_tensor(np.asarray(pixels))
+    check_real(pixels, where, "pixels")
     return pixels.detach().cpu().float()
+
+
+def check_real(values: torch.Tensor, where: str | os.PathLike[str], what: str) -> None:
+    """A BadInputError unless `values` are real numbers (float, integer or bool): a complex tensor would lose its
+    imaginary part in the cast to the model's dtype."""
+    if values.is_complex():
+        raise BadInputError(where, f"{what} have dtype {str(values.dtype).removeprefix('torch.')}, expected real numbers "
+                                   "(a float or integer type, or bool)")
 
 
 def _label_array(labels: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -15,14 +15,15 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError
+from .lab_sets import check_real
 
 
 def is_torch_data(source: Any) -> bool:
     """A Dataset (map-style: __getitem__ and __len__) or an iterable of samples or batches (not a path, an array,
-    nor a (pixels, labels) pair of arrays)."""
+    nor a (pixels, labels) pair: a tuple of a pixel tensor or array and its labels, as a tensor, array or list)."""
     if isinstance(source, (str, bytes, torch.Tensor, np.ndarray, dict)) or hasattr(source, "__fspath__"):
         return False
-    if isinstance(source, tuple) and len(source) == 2 and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in source):
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], (torch.Tensor, np.ndarray)):
         return False
     return _map_style(source) or isinstance(source, Iterable)
 
@@ -89,7 +90,10 @@ def _read_batches(items: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _batch(item: Any, index: int, name: str) -> tuple[torch.Tensor, np.ndarray]:
     """One item as (images float32 (n, ...), labels int64 (n,)): a sample becomes a batch of one."""
     if not isinstance(item, (tuple, list)) or len(item) != 2:
-        raise BadInputError(name, f"item {index} is a {type(item).__name__}, expected (image, label) or (images, labels)")
+        size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
+        pair = "; a (pixels, labels) pair is a tuple, not a list" if isinstance(item, torch.Tensor) else ""
+        raise BadInputError(name, f"item {index} is a {type(item).__name__}{size}, expected (image, label) or (images, labels)"
+                                  f"{pair}")
     image, label = item
     y = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)) or y.ndim > 1:
@@ -106,6 +110,7 @@ def _batch(item: Any, index: int, name: str) -> tuple[torch.Tensor, np.ndarray]:
 
 def _tensor(image: Any, index: int, name: str) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
+        check_real(image, name, f"item {index}'s image values")
         return image.detach().cpu().float()
     try:
         array = np.asarray(image)  # numpy arrays and PIL images
