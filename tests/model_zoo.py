@@ -127,6 +127,11 @@ def head_resnet(num_classes: int = 10, width: int = 8, seed: int = 0) -> HeadRes
     return _finish(model, model.fc, seed)
 
 
+def one_logit(seed: int = 0) -> HeadResNet:
+    """head_resnet with one output, as a one-logit binary classifier has (for --arch in the refusal tests)."""
+    return head_resnet(1, seed=seed)
+
+
 def vgg_bn(seed: int = 0) -> VGGBN:
     torch.manual_seed(seed)
     model = VGGBN()

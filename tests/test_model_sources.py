@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import read_csv
-from model_zoo import head_resnet, mobilenet_v2, preact_resnet, vgg_bn
+from model_zoo import head_resnet, mobilenet_v2, one_logit, preact_resnet, vgg_bn
 from test_bad_input import assert_one_line_error
 from torch_nets import resnet
 
@@ -551,9 +551,25 @@ def test_what_a_torch_file_is_is_said_in_one_line(sources, tmp_path):
     with pytest.raises(BadInputError, match="unsupported checkpoint format_version 99"):
         read_model_file(ours)
     pruned = tmp_path / "pruned.pt"
-    save_masked(MaskedNet(sources["model"], "head", torch.ones(64)), pruned)
+    save_masked(MaskedNet(head_resnet(seed=3), "head", torch.ones(64)), pruned)  # not the fixture's: B' hooks its net
     with pytest.raises(BadInputError, match=r"is a pruned model B' .*give it to --pruned"):
         read_model_file(pruned)
+
+
+# --- one score per image ----------------------------------------------------------------------------------------
+
+def test_a_one_logit_model_is_one_line_wherever_labels_are_taken(cli, sources, tmp_path):
+    """argmax over one score is class 0 whatever the model says: sweep, eval and classify refuse it in one line."""
+    weights, image = tmp_path / "one.pt", tmp_path / "face.png"
+    torch.save(one_logit().state_dict(), weights)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    model, f = ["--model", weights, "--arch", "model_zoo:one_logit"], sources["files"]
+    for args in (["sweep", *model, "--clean-valid", f["clean_valid"], "--poisoned-valid", f["poisoned_valid"], "--out", tmp_path / "out"],
+                 ["eval", *model, "--clean", f["clean_valid"]], ["classify", *model, "--input-shape", 3, 32, 32, image]):
+        assert_one_line_error(cli(*args), "one score per image", "torch.cat([torch.zeros_like(z), z], 1)")
+    assert not (tmp_path / "out").exists()
 
 
 # --- TorchScript: code stored in the file, and no forward hooks ---------------------------------------------------
@@ -563,7 +579,7 @@ def test_a_torchscript_archive_is_one_line_wherever_a_pt_is_read(cli, sources, t
     """A torch.jit.save'd module: --model (alone, with --arch, with --allow-pickle), --pruned, convert, classify and
     tb.load_model each say what it is and what to give instead, in one line, without torch's warning that it
     hands the file to torch.jit.load, and write nothing."""
-    model = copy.deepcopy(sources["model"]).eval()
+    model = head_resnet(seed=3)  # the sources' model, built afresh (the fixture's may carry a B' hook by now)
     scripted = torch.jit.script(model) if make == "script" else torch.jit.trace(model, torch.randn(2, 3, 32, 32))
     path = tmp_path / f"{make}.pt"
     torch.jit.save(scripted, str(path))
@@ -593,7 +609,7 @@ def test_a_torchscript_module_is_one_line_where_pruning_hooks_it(sources):
     """The API: a scripted module cannot take the masking and ranking hooks; a plain forward of it is fine."""
     from torch_badnet.engine.prunable import MaskedNet
 
-    scripted = torch.jit.trace(copy.deepcopy(sources["model"]).eval(), torch.randn(2, 3, 32, 32))
+    scripted = torch.jit.trace(head_resnet(seed=3), torch.randn(2, 3, 32, 32))
     x, y = sources["x"][:40], torch.zeros(40, dtype=torch.long)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

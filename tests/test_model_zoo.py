@@ -703,6 +703,28 @@ def test_a_hook_on_a_traced_through_block_is_honoured(monkeypatch):
     assert_equals_reference(model, "layer3.1.conv2", monkeypatch)
 
 
+def test_a_net_that_a_b_prime_wraps_copies_with_its_mask_and_sweeps_as_it_computes(monkeypatch):
+    """A MaskedNet (B') hooks the net it wraps. A copy of that net (the sweep's own, or the user's) masks as the net
+    did when copied, and no longer follows the B' (copying it crashed before); a copy of the B' keeps its net's
+    eval mode (it was put in training mode)."""
+    from torch_badnet.engine.prunable import MaskedNet
+
+    model = seeded(ResNet)
+    mask = torch.ones(16)
+    mask[:5] = 0
+    b_prime = MaskedNet(model, "layer3.1.conv2", mask)
+    x = data(model)[0][0]
+    with torch.inference_mode():
+        masked = model(x)
+        copied = copy.deepcopy(model)
+        assert torch.equal(copied(x), masked) and torch.equal(copy.deepcopy(b_prime)(x), masked)
+        b_prime.channel_mask.fill_(1)
+        assert torch.equal(copied(x), masked) and not torch.equal(model(x), masked)
+        b_prime.channel_mask.copy_(mask)
+    assert not copy.deepcopy(b_prime).training and not b_prime.training
+    assert_equals_reference(model, "layer3.0.conv1", monkeypatch)
+
+
 def test_a_global_module_hook_is_honoured(monkeypatch):
     model = seeded(VGG)
 
@@ -761,6 +783,53 @@ def test_batch_statistics_are_one_line(cls, fragment):
     clean, bad = data(model)
     with pytest.raises(tb.BadInputError, match=f"^--model: .*{fragment}") as info:
         tb.prune_sweep(model, clean, bad, layer="conv3")
+    assert "\n" not in str(info.value)
+
+
+class DyingFeatures(Functional):
+    """Logits divided by whether conv3's pooled features are alive: inf and NaN once pruning kills them all."""
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)
+        h = F.adaptive_max_pool2d(torch.relu(self.conv3(x)), 1).flatten(1)
+        return self.fc(h) / h.sum(1, keepdim=True).gt(0).float()
+
+
+class NaNRows(Functional):
+    """NaN logits from the start for the images whose first pixel is above 1."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out.masked_fill(x[:, :1, 0, 0] > 1, float("nan"))
+
+
+@pytest.mark.parametrize("cls", [DyingFeatures, NaNRows])
+def test_non_finite_logits_follow_argmax_as_the_reference_does(cls, monkeypatch):
+    """NaN or inf logits are the model's own (not batch dependence, which the set-up probe once blamed): every
+    step's labels follow argmax's rule for them, as the reference's full forward does."""
+    model = seeded(cls)
+    clean, bad = data(model)
+    with torch.inference_mode():
+        logits = reference_forward(model, clean[0])
+    assert (logits.isnan().any(1).any()) == (cls is NaNRows)
+    assert_equals_reference(model, "conv3", monkeypatch, min_changes=1)
+
+
+class OneLogit(Functional):
+    """A binary classifier with one logit (sigmoid outside): argmax over one score is always class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 1)
+
+
+def test_one_score_per_image_is_one_line():
+    model = OneLogit().eval()
+    x = torch.randn(40, 3, 16, 16)
+    y = torch.zeros(40, dtype=torch.long)
+    with pytest.raises(tb.BadInputError, match=r"^--model: the model outputs one score per image .*torch.cat") as info:
+        tb.prune_sweep(model, (x, y), (x, y), layer="conv3")
     assert "\n" not in str(info.value)
 
 

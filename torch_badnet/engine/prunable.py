@@ -110,6 +110,31 @@ def channels_off(layer: nn.Module, channels: Sequence[int], num_channels: int) -
         handle.remove()
 
 
+class LiveMask:
+    """A MaskedNet's forward hook on its layer: the owner's mask as it is at each call. Copied along with the net
+    alone (`copy.deepcopy(net)`, not through the MaskedNet), it becomes a `FixedMask` of that mask, so the copy
+    computes what the net computed."""
+
+    def __init__(self, owner: MaskedNet) -> None:
+        self.owner = owner
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return mask_output(output, self.owner.channel_mask == 0, self.owner.fill)
+
+    def __deepcopy__(self, memo: dict) -> FixedMask:
+        return FixedMask(self.owner.channel_mask.detach().eq(0), self.owner.fill)
+
+
+class FixedMask:
+    """A forward hook switching the channels `off` (bool) to `fill`."""
+
+    def __init__(self, off: torch.Tensor, fill: float) -> None:
+        self.off, self.fill = off, fill
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return mask_output(output, self.off, self.fill)
+
+
 class MaskedNet(nn.Module):
     """B': a module `net` with output channels of its layer `layer` switched off by the buffer `channel_mask`
     (1 = kept, 0 = pruned). The weights are `net`'s, untouched; the mask is part of the state_dict.
@@ -122,14 +147,12 @@ class MaskedNet(nn.Module):
         super().__init__()
         check_hookable(net)
         self.net = net
+        self.training = net.training  # the net's mode (not nn.Module's default, training)
         self.layer = layer
         self.register_buffer("channel_mask", mask.detach().clone().float())
         target = net.get_submodule(layer)
         self.fill = fill_of(target)
-        self._handle = target.register_forward_hook(self._hook)
-
-    def _hook(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        return mask_output(output, self.channel_mask == 0, self.fill)
+        self._handle = target.register_forward_hook(LiveMask(self))
 
     @property
     def pruned_channels(self) -> list[int]:
@@ -150,8 +173,9 @@ class MaskedNet(nn.Module):
         try:
             net = copy.deepcopy(self.net, memo)
         finally:
-            self._handle = self.net.get_submodule(self.layer).register_forward_hook(self._hook)
-        copied = MaskedNet(net, self.layer, self.channel_mask).train(self.training)
+            self._handle = self.net.get_submodule(self.layer).register_forward_hook(LiveMask(self))
+        copied = MaskedNet(net, self.layer, self.channel_mask)
+        copied.training = self.training  # the wrapper's flag only: the copied net keeps each module's own
         copied.__dict__.update({k: v for k, v in self.__dict__.items() if k not in copied.__dict__})  # e.g. a fingerprint
         return copied
 
@@ -255,6 +279,10 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
                                        "(N, classes): wrap it in a module whose forward returns the logits alone")
     if output.dim() != 2:
         raise BadInputError("--model", f"the model's output has shape {tuple(output.shape)}; expected logits (N, classes)")
+    if output.shape[1] == 1:
+        from ..nets.predict import ONE_SCORE  # here: nets.predict imports this module through nets.goodnet
+
+        raise BadInputError("--model", ONE_SCORE)
     out = seen.get(layer)
     if not out:
         raise BadInputError("--layer", f"layer {layer!r} did not run in the model's forward pass")

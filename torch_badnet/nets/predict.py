@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data.batching import spans
+from ..errors import BadInputError
 from .goodnet import answers_labels
 
 FORWARD_BATCH = 128  # images per forward pass on CPU: small batches keep the conv activations in cache
@@ -35,9 +36,17 @@ def inference_batches(x: torch.Tensor, batch_size: int | None = None) -> Iterato
         yield part.contiguous(memory_format=torch.channels_last) if part.device.type == "cpu" and part.dim() == 4 else part
 
 
+ONE_SCORE = ("the model outputs one score per image (N, 1): labels are the argmax of class scores (N, classes >= 2), "
+             "which one score cannot give; for a one-logit binary classifier return torch.cat([torch.zeros_like(z), z], 1) "
+             "(class 1 where z > 0)")
+
+
 def top_class(logits: torch.Tensor) -> torch.Tensor:
     """The first maximum of each row, as `argmax(1)` (the same rule). On CPU numpy's vectorised argmax: on the
-    lab's 1283 classes ~6x faster than torch's `max(1)`, whose row reduction is scalar (0.3 of 6 s in a sweep)."""
+    lab's 1283 classes ~6x faster than torch's `max(1)`, whose row reduction is scalar (0.3 of 6 s in a sweep).
+    One score per row is a BadInputError (`ONE_SCORE`): its argmax is 0 whatever the model says."""
+    if logits.dim() == 2 and logits.shape[1] == 1:
+        raise BadInputError("--model", ONE_SCORE)
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2:
         return torch.from_numpy(np.argmax(logits.detach().numpy(), axis=1).astype(np.int64, copy=False))
     return logits.max(1).indices
