@@ -217,6 +217,12 @@ class PrunableNet:
         return masked
 
 
+# a model's output of one score per image (N, 1): its argmax would be class 0 whatever it says
+ONE_SCORE = ("the model outputs one score per image (N, 1): labels are the argmax of class scores (N, classes >= 2), "
+             "which one score cannot give; for a one-logit binary classifier return torch.cat([torch.zeros_like(z), z], 1) "
+             "(class 1 where z > 0)")
+
+
 def check_hookable(module: nn.Module) -> None:
     """A TorchScript module takes no forward hooks, which masking and ranking need (one line)."""
     if isinstance(module, torch.jit.ScriptModule):
@@ -280,8 +286,6 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     if output.dim() != 2:
         raise BadInputError("--model", f"the model's output has shape {tuple(output.shape)}; expected logits (N, classes)")
     if output.shape[1] == 1:
-        from ..nets.predict import ONE_SCORE  # here: nets.predict imports this module through nets.goodnet
-
         raise BadInputError("--model", ONE_SCORE)
     out = seen.get(layer)
     if not out:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data.batching import spans
+from ..engine.prunable import ONE_SCORE
 from ..errors import BadInputError
 from .goodnet import answers_labels
 
@@ -34,11 +35,6 @@ def inference_batches(x: torch.Tensor, batch_size: int | None = None) -> Iterato
     for start, stop in spans(x.shape[0], batch_size):  # never a last batch of one image (`data.batching`)
         part = x[start:stop]
         yield part.contiguous(memory_format=torch.channels_last) if part.device.type == "cpu" and part.dim() == 4 else part
-
-
-ONE_SCORE = ("the model outputs one score per image (N, 1): labels are the argmax of class scores (N, classes >= 2), "
-             "which one score cannot give; for a one-logit binary classifier return torch.cat([torch.zeros_like(z), z], 1) "
-             "(class 1 where z > 0)")
 
 
 def top_class(logits: torch.Tensor) -> torch.Tensor:
