@@ -33,7 +33,7 @@ from bench_args import add_results_arguments, resolve_results_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-Shape = tuple[int, int, int, bool]  # rows M, inner K, outputs N, in place (C += A @ B) or not
+Shape = tuple[int, int, int, str]  # rows M, inner K, outputs N, and C: "bias" (N,), "matrix" (M, N), "in place"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,11 +57,11 @@ def recorded_products(shapes: list[Shape]) -> Iterator[None]:
     addmm, addmm_ = torch.addmm, torch.Tensor.addmm_
 
     def counted(bias, x, weight, **kwargs):
-        shapes.append((x.shape[0], x.shape[1], weight.shape[1], False))
+        shapes.append((x.shape[0], x.shape[1], weight.shape[1], "matrix" if bias.dim() == 2 else "bias"))
         return addmm(bias, x, weight, **kwargs)
 
     def counted_(self, x, weight, **kwargs):
-        shapes.append((x.shape[0], x.shape[1], weight.shape[1], True))
+        shapes.append((x.shape[0], x.shape[1], weight.shape[1], "in place"))
         return addmm_(self, x, weight, **kwargs)
 
     torch.addmm, torch.Tensor.addmm_ = counted, counted_
@@ -91,25 +91,27 @@ def trunk_macs_per_image(model) -> int:
 
 def product_kind(shape: Shape) -> str:
     """A name for a product by its outputs: the head's output layer, its hidden layers, the pre-activation update."""
-    m, k, n, in_place = shape
+    m, k, n, target = shape
     if n == 1120:
         return "update (rows x 20 x 1120)"
-    return f"{'output' if n > 1120 else 'hidden'} (N={n}){' in place' if in_place else ''}"
+    return f"{'output' if n > 1120 else 'hidden'} (N={n}){' in place' if target == 'in place' else ''}"
 
 
 def replay(shapes: list[Shape]) -> Callable[[], dict[str, float]]:
-    """A function that runs the recorded products in order on random operands (made once per shape) and returns
-    the seconds spent per `product_kind`."""
+    """A function that runs the recorded products in order on random operands of their shapes (made once per
+    shape; the sweep's pre-activation update adds to a whole matrix, the layers to a bias row) and returns the
+    seconds spent per `product_kind`."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
     operands: dict[Shape, tuple] = {}
     for shape in shapes:
         if shape not in operands:
-            m, k, n, in_place = shape
+            m, k, n, target = shape
             x, w = torch.rand(m, k, generator=generator), torch.randn(k, n, generator=generator)
-            operands[shape] = (torch.rand(m, n, generator=generator) if in_place else torch.randn(n, generator=generator), x, w)
-    calls = [(product_kind(shape), shape[3], operands[shape]) for shape in shapes]
+            c = torch.randn(n, generator=generator) if target == "bias" else torch.rand(m, n, generator=generator)
+            operands[shape] = (c, x, w)
+    calls = [(product_kind(shape), shape[3] == "in place", operands[shape]) for shape in shapes]
 
     def run() -> dict[str, float]:
         seconds: dict[str, float] = {}
@@ -119,7 +121,7 @@ def replay(shapes: list[Shape]) -> Callable[[], dict[str, float]]:
             if in_place:
                 target.addmm_(x, w, alpha=-1)
             else:
-                torch.addmm(target, x, w)
+                torch.addmm(target, x, w, alpha=-1)
             seconds[kind] = seconds.get(kind, 0.0) + clock() - started
         return seconds
     return run
