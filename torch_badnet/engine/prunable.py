@@ -96,14 +96,23 @@ def mask_output(output: torch.Tensor, off: torch.Tensor, fill: float) -> torch.T
     return output.masked_fill(off.to(output.device).view(1, -1, *([1] * (output.dim() - 2))), fill)
 
 
+class FixedMask:
+    """A forward hook switching the channels `off` (bool) to `fill`."""
+
+    def __init__(self, off: torch.Tensor, fill: float) -> None:
+        self.off, self.fill = off, fill
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return mask_output(output, self.off, self.fill)
+
+
 @contextlib.contextmanager
 def channels_off(layer: nn.Module, channels: Sequence[int], num_channels: int) -> Iterator[None]:
     """A forward hook on `layer` switching `channels` off while the block runs."""
     off = torch.zeros(num_channels, dtype=torch.bool)
     if len(channels):
         off[torch.as_tensor(list(channels), dtype=torch.long)] = True
-    fill = fill_of(layer)
-    handle = layer.register_forward_hook(lambda _m, _i, out: mask_output(out, off, fill))
+    handle = layer.register_forward_hook(FixedMask(off, fill_of(layer)))
     try:
         yield
     finally:
@@ -123,16 +132,6 @@ class LiveMask:
 
     def __deepcopy__(self, memo: dict) -> FixedMask:
         return FixedMask(self.owner.channel_mask.detach().eq(0), self.owner.fill)
-
-
-class FixedMask:
-    """A forward hook switching the channels `off` (bool) to `fill`."""
-
-    def __init__(self, off: torch.Tensor, fill: float) -> None:
-        self.off, self.fill = off, fill
-
-    def __call__(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        return mask_output(output, self.off, self.fill)
 
 
 class MaskedNet(nn.Module):
@@ -259,7 +258,6 @@ def prepare(module: nn.Module, sample: torch.Tensor, layer: str | None = None, r
     One-line BadInputErrors: an unknown layer (candidates listed), a layer output without a channel dimension,
     a model with several inputs or outputs, a ranking point with another channel count.
     """
-    check_hookable(module)
     module.eval()
     check_single_input(module)
     layer, rank_on = module_name(module, layer), module_name(module, rank_on)
